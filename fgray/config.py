@@ -1,0 +1,386 @@
+"""Typed, validated experiment and sweep schema (DESIGN.md §2).
+
+A sweep file is one :class:`SweepConfig` in YAML: the experiment every trial starts from, plus
+``search`` (what varies) and ``paper`` (the published numbers to print beside ours). Every
+value is validated once, at the entry point, before Ray starts; unknown keys are rejected.
+Errors surface as :class:`ConfigError` with one line per problem:
+``method.temperature: must be > 0, got -1``.
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fgray.methods.registry import method_config_classes
+
+
+class ConfigError(ValueError):
+    """Bad user input; ``str(err)`` is the one-line message the CLI prints before exiting 2."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------------------------
+# Experiment parts
+
+
+class SyntheticOptions(Strict):
+    num_classes: int = Field(48, ge=4)  # half train (open split), half test
+    images_per_class: int = Field(40, ge=2)
+    seed: int = 0  # the generator's seed: the same seed always renders the same images
+
+
+class DataConfig(Strict):
+    name: str = "synthetic"  # "synthetic" or a prepared dataset's reader name (cub200, sop, ...)
+    root: str | None = None  # folder of prepared shards (local or s3://); synthetic: cache folder
+    protocol: Literal["open", "closed"] = "open"  # open: disjoint test classes; closed: official image split
+    image_size: int = Field(64, ge=16)  # network input side (pixels)
+    val_fraction: float = Field(0.25, gt=0, lt=1)  # of training classes (open) / images (closed)
+    split_seed: int = 0  # which training classes/images become validation
+    eval_crop: float = Field(0.875, gt=0, le=1)  # eval view: resize to image_size / eval_crop, centre-crop
+    shuffle_buffer: int = Field(256, ge=0)  # local shuffle buffer (rows) on top of file/block-order shuffling
+    synthetic: SyntheticOptions = SyntheticOptions()
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "DataConfig":
+        if self.name != "synthetic" and not self.root:
+            raise ValueError(f"dataset '{self.name}' needs root: the folder written by `python -m fgray.data prepare`")
+        return self
+
+
+class BackboneConfig(Strict):
+    name: str = "resnet18"  # any timm model name
+    pretrained: bool | str = False  # false | true (timm hub) | /path/to/weights (.pth / .safetensors)
+    drop_path_rate: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_timm_model(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown timm model '{name}'{hint}")
+        return name
+
+    @field_validator("pretrained")
+    @classmethod
+    def _weights_file_exists(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and "://" not in value and not Path(os.path.expanduser(value)).is_file():
+            raise ValueError(f"weights file not found: {value}")
+        return value
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=2)  # per worker
+    steps_per_epoch: int | None = Field(None, ge=1)  # cap on optimiser steps per epoch (smoke runs)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)  # for batch_size x workers = 256 when scale_lr, else as given
+    scale_lr: bool = False  # linear scaling rule: lr * global_batch / 256
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    amp: Literal["auto", "on", "off"] = "auto"  # auto: bf16/fp16 autocast when a GPU is present
+    grad_clip: float | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class EvalConfig(Strict):
+    ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list
+    every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
+    batch_size: int = Field(256, ge=1)
+    test_top: int = Field(1, ge=0)  # best N trials re-evaluated on the test split after the sweep
+    baseline: bool = True  # also evaluate the untrained (random-init / pretrained) backbone on test
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
+        if not ks or min(ks) < 1:
+            raise ValueError(f"must be a non-empty list of positive integers, got {list(ks)}")
+        return tuple(sorted(set(ks)))
+
+
+class ResourcesConfig(Strict):
+    workers_per_trial: int = Field(1, ge=1)  # DDP workers of one trial's TorchTrainer
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    data_cpus: float = Field(0.5, gt=0)  # logical CPUs per Ray Data decode/augment task
+    max_concurrent_trials: int = Field(1, ge=1)
+    driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
+    max_failures: int = Field(1, ge=0)  # worker-group restarts (from the last checkpoint) per trial
+
+
+# --------------------------------------------------------------------------------------------
+# Search
+
+
+class Distribution(Strict):
+    """One searched key: exactly one of the fields is set."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # inclusive bounds
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        kinds = [k for k in ("uniform", "loguniform", "randint", "choice", "grid") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of uniform, loguniform, randint, choice, grid")
+        low_high = self.uniform or self.loguniform or self.randint
+        if low_high is not None and not low_high[0] < low_high[1]:
+            raise ValueError(f"{kinds[0]} needs low < high, got {list(low_high)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {list(self.loguniform)}")
+        if (self.choice is not None and not self.choice) or (self.grid is not None and not self.grid):
+            raise ValueError(f"{kinds[0]} needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("uniform", "loguniform", "randint", "choice", "grid") if getattr(self, k) is not None)
+
+    def values_to_check(self) -> list[Any]:
+        """Values that must each validate in the experiment schema (bounds for ranges)."""
+        return list(getattr(self, self.kind))
+
+
+class SchedulerConfig(Strict):
+    name: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class SearchConfig(Strict):
+    space: dict[str, Distribution] = {}  # dotted key -> distribution, e.g. method.temperature
+    points: list[dict[str, Any]] = []  # explicit rows of a paper table: each a dict of dotted overrides
+    algorithm: Literal["auto", "optuna", "grid"] = "auto"  # auto: grid if everything is a grid/points
+    num_samples: int | None = Field(None, ge=1)  # default: grid size, else 8
+    metric: str = "val/recall@1"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+    @property
+    def is_grid(self) -> bool:
+        return all(d.kind == "grid" for d in self.space.values())
+
+    def grid_size(self) -> int:
+        sizes = [len(d.grid) for d in self.space.values()] + ([len(self.points)] if self.points else [])
+        return math.prod(sizes) if sizes else 1
+
+
+class PaperRow(Strict):
+    """A published result, matched to our trials by the config values in ``match``."""
+
+    match: dict[str, Any]  # dotted key -> value, e.g. {method.alpha: 1.2, method.beta: 0.01}
+    metrics: dict[str, float]  # e.g. {"rank@1": 53.19, "map": 26.31} (percent, as printed)
+    note: str = ""
+
+
+class PaperConfig(Strict):
+    source: str = ""  # e.g. "PP-SSL (001) Table 6, CUB-200-2011, ResNet-50"
+    rows: list[PaperRow] = []
+
+
+def _method_union():
+    classes = method_config_classes()
+    return Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
+
+
+class ExperimentConfig(Strict):
+    """Everything one trial needs; what a trial driver receives (as a dict) from Tune."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$")
+    method: _method_union()  # type: ignore[valid-type]
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+class SweepConfig(ExperimentConfig):
+    search: SearchConfig = SearchConfig()
+    paper: PaperConfig = PaperConfig()
+    storage: str = "~/fgray_results"  # local folder or URI (s3://...); shared storage on a cluster
+
+    def experiment(self, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+        data = self.model_dump(exclude={"search", "paper", "storage"})
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return validate(ExperimentConfig, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Dotted keys, loading, error formatting
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    """``set_dotted(d, "method.temperature", 0.1)``; nested dicts are created as needed."""
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: '{part}' is a value, not a section")
+    node[leaf] = value
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """``--set train.lr=0.1`` -> ("train.lr", 0.1); the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment}: expected key.path=value")
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {assignment}: value is not valid YAML ({err.problem})") from None
+
+
+def _describe(error: dict) -> str:
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {limit}, got {value!r}"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "union_tag_invalid":
+        return f"unknown method {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
+    message = error["msg"].removeprefix("Value error, ")
+    return message if kind == "value_error" else f"{message[0].lower()}{message[1:]}, got {value!r}"
+
+
+def _loc(error: dict, method_tags: set[str]) -> str:
+    parts = [str(p) for p in error["loc"]]
+    if len(parts) >= 2 and parts[0] == "method" and parts[1] in method_tags:
+        parts.pop(1)  # the discriminated union's tag is not part of the user's key path
+    return ".".join(parts) or "<root>"
+
+
+def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict) -> str:
+    """'did you mean' for misspelt keys: look up the fields of the section the key sits in."""
+    section: Any = model
+    for part in loc.split(".")[:-1]:
+        fields = getattr(section, "model_fields", {})
+        if part in fields:
+            section = fields[part].annotation
+        elif part == "method" or section is None:
+            section = None
+    if section is None and loc.startswith("method."):
+        tag = (data.get("method") or {}).get("name")
+        section = method_config_classes_by_name().get(tag)
+    names = list(getattr(section, "model_fields", {}))
+    close = difflib.get_close_matches(loc.split(".")[-1], names, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def method_config_classes_by_name() -> dict[str, type[BaseModel]]:
+    return {cls.model_fields["name"].default: cls for cls in method_config_classes()}
+
+
+def validate(model: type[BaseModel], data: Any):
+    """Validate ``data`` into ``model``; raise ConfigError with one line per problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        tags = set(method_config_classes_by_name())
+        lines = []
+        for error in err.errors():
+            loc = _loc(error, tags)
+            hint = _unknown_key_hint(model, error, loc, data) if error["type"] == "extra_forbidden" else ""
+            lines.append(f"{loc}: {_describe(error)}{hint}")
+        raise ConfigError("; ".join(dict.fromkeys(lines))) from None
+
+
+def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), profile: str | None = None) -> SweepConfig:
+    """Read, override, profile and fully validate a sweep file (including every searched value)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (name, method, data, ...), got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    for assignment in sets:
+        set_dotted(data, *parse_set(assignment))
+    if profile is not None:
+        from fgray.profiles import apply_profile
+
+        data = apply_profile(profile, data)
+    sweep = validate(SweepConfig, data)
+    check_search(sweep)
+    return sweep
+
+
+def check_search(sweep: SweepConfig) -> None:
+    """Every searched key must exist and every value it can take must validate."""
+    search = sweep.search
+    kinds = {d.kind for d in search.space.values()}
+    if search.points and kinds - {"grid"}:
+        raise ConfigError("search.points: rows of a table combine only with grid keys, not with distributions")
+    if "grid" in kinds and kinds != {"grid"}:
+        raise ConfigError("search.space: cannot mix grid keys with distributions (use choice for a sampled list)")
+    if search.algorithm == "grid" and not search.is_grid:
+        raise ConfigError("search.algorithm: grid needs every key in search.space to be a grid")
+    for key, dist in search.space.items():
+        if key.split(".")[0] in ("search", "paper", "storage", "name"):
+            raise ConfigError(f"search.space.{key}: only experiment keys can be searched")
+        for value in dist.values_to_check():
+            _check_override(sweep, {key: value}, f"search.space.{key}")
+    for i, row in enumerate(search.points):
+        if not row:
+            raise ConfigError(f"search.points[{i}]: empty row")
+        _check_override(sweep, row, f"search.points[{i}]")
+    for i, row in enumerate(sweep.paper.rows):
+        for key in row.match:
+            _check_override(sweep, {key: _value_at(sweep, key)}, f"paper.rows[{i}].match.{key}")
+
+
+def _value_at(sweep: SweepConfig, key: str) -> Any:
+    node: Any = sweep.model_dump()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{key}: no such key in the experiment schema")
+        node = node[part]
+    return node
+
+
+def _check_override(sweep: SweepConfig, overrides: dict[str, Any], where: str) -> None:
+    for key in overrides:
+        _value_at(sweep, key)  # the key must exist (unknown keys would otherwise be silently added)
+    try:
+        sweep.experiment(overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def grid_points(search: SearchConfig) -> list[dict[str, Any]]:
+    """All override dicts of an exhaustive grid: the product of grid keys and table rows."""
+    axes = [[{k: v} for v in d.grid] for k, d in search.space.items() if d.kind == "grid"]
+    if search.points:
+        axes.append(search.points)
+    return [{k: v for part in combo for k, v in part.items()} for combo in itertools.product(*axes)] if axes else [{}]

@@ -1,0 +1,106 @@
+"""Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
+
+Decoding and augmentation run in Ray Data tasks (CPU), re-executed every epoch so each epoch
+sees new views; the file order, block order and a local buffer shuffle the rows each epoch.
+"""
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray
+
+from fgray.config import ConfigError, DataConfig
+from fgray.data import transforms
+from fgray.data.protocols import SplitAssignment, assign_splits
+from fgray.data.schema import MANIFEST_NAME, Manifest
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """A folder of shards plus its manifest, local or remote."""
+
+    root: str
+    manifest: Manifest
+
+    @property
+    def shard_paths(self) -> list[str]:
+        return [posixpath.join(self.root, name) for name in self.manifest.shards]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.dataset
+
+
+def resolve_dataset(data: DataConfig) -> PreparedDataset:
+    """Locate (and for ``synthetic``, generate once and cache) the shards a config names."""
+    if data.name == "synthetic":
+        from fgray.data.synthetic import SyntheticSpec, default_cache_dir, write_shards
+
+        spec = SyntheticSpec(num_classes=data.synthetic.num_classes, images_per_class=data.synthetic.images_per_class,
+                             image_size=data.image_size, seed=data.synthetic.seed)
+        root = data.root or default_cache_dir(spec)
+        return PreparedDataset(root, write_shards(spec, root))
+    return PreparedDataset(data.root, read_manifest(data.root, expected=data.name))
+
+
+def read_manifest(root: str, expected: str | None = None) -> Manifest:
+    filesystem, path = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    manifest_path = posixpath.join(path, MANIFEST_NAME)
+    try:
+        with filesystem.open_input_stream(manifest_path) as stream:
+            manifest = Manifest.from_json(stream.read().decode())
+    except FileNotFoundError:
+        raise ConfigError(f"data.root: no {MANIFEST_NAME} in {root} "
+                          "(prepare it with `python -m fgray.data prepare --dataset NAME --root RAW --out DIR`)") from None
+    if expected and manifest.dataset != expected:
+        raise ConfigError(f"data.name: {root} holds '{manifest.dataset}', not '{expected}'")
+    return manifest
+
+
+def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
+    """Image ids per role under the config's protocol (reads only the small index columns)."""
+    index = pads.dataset(prepared.shard_paths, format="parquet").to_table(columns=["image_id", "label", "split"])
+    return assign_splits(prepared.name, data.protocol, index["image_id"].to_numpy(zero_copy_only=False),
+                         index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
+                         val_fraction=data.val_fraction, seed=data.split_seed)
+
+
+def _read(prepared: PreparedDataset, image_ids: np.ndarray, columns: list[str], shuffle: bool) -> ray.data.Dataset:
+    # The predicate is pushed down into the Parquet scan: rows of other splits are never decoded.
+    wanted = pc.field("image_id").isin(np.asarray(image_ids).astype(str).tolist())
+    return ray.data.read_parquet(prepared.shard_paths, columns=columns, filter=wanted,
+                                 shuffle="files" if shuffle else None)
+
+
+def _augment_batch(batch: dict, image_size: int) -> dict[str, np.ndarray]:
+    return transforms.two_views(batch["image"], transforms.moco_v2_augmentation(image_size))
+
+
+def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str, np.ndarray]:
+    return {
+        "image": transforms.eval_images(batch["image"], transforms.eval_transform(image_size, crop_fraction)),
+        "label": np.asarray(batch["label"]),
+        "image_id": np.asarray(batch["image_id"]),
+    }
+
+
+def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
+                  cpus_per_task: float, batch_rows: int = 64) -> ray.data.Dataset:
+    """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S)."""
+    ds = _read(prepared, image_ids, ["image"], shuffle=True).randomize_block_order()
+    return ds.map_batches(partial(_augment_batch, image_size=data.image_size), batch_size=batch_rows,
+                          batch_format="numpy", num_cpus=cpus_per_task)
+
+
+def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
+                 cpus_per_task: float, batch_rows: int = 128) -> ray.data.Dataset:
+    """Deterministic eval views, columns ``image`` (3, S, S) uint8, ``label``, ``image_id``."""
+    ds = _read(prepared, image_ids, ["image", "label", "image_id"], shuffle=False)
+    return ds.map_batches(partial(_eval_batch, image_size=data.image_size, crop_fraction=data.eval_crop),
+                          batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)

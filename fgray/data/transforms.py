@@ -1,0 +1,54 @@
+"""Image decoding and augmentation (torchvision v2), plain functions with no Ray imports.
+
+All outputs are uint8 (3, H, W) numpy arrays: small to move between processes; the trainer
+normalises them on its device (engine.to_device).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+
+def decode(encoded: bytes) -> torch.Tensor:
+    """Encoded JPEG/PNG bytes -> uint8 (3, H, W) tensor (RGB)."""
+    with Image.open(io.BytesIO(encoded)) as image:
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def moco_v2_augmentation(image_size: int) -> v2.Compose:
+    """MoCo v2's view augmentation: crop 0.2-1, colour jitter p=0.8, grey p=0.2, blur p=0.5, flip."""
+    blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # ~10% of the side, odd
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=0.5),
+        v2.RandomHorizontalFlip(),
+    ])
+
+
+def eval_transform(image_size: int, crop_fraction: float = 0.875) -> v2.Compose:
+    """Resize the short side to image_size / crop_fraction, then centre-crop image_size."""
+    return v2.Compose([
+        v2.Resize(int(round(image_size / crop_fraction)), antialias=True),
+        v2.CenterCrop(image_size),
+    ])
+
+
+def two_views(encoded_images, augment: v2.Compose) -> dict[str, np.ndarray]:
+    """Decode each image once and draw two independent augmented views of it."""
+    view1, view2 = [], []
+    for encoded in encoded_images:
+        image = decode(encoded)
+        view1.append(augment(image))
+        view2.append(augment(image))
+    return {"view1": torch.stack(view1).numpy(), "view2": torch.stack(view2).numpy()}
+
+
+def eval_images(encoded_images, transform: v2.Compose) -> np.ndarray:
+    return torch.stack([transform(decode(encoded)) for encoded in encoded_images]).numpy()

@@ -1,0 +1,43 @@
+"""Pure loss functions: tensors in, a scalar tensor out. Each cites the equation it implements."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def info_nce(query: Tensor, positive_key: Tensor, negative_keys: Tensor, temperature: float) -> Tensor:
+    """MoCo's InfoNCE (PP-SSL Eq. 1; MoCo v2): cross-entropy of the positive among K negatives.
+
+    query, positive_key: (B, D) L2-normalised; negative_keys: (K, D) L2-normalised.
+    L = -log exp(q.k+ / T) / (exp(q.k+ / T) + sum_i exp(q.k_i / T)), averaged over the batch.
+    """
+    positive = (query * positive_key).sum(dim=1, keepdim=True)  # (B, 1)
+    negative = query @ negative_keys.t()  # (B, K)
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    target = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def distillation_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
+    """PP-SSL Eq. 4: L_AIS = tau^2 * KL(softmax(l_t / tau) || softmax(l_s / tau)), batch mean.
+
+    teacher_logits, student_logits: (B, N) logits against the N text embeddings.
+    """
+    log_student = F.log_softmax(student_logits / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+    return temperature**2 * kl.mean()
+
+
+def attention_kl(target: Tensor, prediction: Tensor, eps: float = 1e-7) -> Tensor:
+    """PP-SSL Eq. 8: L_IADM = sum Grad-Img * log(Grad-Img / w), batch mean.
+
+    target (Grad-Img) and prediction (w): (B, h, w) non-negative maps; each is normalised to a
+    distribution over its h*w cells first, so the term is a KL divergence (>= 0, 0 iff equal).
+    """
+    p = target.flatten(1)
+    q = prediction.flatten(1)
+    p = p / (p.sum(dim=1, keepdim=True) + eps)
+    q = q / (q.sum(dim=1, keepdim=True) + eps)
+    return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(dim=1).mean()

@@ -1,0 +1,214 @@
+"""Sweep outputs: one console line per trial-epoch, and ``summary.json``, ``results.parquet``,
+``report.md`` (ours beside the paper's table) and plots in ``<storage>/<sweep name>/``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import pandas as pd
+from ray.tune import Callback
+
+from fgray.config import SweepConfig
+from fgray.trial import POINT_KEY, latest_checkpoint, overrides_from
+
+PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
+
+
+class ProgressPrinter(Callback):
+    """Replaces Tune's tables with one readable line per trial-epoch and per trial outcome."""
+
+    def __init__(self, epochs: int, metric: str):
+        self.epochs, self.metric = epochs, metric
+        self.names: dict[str, str] = {}
+
+    def _name(self, trial) -> str:
+        return self.names.setdefault(trial.trial_id, f"trial {len(self.names) + 1:>2} ({trial.trial_id})")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        losses = " ".join(f"{k.removeprefix('train/')} {v:.3f}" for k, v in result.items()
+                          if k.startswith("train/loss") and isinstance(v, (int, float)))
+        value = result.get(self.metric)
+        shown = f"{self.metric} {_fmt(self.metric, value)}" if value is not None else ""
+        print(f"{self._name(trial)} epoch {result.get('epoch', '?')}/{self.epochs}  {losses}  {shown}  "
+              f"[{result.get('train/images_per_s', 0):.0f} img/s, {result.get('time/epoch_s', 0):.0f} s]", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        params = ", ".join(f"{k}={_fmt('', v)}" for k, v in (trial.config or {}).items())
+        print(f"{self._name(trial)} finished  {params}", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        reason = str(getattr(trial, "error_msg", None) or "see its error.txt").strip().splitlines()
+        print(f"{self._name(trial)} FAILED: {reason[-1] if reason else ''}", flush=True)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, float):
+        return f"{100 * value:.2f}%" if any(p in key for p in PERCENT_METRICS) else f"{value:.4g}"
+    return str(value)
+
+
+def collect_trials(results, sweep: SweepConfig, storage: str) -> list[dict[str, Any]]:
+    """One record per trial: the params it ran, status, last metrics and checkpoint."""
+    trials = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id") or os.path.basename(str(result.path)).split("_")[-3:-2][0]
+        params = dict(result.config or {})
+        overrides = overrides_from(params, sweep)
+        status = "error" if result.error else ("completed" if metrics.get("epoch") == sweep.train.epochs else "stopped")
+        trials.append({
+            "trial_id": trial_id,
+            "params": params,
+            "overrides": overrides,
+            "status": status,
+            "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+            "epochs": metrics.get("epoch"),
+            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "train/")) and _finite(v)},
+            "checkpoint": latest_checkpoint(storage, sweep.name, trial_id),
+        })
+    return trials
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    scored = [t for t in trials if metric in t["metrics"] and t["checkpoint"]]
+    return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
+
+
+def _paper_row(sweep: SweepConfig, overrides: dict[str, Any]):
+    experiment = sweep.experiment(overrides).model_dump()
+    for row in sweep.paper.rows:
+        if all(_lookup(experiment, k) == v for k, v in row.match.items()):
+            return row
+    return None
+
+
+def _lookup(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]],
+                  tests: dict[str, Any]) -> dict[str, Any]:
+    """Write summary.json, results.parquet, report.md and plots; return the summary."""
+    out_dir = f"{storage}/{sweep.name}"
+    ranked = rank_trials(trials, sweep.search.metric, sweep.search.mode)
+    for trial in trials:
+        trial["test"] = tests.get("trials", {}).get(trial["trial_id"])
+        row = _paper_row(sweep, trial["overrides"])
+        trial["paper"] = dict(row.metrics) if row else None
+    summary = {
+        "name": sweep.name,
+        "method": sweep.method.name,
+        "data": {"name": sweep.data.name, "protocol": sweep.data.protocol, "split": tests.get("protocol")},
+        "metric": sweep.search.metric,
+        "mode": sweep.search.mode,
+        "num_trials": len(trials),
+        "num_completed": sum(t["status"] != "error" for t in trials),
+        "num_errors": sum(t["status"] == "error" for t in trials),
+        "best": ranked[0]["trial_id"] if ranked else None,
+        "baseline": tests.get("baseline"),
+        "trials": trials,
+        "paper_source": sweep.paper.source,
+        "report": f"{out_dir}/report.md",
+    }
+    if "://" not in out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    _write_text(f"{out_dir}/summary.json", json.dumps(summary, indent=2, default=str))
+    frame = results_frame(trials)
+    frame.to_parquet(f"{out_dir}/results.parquet", index=False)
+    _write_text(f"{out_dir}/report.md", markdown_report(sweep, summary, frame))
+    if "://" not in out_dir:
+        plot_curves(out_dir, trials, sweep.search.metric)
+    return summary
+
+
+def _write_text(path: str, text: str) -> None:
+    import pyarrow.fs as pafs
+
+    filesystem, target = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    with filesystem.open_output_stream(target) as stream:
+        stream.write(text.encode())
+
+
+def results_frame(trials: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = []
+    for t in trials:
+        row = {"trial_id": t["trial_id"], "status": t["status"], "epochs": t["epochs"], "checkpoint": t["checkpoint"]}
+        row.update({f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in t["overrides"].items()})
+        row.update(t["metrics"])
+        row.update({f"test/{k}": v for k, v in (t.get("test") or {}).items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataFrame) -> str:
+    metric, ks = sweep.search.metric, sweep.eval.ks
+    shown = [f"recall@{k}" for k in ks[:2]] + ["map@r", "map"]
+    lines = [f"# {sweep.name}", "",
+             f"method **{sweep.method.name}**, backbone {sweep.backbone.name}, data {sweep.data.name} "
+             f"({summary['data'].get('split') or sweep.data.protocol}); {summary['num_trials']} trials, "
+             f"{summary['num_errors']} failed; search metric `{metric}` ({sweep.search.mode}). Metrics in %.", ""]
+    keys = sorted({k for t in summary["trials"] for k in t["overrides"]})
+    header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in shown], *[f"test {m}" for m in shown]]
+    has_paper = any(t["paper"] for t in summary["trials"])
+    paper_keys = sorted({k for t in summary["trials"] for k in (t["paper"] or {})})
+    if has_paper:
+        header += [f"paper {k}" for k in paper_keys]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in summary["trials"]:
+        test = t.get("test") or {}
+        cells = [t["trial_id"] + (" **best**" if t["trial_id"] == summary["best"] else ""),
+                 *[_fmt("", t["overrides"].get(k, "")) for k in keys], t["status"], str(t["epochs"] or "-"),
+                 *[_pct(t["metrics"].get(f"val/{m}")) for m in shown], *[_pct(test.get(m)) for m in shown]]
+        if has_paper:
+            cells += [f"{(t['paper'] or {}).get(k, float('nan')):.2f}" if t["paper"] and k in t["paper"] else "-"
+                      for k in paper_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    baseline = summary.get("baseline")
+    if baseline:
+        lines += ["", f"**Untrained backbone** (same architecture, {baseline.get('init', 'random init')}) on the same "
+                  f"test split: " + ", ".join(f"{m} {_pct(baseline.get(m))}" for m in shown)]
+    if sweep.paper.source:
+        lines += ["", f"Paper values: {sweep.paper.source}. They were measured on the paper's data and schedule; "
+                  "ours on the data and budget of this sweep."]
+    errors = [t for t in summary["trials"] if t["error"]]
+    if errors:
+        lines += ["", "## Failed trials", *[f"- {t['trial_id']}: {t['error']}" for t in errors]]
+    lines += ["", f"![{metric}](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}" if _finite(value) else "-"
+
+
+def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None:
+    """``curves.png``: the search metric per epoch of every trial (from Tune's progress.csv)."""
+    import glob
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path in glob.glob(os.path.join(out_dir, "*", "progress.csv")):
+        progress = pd.read_csv(path)
+        if metric in progress and "epoch" in progress:
+            trial_id = progress["trial_id"].iloc[0] if "trial_id" in progress else os.path.basename(os.path.dirname(path))
+            ax.plot(progress["epoch"], 100 * progress[metric], marker="o", label=str(trial_id))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=120)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""``python -m fgray.sweep SWEEP.yaml``: a sweep file -> Ray Tune (Optuna + ASHA) -> report.
+
+Bad input exits 2 with one line before Ray starts. Uses the running cluster when there is
+one (``RAY_ADDRESS``, ``ray job submit``), otherwise starts a local Ray instance.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from fgray.config import ConfigError, SweepConfig, grid_points, load_sweep, validate
+from fgray.profiles import PROFILES
+
+DEFAULT_RANDOM_SAMPLES = 8
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m fgray.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep file (YAML)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override one value (repeatable), validated like the file")
+    parser.add_argument("--profile", choices=sorted(PROFILES), help="smoke: shrink to a CPU-minutes run")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its storage folder")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved trials and exit")
+    parser.add_argument("--storage", help="results folder or URI (overrides the file's storage)")
+    return parser.parse_args(argv)
+
+
+def resolve_storage(storage: str) -> str:
+    return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+
+
+def planned_trials(sweep: SweepConfig) -> tuple[list[dict[str, Any]] | None, int]:
+    """(grid override rows or None for sampled searches, number of trials)."""
+    search = sweep.search
+    if search.space or search.points:
+        if search.is_grid and search.algorithm in ("auto", "grid"):
+            rows = grid_points(search)
+            return rows, len(rows) * (search.num_samples or 1)
+        return None, search.num_samples or DEFAULT_RANDOM_SAMPLES
+    return [{}], search.num_samples or 1
+
+
+def describe_plan(sweep: SweepConfig, storage: str) -> str:
+    rows, count = planned_trials(sweep)
+    res = sweep.resources
+    gpus = res.workers_per_trial * res.gpus_per_worker
+    lines = [
+        f"sweep {sweep.name}: method {sweep.method.name}, data {sweep.data.name} ({sweep.data.protocol}), "
+        f"backbone {sweep.backbone.name}, {sweep.train.epochs} epochs x batch {sweep.train.batch_size}",
+        f"trials: {count} ({'exhaustive grid' if rows is not None else 'Optuna TPE'}"
+        f"{', ASHA on ' + sweep.search.metric if sweep.search.scheduler.name == 'asha' else ''})",
+        f"resources per trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU"
+        f"{f' + {res.gpus_per_worker:g} GPU' if res.gpus_per_worker else ''}; up to {res.max_concurrent_trials} "
+        f"concurrent -> needs {gpus * res.max_concurrent_trials:g} GPU(s) at full concurrency",
+        f"results: {storage}/{sweep.name}",
+    ]
+    if rows is not None:
+        lines += [f"  trial {i + 1}: " + (", ".join(f"{k}={_short(v)}" for k, v in row.items()) or "(base config)")
+                  for i, row in enumerate(rows)]
+    else:
+        lines += [f"  {k}: {d.kind} {_short(getattr(d, d.kind))}" for k, d in sweep.search.space.items()]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not isinstance(value, (int, float)) else f"{value:g}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def preflight(sweep: SweepConfig) -> None:
+    """Checks that need more than the schema (e.g. pretrained weights on disk), before Ray starts."""
+    from fgray.methods.registry import method_class
+
+    for overrides in (grid_points(sweep.search) if sweep.search.is_grid else [{}]):
+        experiment = sweep.experiment(overrides)
+        method_class(experiment.method.name).preflight(experiment.method)
+
+
+# --------------------------------------------------------------------------------------------
+# Ray side (imported lazily: bad input is rejected before Ray is even imported)
+
+
+def experiment_exists(storage: str, name: str) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(f"{storage}/{name}")
+
+
+def start_ray() -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
+    if ray.is_initialized():
+        return
+    # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
+    ray.init(log_to_driver=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def build_search(sweep: SweepConfig):
+    """(param_space, search_alg, num_samples) for Tune from the validated search section."""
+    import optuna
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fgray.trial import POINT_KEY
+
+    search = sweep.search
+    rows, num_samples = planned_trials(sweep)
+    space: dict[str, Any] = {}
+    if rows is not None:  # exhaustive: Optuna's GridSampler over grid keys and table-row indices
+        grid = {k: list(d.grid) for k, d in search.space.items()}
+        if search.points:
+            grid[POINT_KEY] = list(range(len(search.points)))
+        if not grid:
+            return {}, None, num_samples
+        space = {k: tune.choice(v) for k, v in grid.items()}
+        sampler = optuna.samplers.GridSampler(grid, seed=search.seed)
+    else:
+        makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": lambda lo, hi: tune.randint(lo, hi + 1)}
+        for key, dist in search.space.items():
+            space[key] = tune.choice(dist.choice) if dist.kind == "choice" else makers[dist.kind](*getattr(dist, dist.kind))
+        sampler = optuna.samplers.TPESampler(seed=search.seed)
+    return space, OptunaSearch(sampler=sampler), num_samples
+
+
+def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from fgray.report import ProgressPrinter
+    from fgray.trial import trial_driver
+
+    res, search = sweep.resources, sweep.search
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage),
+        {"cpu": 0, **res.driver_resources},  # the driver only orchestrates; workers hold the CPUs/GPUs
+    )
+    path = f"{storage}/{sweep.name}"
+    if resume:
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    space, search_alg, num_samples = build_search(sweep)
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.train.epochs, grace_period=search.scheduler.grace_period,
+                               reduction_factor=search.scheduler.reduction_factor)
+                 if search.scheduler.name == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=res.max_concurrent_trials),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
+                                  callbacks=[ProgressPrinter(sweep.train.epochs, search.metric)],
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep, evaluate the best trials on test, write the report."""
+    from fgray.data import pipeline
+    from fgray.eval.distributed import evaluate_best
+    from fgray.report import collect_trials, write_outputs
+
+    start_ray()
+    pipeline.resolve_dataset(sweep.data)  # generate/verify the data once, before trials race for it
+    results = build_tuner(sweep, storage, resume).fit()
+    trials = collect_trials(results, sweep, storage)
+    tests = evaluate_best(sweep, storage, trials)
+    return write_outputs(sweep, storage, trials, tests)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, args.set, args.profile)
+        if args.storage:
+            sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": args.storage})
+        storage = resolve_storage(sweep.storage)
+        if args.dry_run:
+            print(describe_plan(sweep, storage))
+            return 0
+        preflight(sweep)
+        exists = experiment_exists(storage, sweep.name)
+        if exists and not args.resume:
+            raise ConfigError(f"{storage}/{sweep.name} already holds a sweep: pass --resume to continue it, "
+                              f"or --set name=... / --storage ... for a new one")
+        if args.resume and not exists:
+            raise ConfigError(f"--resume: no sweep to resume in {storage}/{sweep.name}")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    print(describe_plan(sweep, storage).splitlines()[0], flush=True)
+    summary = run_sweep(sweep, storage, resume=args.resume)
+    print(f"done in {time.perf_counter() - started:.0f} s: {summary['report']}", flush=True)
+    return 0 if summary["num_completed"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The only Ray-aware training code: one Tune trial = one Ray Train ``TorchTrainer`` (DDP).
+
+``trial_driver`` is the Tune trainable (a plain function, Train V2): it resolves the trial's
+experiment config, builds the Ray Data pipelines and fits a TorchTrainer whose workers run
+``worker_loop``. Workers report once per epoch (loss parts, ``val/...`` metrics and the
+1-based ``epoch`` ASHA keys on) and rank 0 checkpoints, so a restarted worker group or a
+``--resume``d sweep continues from the last finished epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray import tune
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from fgray import checkpoint as ckpt
+from fgray.config import ExperimentConfig, SweepConfig
+from fgray.data import pipeline
+from fgray.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, unwrap
+from fgray.methods import create_method
+from fgray.models import build_backbone
+
+POINT_KEY = "point"  # param-space key of a ``search.points`` row index
+
+
+def overrides_from(params: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
+    """Tune's sampled params (dotted keys, maybe a table-row index) -> dotted overrides."""
+    overrides = {k: v for k, v in params.items() if k != POINT_KEY}
+    if POINT_KEY in params:
+        overrides.update(sweep.search.points[int(params[POINT_KEY])])
+    return overrides
+
+
+def build_method(experiment: ExperimentConfig):
+    backbone = build_backbone(experiment.backbone.name, experiment.backbone.pretrained,
+                              image_size=experiment.data.image_size,
+                              drop_path_rate=experiment.backbone.drop_path_rate)
+    return create_method(experiment.method, backbone)
+
+
+def train_run_dir(storage: str, sweep_name: str) -> str:
+    """Where the Train runs (and so the checkpoints) of a sweep's trials live."""
+    return f"{storage.rstrip('/')}/{sweep_name}"
+
+
+def train_run_name(trial_id: str) -> str:
+    return f"train-{trial_id}"
+
+
+def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) -> None:
+    """Tune trainable: fit one TorchTrainer for the experiment these params select."""
+    sweep_cfg = SweepConfig.model_validate(sweep)
+    experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg))
+    res = experiment.resources
+    prepared = pipeline.resolve_dataset(experiment.data)
+    splits = pipeline.assign(prepared, experiment.data)
+    datasets = {
+        "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus),
+        "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus),
+    }
+    trainer = ray.train.torch.TorchTrainer(
+        worker_loop,
+        train_loop_config={"experiment": experiment.model_dump(mode="json"), "train_rows": len(splits.train)},
+        scaling_config=ScalingConfig(
+            num_workers=res.workers_per_trial,
+            use_gpu=res.gpus_per_worker > 0,
+            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+        ),
+        run_config=RunConfig(
+            name=train_run_name(tune.get_context().get_trial_id()),
+            storage_path=train_run_dir(storage, sweep_cfg.name),
+            callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    trainer.fit()  # a failed run raises here, and Tune records the trial as errored
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """Runs in every Train worker: DDP training with per-epoch validation and checkpoints."""
+    experiment = ExperimentConfig.model_validate(config["experiment"])
+    train_cfg, ks = experiment.train, experiment.eval.ks
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, math.ceil(experiment.resources.cpus_per_worker)))
+    torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    device = ray.train.torch.get_device()
+    method = build_method(experiment)
+    model = ray.train.torch.prepare_model(method)
+    method = unwrap(model)
+    full_steps = max(1, config["train_rows"] // (train_cfg.batch_size * world))
+    steps_per_epoch = min(full_steps, train_cfg.steps_per_epoch or full_steps)
+    optimizer = build_optimizer(method.param_groups(), train_cfg, world)
+    scheduler = build_scheduler(optimizer, train_cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and train_cfg.amp != "off"
+                                  and not torch.cuda.is_bf16_supported())
+
+    start_epoch, last_val = 0, {}
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as directory:
+            start_epoch = ckpt.load(directory, method, optimizer, scheduler, scaler)
+            last_val = {k: v for k, v in ckpt.read_meta(directory)["metrics"].items() if k.startswith("val/")}
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    for epoch in range(start_epoch, train_cfg.epochs):
+        started = time.perf_counter()
+        stats = train_one_epoch(
+            model,
+            train_shard.iter_torch_batches(batch_size=train_cfg.batch_size, drop_last=True,
+                                           local_shuffle_buffer_size=experiment.data.shuffle_buffer or None),
+            optimizer, scheduler, device, epoch=epoch, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
+            amp=train_cfg.amp, grad_clip=train_cfg.grad_clip, scaler=scaler,
+        )
+        metrics: dict[str, float] = {
+            "epoch": epoch + 1,
+            **{f"train/{k}": v for k, v in stats.losses.items()},
+            "train/steps": stats.steps,
+            "train/images_per_s": stats.images_per_second * world,
+            "train/data_wait": stats.data_wait_fraction,
+            "train/lr": optimizer.param_groups[0]["lr"],
+        }
+        is_last = epoch + 1 == train_cfg.epochs
+        if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last):
+            last_val = evaluate(method, val_shard.iter_batches(batch_size=experiment.eval.batch_size,
+                                                               batch_format="numpy"), device, ks)
+        metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
+        metrics["time/epoch_s"] = time.perf_counter() - started
+        _report(metrics, method, experiment, epoch + 1, optimizer, scheduler, scaler, rank)
+
+
+def _report(metrics, method, experiment, epoch, optimizer, scheduler, scaler, rank) -> None:
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        ckpt.save(directory, method, experiment, epoch, metrics, optimizer, scheduler, scaler)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+
+def latest_checkpoint(storage: str, sweep_name: str, trial_id: str) -> str | None:
+    """The newest checkpoint folder of a trial's Train run (local storage), or None."""
+    run_dir = os.path.join(os.path.expanduser(train_run_dir(storage, sweep_name)), train_run_name(trial_id))
+    if not os.path.isdir(run_dir):
+        return None
+    candidates = [os.path.join(run_dir, d) for d in os.listdir(run_dir) if d.startswith("checkpoint_")]
+    candidates = [d for d in candidates if os.path.isfile(os.path.join(d, ckpt.META_FILE))]
+    return max(candidates, key=lambda d: ckpt.read_meta(d)["epoch"], default=None)

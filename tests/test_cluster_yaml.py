@@ -1,0 +1,186 @@
+"""Offline checks of cluster.yaml: Ray's own validation plus the facts fgray relies on.
+
+No Ray is started and no AWS API is called: `prepare_config` only merges the config with
+Ray's AWS defaults and `validate_config` checks the JSON schema and node-type sums. The
+AWS-side bootstrap of `ray up` (IAM role, key pair, subnets, security groups, AMI) needs
+credentials and is deliberately not exercised here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = REPO / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    with open(CLUSTER_YAML) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No AWS credentials and no network: prove the validation path needs neither."""
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"cluster.yaml validation tried to open a connection: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture
+def prepared(raw, offline) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(json.loads(json.dumps(raw)))  # deep copy: prepare mutates
+    validate_config(cfg)
+    return cfg
+
+
+def _head(cfg: dict) -> dict:
+    return cfg["available_node_types"][cfg["head_node_type"]]
+
+
+def _gpu_types(cfg: dict) -> dict:
+    return {
+        name: t
+        for name, t in cfg["available_node_types"].items()
+        if name != cfg["head_node_type"] and t.get("resources", {}).get("GPU", 0) > 0
+    }
+
+
+def _start_args(command: str) -> list[str]:
+    """The `ray start ...` part of a start command, split like the shell would."""
+    m = re.search(r"\bray start\b.*", command, flags=re.S)
+    assert m, f"no `ray start` in: {command}"
+    return shlex.split(m.group(0))
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    for a in args:
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _env(command: str) -> dict[str, str]:
+    """VAR=value assignments (exported or inline) before `ray start`."""
+    prefix = command.split("ray start", 1)[0]
+    return dict(re.findall(r"\b([A-Z][A-Z0-9_]*)=([^\s;]+)", prefix))
+
+
+def _ray_start(commands: list[str]) -> str:
+    starts = [c for c in commands if re.search(r"\bray start\b", c)]
+    assert len(starts) == 1, commands
+    return starts[0]
+
+
+# --- Ray's own validation ------------------------------------------------------------
+
+def test_matches_ray_json_schema(raw):
+    import jsonschema
+    import ray.autoscaler
+
+    schema_path = Path(ray.autoscaler.__file__).parent / "ray-schema.json"
+    schema = json.loads(schema_path.read_text())
+    jsonschema.validate(raw, schema)
+
+
+def test_prepare_and_validate_offline(prepared):
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["provider"]["region"] == "us-west-2"
+    # prepare_config filled the head's worker count and merged setup commands.
+    assert _head(prepared)["max_workers"] == 0
+    assert prepared["head_setup_commands"][: len(prepared["setup_commands"])] == prepared[
+        "setup_commands"
+    ]
+
+
+# --- What fgray relies on ------------------------------------------------------------
+
+def test_gpu_workers_scale_from_zero(prepared):
+    gpu = _gpu_types(prepared)
+    assert gpu, "no worker node type declares GPUs"
+    for name, t in gpu.items():
+        assert t["min_workers"] == 0, f"{name}: GPU workers must not idle (min_workers 0)"
+        assert t["max_workers"] >= 1, name
+        assert t["max_workers"] <= prepared["max_workers"], name
+        assert t["resources"].get("CPU", 0) >= 1, f"{name}: Train/Data workers need CPUs"
+        assert "TRAIN_DRIVER" not in t["resources"], f"{name}: drivers belong on the head"
+
+
+def test_head_advertises_train_driver(prepared):
+    head = _head(prepared)
+    assert head["resources"].get("TRAIN_DRIVER", 0) >= 1
+    assert head["resources"].get("GPU", 0) == 0, "the head is the CPU node"
+    assert head.get("min_workers", 0) == 0 and head["max_workers"] == 0
+
+    # What `ray start` really advertises must match what the autoscaler plans with.
+    args = _start_args(_ray_start(prepared["head_start_ray_commands"]))
+    assert "--head" in args
+    custom = json.loads(_flag(args, "--resources") or "{}")
+    assert custom.get("TRAIN_DRIVER") == head["resources"]["TRAIN_DRIVER"]
+    if "CPU" in head["resources"]:
+        assert _flag(args, "--num-cpus") == str(head["resources"]["CPU"])
+    assert _flag(args, "--dashboard-host") == "0.0.0.0"
+    assert _flag(args, "--autoscaling-config") == "~/ray_bootstrap_config.yaml"
+
+
+@pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_ray_start_environment(prepared, key):
+    env = _env(_ray_start(prepared[key]))
+    # GPU nodes take minutes to boot: Train must wait for them (RAY_NOTES.md).
+    assert int(env.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "0")) >= 600
+    assert env.get("RAY_TRAIN_ENABLE_STATE_TRACKING") == "1"
+
+
+def test_setup_installs_project_on_every_node(prepared):
+    # The repo root is synced to some remote dir ...
+    remote = [r for r, local in prepared["file_mounts"].items() if local in (".", "./")]
+    assert len(remote) == 1, prepared["file_mounts"]
+    remote_dir = remote[0].rstrip("/")
+    # ... without git history or ignored files (virtualenvs, results).
+    assert ".gitignore" in prepared["rsync_filter"]
+    assert "**/.git" in prepared["rsync_exclude"]
+
+    # ... and installed there, with the test extra, on the head and on every worker.
+    install = re.compile(
+        r"cd\s+" + re.escape(remote_dir) + r"\s*&&.*pip install\s+-e\s+[\"']?\.\[test\][\"']?"
+    )
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert any(install.search(c) for c in prepared[key]), (key, prepared[key])
+    for name, t in prepared["available_node_types"].items():
+        # A per-type worker_setup_commands would replace (not extend) the global one.
+        assert "worker_setup_commands" not in t, name
+
+
+def test_ray_pinned_on_nodes(raw):
+    """Autoscaled workers start hours after the head: one Ray version for all of them."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    pins = {
+        m.group(1)
+        for c in raw["setup_commands"]
+        for m in re.finditer(r"ray\[[^\]]*\]==([0-9][0-9a-z.]*)", c)
+    }
+    assert len(pins) == 1, f"pin ray to exactly one version in setup_commands: {pins}"
+    pyproject = (REPO / "pyproject.toml").read_text()
+    req = re.search(r'"ray\[[^\]]*\]([^";]*)', pyproject)
+    assert req, "pyproject.toml lists no ray requirement"
+    assert Version(pins.pop()) in SpecifierSet(req.group(1)), "pin outside pyproject range"

@@ -1,0 +1,107 @@
+"""Sweep-file validation: every bad input is one line naming the key path, exit 2, no Ray."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fgray.config import ConfigError, grid_points, load_sweep
+from fgray.sweep import planned_trials
+
+BASE = """
+name: t
+method: {name: mocov2, temperature: 0.2}
+backbone: {name: test_resnet}
+train: {epochs: 2, batch_size: 8}
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(tmp_path, text: str, sets=()) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write(tmp_path, text), sets)
+    return str(err.value)
+
+
+def test_valid_file_and_defaults(tmp_path):
+    sweep = load_sweep(write(tmp_path, BASE))
+    assert sweep.method.temperature == 0.2 and sweep.method.queue_size == 65536
+    assert sweep.data.name == "synthetic" and sweep.search.metric == "val/recall@1"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("method.temperature=-1", "method.temperature: must be > 0.0, got -1"),
+    ("train.lrr=0.1", "train.lrr: unknown key (did you mean 'lr'?)"),
+    ("method.temprature=0.1", "method.temprature: unknown key (did you mean 'temperature'?)"),
+    ("method.name=nope", "method: unknown method 'nope'"),
+    ("data.protocol=half", "data.protocol: must be one of 'open' or 'closed', got 'half'"),
+    ("backbone.name=resnet19", "backbone.name: unknown timm model 'resnet19' (did you mean 'resnet18'?)"),
+    ("backbone.pretrained=/no/such/file.pth", "backbone.pretrained: weights file not found: /no/such/file.pth"),
+    ("data.name=cub200", "data: dataset 'cub200' needs root: the folder written by"),
+    ("eval.ks=[0, 1]", "eval.ks: must be a non-empty list of positive integers"),
+])
+def test_bad_values_name_the_key(tmp_path, override, expected):
+    assert expected in error_of(tmp_path, BASE, [override])
+
+
+def test_search_space_values_are_validated(tmp_path):
+    bad_grid = BASE + "search: {space: {method.temperature: {grid: [0.1, -0.2]}}}\n"
+    assert error_of(tmp_path, bad_grid).startswith("search.space.method.temperature: method.temperature: must be > 0")
+    unknown = BASE + "search: {space: {method.tau: {grid: [0.1]}}}\n"
+    assert "method.tau: no such key" in error_of(tmp_path, unknown)
+    both = BASE + "search: {space: {method.temperature: {uniform: [0.1, 0.2], grid: [1]}}}\n"
+    assert "exactly one of" in error_of(tmp_path, both)
+    mixed = BASE + "search: {space: {method.temperature: {grid: [0.1]}, train.lr: {uniform: [0.1, 0.2]}}}\n"
+    assert "cannot mix grid" in error_of(tmp_path, mixed)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    assert "not valid YAML" in error_of(tmp_path, "method: [1\n")
+    assert "expected a mapping" in error_of(tmp_path, "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="sweep file not found"):
+        load_sweep(tmp_path / "missing.yaml")
+
+
+def test_grid_and_points_expand_exhaustively(tmp_path):
+    text = BASE + textwrap.dedent("""
+    search:
+      space: {train.lr: {grid: [0.1, 0.2]}}
+      points: [{method.temperature: 0.1}, {method.temperature: 0.3, method.momentum: 0.9}]
+    """)
+    sweep = load_sweep(write(tmp_path, text))
+    rows = grid_points(sweep.search)
+    assert len(rows) == 4 and planned_trials(sweep) == (rows, 4)
+    assert {"train.lr": 0.2, "method.temperature": 0.3, "method.momentum": 0.9} in rows
+    assert sweep.experiment(rows[-1]).method.momentum == 0.9
+
+
+def test_smoke_profile_keeps_search_and_shrinks_run(tmp_path):
+    text = BASE + "backbone: {name: resnet50}\nsearch: {space: {train.lr: {grid: [0.1, 0.2, 0.3]}}}\n"
+    sweep = load_sweep(write(tmp_path, text.replace("backbone: {name: test_resnet}\n", "")), profile="smoke")
+    assert sweep.name == "t-smoke" and sweep.backbone.name == "test_resnet"
+    assert sweep.train.epochs <= 2 and sweep.resources.gpus_per_worker == 0
+    assert len(grid_points(sweep.search)) == 3
+
+
+def test_cli_exits_2_with_one_line_before_ray(tmp_path):
+    path = write(tmp_path, BASE)
+    proc = subprocess.run([sys.executable, "-m", "fgray.sweep", str(path), "--set", "method.temperature=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: method.temperature: must be > 0.0, got -1"
+    assert "ray" not in proc.stdout.lower()
+
+
+def test_cli_dry_run_lists_trials(tmp_path):
+    path = write(tmp_path, BASE + "search: {space: {train.lr: {grid: [0.1, 0.2]}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "fgray.sweep", str(path), "--dry-run"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "trials: 2 (exhaustive grid" in proc.stdout and "trial 2: train.lr=0.2" in proc.stdout
