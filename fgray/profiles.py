@@ -25,6 +25,8 @@ def _smoke(data: dict[str, Any]) -> dict[str, Any]:
     out["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0, "data_cpus": 0.25,
                         "max_concurrent_trials": 2}
     search = out.setdefault("search", {})
+    if isinstance(search.get("scheduler"), dict) and "grace_period" in search["scheduler"]:
+        search["scheduler"] = {**search["scheduler"], "grace_period": 1}  # ASHA needs grace_period <= epochs
     grid_only = all("grid" in (d or {}) for d in search.get("space", {}).values())
     if not grid_only or not (search.get("space") or search.get("points")):
         search["num_samples"] = min(int(search.get("num_samples") or 2), 2)

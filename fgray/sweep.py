@@ -95,6 +95,7 @@ def start_ray() -> None:
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's tables off: ProgressPrinter prints instead
     if ray.is_initialized():
         return
     # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
@@ -102,7 +103,12 @@ def start_ray() -> None:
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def build_search(sweep: SweepConfig):
@@ -142,7 +148,8 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     res, search = sweep.resources, sweep.search
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage),
-        {"cpu": 0, **res.driver_resources},  # the driver only orchestrates; workers hold the CPUs/GPUs
+        # The driver only orchestrates (workers hold the CPUs/GPUs); Tune needs a non-empty bundle.
+        {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01},
     )
     path = f"{storage}/{sweep.name}"
     if resume:

@@ -27,6 +27,7 @@ from fgray.config import ExperimentConfig, SweepConfig
 from fgray.data import pipeline
 from fgray.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, unwrap
 from fgray.methods import create_method
+from fgray.methods.registry import method_class
 from fgray.models import build_backbone
 
 POINT_KEY = "point"  # param-space key of a ``search.points`` row index
@@ -63,8 +64,15 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     res = experiment.resources
     prepared = pipeline.resolve_dataset(experiment.data)
     splits = pipeline.assign(prepared, experiment.data)
+    attach = None
+    if "teacher_embedding" in method_class(experiment.method.name).required_columns(experiment.method):
+        from fgray.data import teacher_cache  # PP-SSL teacher_mode cached: CLIP embeddings computed once
+
+        cache = teacher_cache.ensure_cache(prepared, splits.train, experiment.data, experiment.method.teacher, storage,
+                                           use_gpu=True if res.gpus_per_worker > 0 else None)
+        attach = teacher_cache.attacher(cache, res.data_cpus)
     datasets = {
-        "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus),
+        "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus, attach=attach),
         "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus),
     }
     trainer = ray.train.torch.TorchTrainer(

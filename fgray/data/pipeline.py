@@ -1,18 +1,21 @@
 """Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
 
-Decoding and augmentation run in Ray Data tasks (CPU), re-executed every epoch so each epoch
-sees new views; the file order, block order and a local buffer shuffle the rows each epoch.
+The encoded rows of a split are read once (pyarrow, predicate pushed into the scan) into the
+object store; decoding and augmentation run in Ray Data tasks, re-executed every epoch so each
+epoch sees new views; block order plus a local buffer shuffle the rows each epoch.
 """
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from fgray.config import ConfigError, DataConfig
@@ -65,21 +68,34 @@ def read_manifest(root: str, expected: str | None = None) -> Manifest:
 
 def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
     """Image ids per role under the config's protocol (reads only the small index columns)."""
-    index = pads.dataset(prepared.shard_paths, format="parquet").to_table(columns=["image_id", "label", "split"])
+    index = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root)).to_table(columns=["image_id", "label", "split"])
     return assign_splits(prepared.name, data.protocol, index["image_id"].to_numpy(zero_copy_only=False),
                          index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
                          val_fraction=data.val_fraction, seed=data.split_seed)
 
 
-def _read(prepared: PreparedDataset, image_ids: np.ndarray, columns: list[str], shuffle: bool) -> ray.data.Dataset:
-    # The predicate is pushed down into the Parquet scan: rows of other splits are never decoded.
-    wanted = pc.field("image_id").isin(np.asarray(image_ids).astype(str).tolist())
-    return ray.data.read_parquet(prepared.shard_paths, columns=columns, filter=wanted,
-                                 shuffle="files" if shuffle else None)
+def read_rows(prepared: PreparedDataset, image_ids: np.ndarray, columns: list[str]) -> pa.Table:
+    """The rows of ``image_ids`` (encoded images, not decoded), filtered inside the Parquet scan."""
+    wanted = pc.field("image_id").isin(pa.array(np.asarray(image_ids).astype(str)))
+    dataset = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root))
+    return dataset.to_table(columns=sorted({*columns, "image_id"}), filter=wanted).select(columns)
+
+
+def _filesystem(root: str) -> pafs.FileSystem | None:
+    return pafs.FileSystem.from_uri(root)[0] if "://" in root else None
+
+
+def _blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+    # Encoded rows go to the object store once, in blocks small enough to shuffle by block order;
+    # reading in the driver avoids Ray Data read tasks competing with Train workers for CPUs.
+    blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
+    return ray.data.from_arrow(blocks or [table])
 
 
 def _augment_batch(batch: dict, image_size: int) -> dict[str, np.ndarray]:
-    return transforms.two_views(batch["image"], transforms.moco_v2_augmentation(image_size))
+    views = transforms.two_views(batch["image"], transforms.moco_v2_augmentation(image_size))
+    # Per-image numeric columns added by an ``attach`` step (e.g. cached teacher embeddings) pass through.
+    return {**views, **{k: np.asarray(v) for k, v in batch.items() if k not in ("image", "image_id")}}
 
 
 def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str, np.ndarray]:
@@ -91,9 +107,17 @@ def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str,
 
 
 def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
-                  cpus_per_task: float, batch_rows: int = 64) -> ray.data.Dataset:
-    """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S)."""
-    ds = _read(prepared, image_ids, ["image"], shuffle=True).randomize_block_order()
+                  cpus_per_task: float, batch_rows: int = 64,
+                  attach: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None) -> ray.data.Dataset:
+    """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S).
+
+    ``attach``: an optional step on the raw rows (``image``, ``image_id``) that adds per-image numeric
+    columns by id and drops ``image_id`` (e.g. ``teacher_cache.attacher``); they reach the batches as-is.
+    """
+    columns = ["image", "image_id"] if attach is not None else ["image"]
+    ds = _blocks(read_rows(prepared, image_ids, columns), batch_rows).randomize_block_order()
+    if attach is not None:
+        ds = attach(ds)
     return ds.map_batches(partial(_augment_batch, image_size=data.image_size), batch_size=batch_rows,
                           batch_format="numpy", num_cpus=cpus_per_task)
 
@@ -101,6 +125,6 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
 def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
                  cpus_per_task: float, batch_rows: int = 128) -> ray.data.Dataset:
     """Deterministic eval views, columns ``image`` (3, S, S) uint8, ``label``, ``image_id``."""
-    ds = _read(prepared, image_ids, ["image", "label", "image_id"], shuffle=False)
+    ds = _blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)
     return ds.map_batches(partial(_eval_batch, image_size=data.image_size, crop_fraction=data.eval_crop),
                           batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)

@@ -18,6 +18,11 @@ class Method(nn.Module, ABC):
     state_exclude: tuple[str, ...] = ()  # state_dict prefixes not checkpointed (frozen pretrained teachers)
 
     @classmethod
+    def required_columns(cls, config) -> tuple[str, ...]:
+        """The ``extra_columns`` this config needs (a method may need a column only in some modes)."""
+        return cls.extra_columns
+
+    @classmethod
     def preflight(cls, config) -> None:
         """Checks before Ray starts (e.g. that pretrained weights can be found); raise ConfigError."""
 

@@ -1,0 +1,294 @@
+"""Is the synthetic dataset learnable? Plain PyTorch (no Ray), CPU-sized.
+
+Measures test-class Recall@1 (leave-one-out, cosine, query excluded by index) of
+  * chance (random features) and raw pixels,
+  * randomly initialised timm backbones (global-pooled features),
+  * a quick self-supervised model (MoCo v2 or SimCLR, MoCo v2 augmentations) trained on the
+    training classes only, before and after training,
+  * optionally a supervised classifier on the training classes (an upper-bound sanity check).
+
+    python bench/synthetic_learnability.py --epochs 8 --supervised
+    python bench/synthetic_learnability.py --method simclr --backbone resnet10t --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # run from a checkout
+from fgray.data.synthetic import SyntheticSpec, render_arrays  # noqa: E402
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def recall_at_1(features: Tensor, labels: Tensor) -> float:
+    """Leave-one-out Recall@1 under cosine similarity; the query is excluded by its index."""
+    f = F.normalize(features.float(), dim=1)
+    sim = f @ f.T
+    sim.fill_diagonal_(-float("inf"))  # exclude the query itself (by index, not by rank)
+    return (labels[sim.argmax(dim=1)] == labels).float().mean().item()
+
+
+def to_input(images: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) -> ImageNet-normalised float."""
+    return (images.float() / 255.0 - MEAN) / STD
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Pooled backbone features of un-augmented images (eval-mode BatchNorm)."""
+    was_training = backbone.training
+    backbone.eval()
+    out = torch.cat([backbone(to_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
+    backbone.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def mocov2_augment(size: int) -> v2.Compose:
+    """MoCo v2 views (no blur: at 64 px it would erase the parts), on uint8 tensors."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomHorizontalFlip(),
+    ])
+
+
+def augment_batch(aug: v2.Compose, images: Tensor) -> Tensor:
+    """Per-sample random views (a v2 transform on a batch would share one draw)."""
+    return torch.stack([aug(img) for img in images])
+
+
+# ----------------------------------------------------------------------------- SSL methods
+
+
+def mlp_head(in_dim: int, out_dim: int = 128) -> nn.Module:
+    """MoCo v2 / SimCLR projection head."""
+    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+
+
+class MoCoV2(nn.Module):
+    """Minimal MoCo v2: momentum key encoder + FIFO queue of negatives, InfoNCE."""
+
+    def __init__(self, backbone: nn.Module, queue: int = 1024, momentum: float = 0.99, temperature: float = 0.2):
+        super().__init__()
+        self.q = nn.Sequential(backbone, mlp_head(backbone.num_features))
+        self.k = copy.deepcopy(self.q).requires_grad_(False)
+        self.momentum, self.temperature = momentum, temperature
+        self.register_buffer("queue", F.normalize(torch.randn(queue, 128), dim=1))
+        self.ptr = 0
+
+    def loss(self, v1: Tensor, v2_: Tensor) -> Tensor:
+        q = F.normalize(self.q(v1), dim=1)  # (B, 128)
+        with torch.no_grad():
+            k = F.normalize(self.k(v2_), dim=1)
+        pos = (q * k).sum(1, keepdim=True)  # (B, 1)
+        neg = q @ self.queue.clone().T  # (B, K); cloned: the queue is updated before backward
+        logits = torch.cat([pos, neg], dim=1) / self.temperature
+        self._enqueue(k)
+        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+
+    @torch.no_grad()
+    def _enqueue(self, k: Tensor) -> None:
+        idx = (self.ptr + torch.arange(len(k))) % len(self.queue)
+        self.queue[idx] = k
+        self.ptr = int(idx[-1] + 1) % len(self.queue)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for pk, pq in zip(self.k.parameters(), self.q.parameters()):
+            pk.mul_(self.momentum).add_(pq.detach(), alpha=1 - self.momentum)
+        for bk, bq in zip(self.k.buffers(), self.q.buffers()):  # BN running stats follow q
+            bk.copy_(bq)
+
+
+class SimCLR(nn.Module):
+    """Minimal SimCLR: NT-Xent over the 2B views of a batch."""
+
+    def __init__(self, backbone: nn.Module, temperature: float = 0.2):
+        super().__init__()
+        self.q = nn.Sequential(backbone, mlp_head(backbone.num_features))
+        self.temperature = temperature
+
+    def loss(self, v1: Tensor, v2_: Tensor) -> Tensor:
+        z = F.normalize(self.q(torch.cat([v1, v2_])), dim=1)
+        sim = z @ z.T / self.temperature
+        sim.fill_diagonal_(-float("inf"))
+        b = len(v1)
+        target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+        return F.cross_entropy(sim, target)
+
+    def after_step(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: float
+    seconds: float
+    final_loss: float
+
+
+def _optimizer(params, lr: float, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD + momentum, cosine decay: the MoCo v2 recipe, shortened."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return opt, sched
+
+
+def train_ssl(model: nn.Module, images: Tensor, epochs: float, batch_size: int, lr: float, seed: int,
+              probe: Callable[[], float] | None = None, probe_every: int = 0) -> TrainResult:
+    """Contrastive pre-training on ``images`` (uint8, N x 3 x H x W) for ``epochs``.
+
+    ``probe`` (e.g. test Recall@1 of the backbone) is printed every ``probe_every`` steps.
+    """
+    g = torch.Generator().manual_seed(seed)
+    aug = mocov2_augment(images.shape[-1])
+    steps = max(1, int(epochs * len(images) / batch_size))
+    opt, sched = _optimizer([p for p in model.parameters() if p.requires_grad], lr, steps)
+    model.train()
+    start, loss = time.time(), torch.tensor(float("nan"))
+    for step in range(steps):
+        idx = torch.randint(len(images), (batch_size,), generator=g)
+        batch = images[idx]
+        v1, v2_ = to_input(augment_batch(aug, batch)), to_input(augment_batch(aug, batch))
+        loss = model.loss(v1, v2_)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        model.after_step()
+        if step % 20 == 0:
+            print(f"  step {step}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f}s)", flush=True)
+        if probe is not None and probe_every and (step + 1) % probe_every == 0:
+            print(f"  step {step + 1}: probe {probe():.3f}", flush=True)
+            model.train()
+    return TrainResult(steps, steps * batch_size / len(images), time.time() - start, loss.item())
+
+
+def train_supervised(backbone: nn.Module, images: Tensor, labels: Tensor, epochs: float, batch_size: int, lr: float, seed: int) -> TrainResult:
+    """Cross-entropy on the training classes with the same augmentations (upper bound)."""
+    g = torch.Generator().manual_seed(seed)
+    aug = mocov2_augment(images.shape[-1])
+    classes, targets = torch.unique(labels, return_inverse=True)
+    model = nn.Sequential(backbone, nn.Linear(backbone.num_features, len(classes)))
+    steps = max(1, int(epochs * len(images) / batch_size))
+    opt, sched = _optimizer(model.parameters(), lr, steps)
+    model.train()
+    start, loss = time.time(), torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randint(len(images), (batch_size,), generator=g)
+        loss = F.cross_entropy(model(to_input(augment_batch(aug, images[idx]))), targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return TrainResult(steps, steps * batch_size / len(images), time.time() - start, loss.item())
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def load(spec: SyntheticSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Train / test images (uint8 N x 3 x H x W) and labels, by the open class split."""
+    images, labels, _ = render_arrays(spec)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels)
+    train = y < spec.train_classes
+    return x[train], y[train], x[~train], y[~train]
+
+
+def new_backbone(name: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, num_classes=0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--num-classes", type=int, default=48)
+    p.add_argument("--images-per-class", type=int, default=40)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--spec", type=json.loads, default={}, help="extra SyntheticSpec fields as JSON")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--baselines", default="resnet18,resnet10t", help="random-init backbones to score ('' = none)")
+    p.add_argument("--method", choices=("moco", "simclr", "none"), default="moco")
+    p.add_argument("--epochs", type=float, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.06)
+    p.add_argument("--queue", type=int, default=1024)
+    p.add_argument("--probe-every", type=int, default=0, help="print test Recall@1 every N steps (0: never)")
+    p.add_argument("--supervised", action="store_true", help="also train a supervised upper bound")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    spec = SyntheticSpec(num_classes=args.num_classes, images_per_class=args.images_per_class,
+                         image_size=args.image_size, **args.spec)
+    t0 = time.time()
+    xtr, ytr, xte, yte = load(spec)
+    results: dict = {"spec": spec.to_dict(), "args": vars(args), "render_s": round(time.time() - t0, 1)}
+    n_test_classes = spec.num_classes - spec.train_classes
+    print(f"rendered {len(xtr)} train / {len(xte)} test images ({n_test_classes} test classes) in {results['render_s']}s")
+
+    r = results["recall@1"] = {}
+    r["chance (expected)"] = (spec.images_per_class - 1) / (len(xte) - 1)
+    r["random features"] = recall_at_1(torch.randn(len(xte), 128, generator=torch.Generator().manual_seed(0)), yte)
+    r["raw pixels"] = recall_at_1(xte.flatten(1).float() - xte.flatten(1).float().mean(0), yte)
+    for name in filter(None, args.baselines.split(",")):
+        r[f"random-init {name}"] = recall_at_1(embed(new_backbone(name, args.seed), xte), yte)
+        print(f"  {name}: {r[f'random-init {name}']:.3f}", flush=True)
+
+    if args.method != "none":
+        backbone = new_backbone(args.backbone, args.seed)
+        r[f"{args.backbone} before SSL"] = recall_at_1(embed(backbone, xte), yte)
+        model = MoCoV2(backbone, queue=args.queue) if args.method == "moco" else SimCLR(backbone)
+        res = train_ssl(model, xtr, args.epochs, args.batch_size, args.lr, args.seed,
+                        probe=lambda: recall_at_1(embed(backbone, xte), yte), probe_every=args.probe_every)
+        results["ssl"] = asdict(res)
+        r[f"{args.backbone} after {args.method}"] = recall_at_1(embed(backbone, xte), yte)
+        r[f"{args.backbone} after {args.method} (train classes)"] = recall_at_1(embed(backbone, xtr), ytr)
+    if args.supervised:
+        backbone = new_backbone(args.backbone, args.seed)
+        res = train_supervised(backbone, xtr, ytr, args.epochs, args.batch_size, args.lr * 2, args.seed)
+        results["supervised"] = asdict(res)
+        r[f"{args.backbone} supervised (train classes only)"] = recall_at_1(embed(backbone, xte), yte)
+
+    for k, v in results.items():
+        if k not in ("recall@1", "spec", "args"):
+            print(f"{k}: {v}")
+    print("test-class Recall@1:")
+    for k, v in r.items():
+        print(f"  {k:45s} {100 * v:5.1f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""The built-in synthetic fine-grained dataset: "birds" that differ only in small local parts.
+
+Every image shows one bird of the same body plan and colour family. A class is a
+combination of four discrete local *parts* (head marking x wing pattern x tail shape x
+breast marking), so two classes typically share most parts and differ in one or two
+small ones, as in CUB. Within a class the pose (rotation, flip), scale, position, body
+shape and colours vary, and the background is cluttered with blobs, branches and
+marking-like fragments in the same palette as the bird, so that global colour or layout
+statistics do not reveal the class. Each image comes with the bird's bounding box.
+
+``render`` is a pure function of ``(spec, class, instance)``: numpy + PIL, no torch, about
+a millisecond per 64 px image. ``write_shards`` stores a spec as Parquet shards plus a
+``manifest.json`` (the contract of :mod:`fgray.data.schema`), cached by a hash of the spec.
+"""
+from __future__ import annotations
+
+import colorsys
+import functools
+import hashlib
+import io
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+import fgray
+from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
+
+# Bump whenever a change makes ``render`` produce different pixels: it is part of the hash.
+GENERATOR_VERSION = "1"
+
+# The discrete local parts; a class is one combination (see ``class_parts``).
+PARTS: dict[str, tuple[str, ...]] = {
+    "head": ("plain", "stripe", "cap", "cheek"),  # dark eye stripe / crown cap / cheek spot
+    "wing": ("plain", "bar", "double", "spots"),  # light wing bars or spots
+    "tail": ("round", "fork", "pointed", "square"),
+    "breast": ("plain", "band", "spotted"),  # dark chest band / belly spots
+}
+MAX_CLASSES = int(np.prod([len(v) for v in PARTS.values()]))  # 192
+_CLASS_ORDER_SEED = 20240611  # fixed: class -> parts is the same for every spec.seed
+
+BBox = tuple[float, float, float, float]
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate. Every field enters the content hash; defaults suit a CPU laptop."""
+
+    num_classes: int = 48  # <= MAX_CLASSES (192)
+    images_per_class: int = 40
+    image_size: int = 64  # stored images are image_size x image_size RGB
+    seed: int = 0  # changes every image (not the class -> parts map)
+    train_classes: int | None = None  # classes < this are "train", the rest "test"; None: half
+    # --- difficulty knobs ---
+    max_rotation: float = 25.0  # degrees, uniform in +-max_rotation (plus a random horizontal flip)
+    scale_range: tuple[float, float] = (0.5, 0.8)  # bird length / image side
+    shape_jitter: float = 0.08  # relative jitter of body, head, wing and tail proportions
+    color_jitter: float = 1.0  # multiplier on the hue / saturation / value jitter of the bird
+    clutter: int = 14  # background blobs, polygons and branches
+    distractors: int = 4  # marking-like fragments (stripes, bars, spots) in the background
+    noise_std: float = 5.0  # Gaussian pixel noise (0-255 scale)
+    supersample: int = 2  # render at this multiple of image_size, then box-filter down
+
+    def __post_init__(self) -> None:
+        if self.train_classes is None:  # resolved here so that "half" and its value hash alike
+            object.__setattr__(self, "train_classes", self.num_classes // 2)
+        object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
+        checks = [
+            (2 <= self.num_classes <= MAX_CLASSES, f"num_classes must be in [2, {MAX_CLASSES}]"),
+            (1 <= self.train_classes < self.num_classes, "train_classes must be in [1, num_classes)"),
+            (self.images_per_class >= 2, "images_per_class must be >= 2 (retrieval needs pairs)"),
+            (self.image_size >= 32, "image_size must be >= 32 (parts vanish below)"),
+            (0.1 <= self.scale_range[0] <= self.scale_range[1] <= 1.0, "scale_range must be 0.1 <= lo <= hi <= 1"),
+            (self.supersample >= 1, "supersample must be >= 1"),
+            (min(self.clutter, self.distractors, self.noise_std, self.shape_jitter) >= 0, "knobs must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SyntheticSpec: {message}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists); ``from_dict`` inverts it."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SyntheticSpec":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+# ----------------------------------------------------------------------------- classes
+
+
+def class_parts(class_index: int) -> dict[str, str]:
+    """The parts of a class: a fixed shuffle of all combinations, so any prefix mixes them."""
+    if not 0 <= class_index < MAX_CLASSES:
+        raise ValueError(f"class_index must be in [0, {MAX_CLASSES}), got {class_index}")
+    code = _class_codes()[class_index]
+    parts = {}
+    for name, values in PARTS.items():  # mixed-radix decode of the combination number
+        code, digit = divmod(code, len(values))
+        parts[name] = values[digit]
+    return parts
+
+
+@functools.lru_cache(maxsize=1)
+def _class_codes() -> tuple[int, ...]:
+    return tuple(int(c) for c in np.random.default_rng(_CLASS_ORDER_SEED).permutation(MAX_CLASSES))
+
+
+def class_name(class_index: int) -> str:
+    """E.g. ``"bird-07 (head=stripe, wing=double, tail=fork, breast=plain)"``."""
+    desc = ", ".join(f"{k}={v}" for k, v in class_parts(class_index).items())
+    return f"bird-{class_index:02d} ({desc})"
+
+
+def split_of(spec: SyntheticSpec, class_index: int) -> str:
+    """Open split: the first ``train_classes`` classes train, the rest test."""
+    return "train" if class_index < spec.train_classes else "test"
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28, a0: float = 0.0, a1: float = 2 * np.pi) -> np.ndarray:
+    t = np.linspace(a0, a1, n, endpoint=(a1 - a0) < 2 * np.pi)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+
+
+def _vband(cx: float, cy: float, rx: float, ry: float, x0: float, x1: float, n: int = 6) -> np.ndarray:
+    """Vertical band x0..x1 clipped to the ellipse (cx, cy, rx, ry): a polygon inside it."""
+    xs = np.linspace(x0, x1, n)
+    half = ry * np.sqrt(np.clip(1 - ((xs - cx) / rx) ** 2, 0, None)) * 0.97
+    top = np.stack([xs, cy - half], axis=1)
+    bottom = np.stack([xs, cy + half], axis=1)[::-1]
+    return np.concatenate([top, bottom])
+
+
+def _hband(cx: float, cy: float, r: float, y0: float, y1: float, n: int = 6) -> np.ndarray:
+    """Horizontal band y0..y1 clipped to the circle (cx, cy, r)."""
+    ys = np.linspace(y0, y1, n)
+    half = r * np.sqrt(np.clip(1 - ((ys - cy) / r) ** 2, 0, None)) * 0.97
+    right = np.stack([cx + half, ys], axis=1)
+    left = np.stack([cx - half, ys], axis=1)[::-1]
+    return np.concatenate([right, left])
+
+
+def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) -> dict[str, list[np.ndarray]]:
+    """Polygons of one bird in its local frame (body centre at 0, facing +x, y down, length ~1.1).
+
+    Returned in drawing order, keyed by the colour they take. Proportions are jittered
+    per instance (individual birds differ) but every class uses the same body plan.
+    """
+    j = lambda: 1.0 + jitter * rng.uniform(-1, 1)  # noqa: E731  one relative jitter draw
+    brx, bry = 0.30 * j(), 0.17 * j()  # body
+    hr = 0.12 * j()  # head radius
+    hx, hy = brx + 0.005, -bry * 0.75  # head centre sits on the front-top of the body
+    wcx, wcy, wrx, wry = -0.04, -0.03, 0.22 * j(), 0.095 * j()  # wing
+    tl = 0.27 * j()  # tail length beyond its base
+    tx = -brx + 0.04  # tail base (hidden under the body)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("tail", "legs", "body", "breast", "wing", "bars", "head", "mark", "eye", "beak")}
+
+    tail = parts["tail"]
+    if tail == "round":
+        arc = _ellipse(tx, -0.01, tl, 0.13, n=9, a0=np.pi - 0.55, a1=np.pi + 0.55)
+        out["tail"].append(np.concatenate([[[tx, 0.03]], arc, [[tx, -0.05]]]))
+    elif tail == "fork":
+        out["tail"].append(np.array([[tx, -0.05], [tx - tl, -0.13], [tx - 0.6 * tl, -0.01], [tx - tl, 0.11], [tx, 0.03]]))
+    elif tail == "pointed":
+        out["tail"].append(np.array([[tx, -0.05], [tx - 1.25 * tl, -0.01], [tx, 0.03]]))
+    else:  # square
+        out["tail"].append(np.array([[tx, -0.05], [tx - 0.9 * tl, -0.07], [tx - 0.9 * tl, 0.05], [tx, 0.03]]))
+
+    for lx in (0.0, 0.07):  # legs: thin quads
+        out["legs"].append(np.array([[lx, bry * 0.8], [lx + 0.015, bry * 0.8], [lx - 0.01, bry + 0.11], [lx - 0.025, bry + 0.11]]))
+    out["body"].append(_ellipse(0, 0, brx, bry))
+
+    breast = parts["breast"]
+    if breast == "band":
+        out["breast"].append(_vband(0, 0, brx, bry, 0.45 * brx, 0.62 * brx))
+    elif breast == "spotted":
+        for sx, sy in ((0.05, 0.08), (0.12, 0.06), (0.08, 0.12), (0.16, 0.10)):
+            out["breast"].append(_ellipse(sx * brx / 0.3, sy * bry / 0.17, 0.022, 0.022, n=10))
+
+    out["wing"].append(_ellipse(wcx, wcy, wrx, wry))
+    wing = parts["wing"]
+    if wing == "bar":
+        out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + 0.30 * wrx, wcx + 0.55 * wrx))
+    elif wing == "double":
+        for a, b in ((-0.35, -0.12), (0.30, 0.53)):
+            out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + a * wrx, wcx + b * wrx))
+    elif wing == "spots":
+        for sx, sy in ((-0.45, -0.1), (0.0, 0.25), (0.45, -0.1)):
+            out["bars"].append(_ellipse(wcx + sx * wrx, wcy + sy * wry, 0.026, 0.026, n=10))
+
+    out["head"].append(_ellipse(hx, hy, hr, hr))
+    head = parts["head"]
+    ey = hy - 0.15 * hr  # eye height
+    if head == "stripe":
+        out["mark"].append(_hband(hx, hy, hr, ey - 0.17 * hr, ey + 0.17 * hr))
+    elif head == "cap":
+        a = np.arcsin(0.3)  # the arc above y = hy - 0.3 r
+        out["mark"].append(_ellipse(hx, hy, hr * 0.98, hr * 0.98, n=14, a0=np.pi + a, a1=2 * np.pi - a))
+    elif head == "cheek":
+        out["mark"].append(_ellipse(hx - 0.05 * hr, hy + 0.45 * hr, 0.33 * hr, 0.28 * hr, n=12))
+    out["eye"].append(_ellipse(hx + 0.35 * hr, ey, 0.17 * hr, 0.17 * hr, n=10))
+    bx = hx + 0.8 * hr
+    out["beak"].append(np.array([[bx, ey - 0.02], [bx + 0.13 * j(), ey + 0.035], [bx, ey + 0.07]]))
+    return out
+
+
+def _place(polys: dict[str, list[np.ndarray]], rng: np.random.Generator, spec: SyntheticSpec, canvas: int) -> dict[str, list[np.ndarray]]:
+    """Random pose: flip, rotate, scale, then translate so the whole bird fits the canvas."""
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    angle = np.deg2rad(rng.uniform(-spec.max_rotation, spec.max_rotation))
+    scale = rng.uniform(*spec.scale_range) * canvas
+    c, s = np.cos(angle), np.sin(angle)
+    m = scale * np.array([[c, -s], [s, c]]) @ np.diag([flip, 1.0])
+    posed = {k: [p @ m.T for p in v] for k, v in polys.items()}
+    pts = np.concatenate([p for v in posed.values() for p in v])
+    lo, hi = pts.min(0), pts.max(0)
+    margin = 0.02 * canvas
+    room = canvas - 2 * margin - (hi - lo)
+    if (room < 0).any():  # a rotated large bird may not fit: shrink it about its box
+        f = float(np.min((canvas - 2 * margin) / (hi - lo)))
+        posed = {k: [p * f for p in v] for k, v in posed.items()}
+        lo, hi = lo * f, hi * f
+        room = np.maximum(canvas - 2 * margin - (hi - lo), 0)
+    shift = margin - lo + rng.uniform(0, 1, 2) * room
+    return {k: [p + shift for p in v] for k, v in posed.items()}
+
+
+# ----------------------------------------------------------------------------- colours
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, float(np.clip(s, 0, 1)), float(np.clip(v, 0, 1)))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _bird_colour(rng: np.random.Generator, k: float) -> tuple[float, float, float]:
+    """HSV of a bird's body: one ochre-brown family for every class, jittered per image."""
+    return 0.08 + 0.05 * k * rng.uniform(-1, 1), 0.55 + 0.2 * k * rng.uniform(-1, 1), 0.68 + 0.18 * k * rng.uniform(-1, 1)
+
+
+def _bird_palette(rng: np.random.Generator, k: float) -> dict[str, tuple[int, int, int]]:
+    h, s, v = _bird_colour(rng, k)
+    dark = _hsv(h, s * 0.5, 0.12 + 0.06 * rng.random())  # markings: near-black, same for all classes
+    light = _hsv(0.12, 0.15 + 0.1 * rng.random(), 0.88 + 0.1 * rng.random())  # cream bars / spots
+    return {
+        "tail": _hsv(h, s, v * 0.72), "legs": _hsv(h, s * 0.6, v * 0.45), "body": _hsv(h, s, v),
+        "breast": dark, "wing": _hsv(h, s, v * 0.72), "bars": light, "head": _hsv(h, s, v * 1.04),
+        "mark": dark, "eye": (10, 10, 10), "beak": _hsv(0.11, 0.6, 0.55 + 0.2 * rng.random()),
+    }
+
+
+def _clutter_colour(rng: np.random.Generator, k: float) -> tuple[int, int, int]:
+    """Half foliage / bark tones, half bird tones: colour alone must not find the bird."""
+    if rng.random() < 0.5:
+        h, s, v = _bird_colour(rng, k)
+        return _hsv(h, s, v * rng.uniform(0.6, 1.1))
+    return _hsv(rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.7), rng.uniform(0.2, 0.85))
+
+
+def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: SyntheticSpec, canvas: int) -> None:
+    """Cluttered scene: blobs, polygons, branches, then marking-like distractor fragments."""
+    k = spec.color_jitter
+    for _ in range(spec.clutter):
+        colour, kind = _clutter_colour(rng, k), rng.integers(3)
+        cx, cy = rng.uniform(0, canvas, 2)
+        size = rng.uniform(0.08, 0.35) * canvas
+        if kind == 0:  # blob
+            rx, ry = size * rng.uniform(0.4, 1.0, 2)
+            draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
+        elif kind == 1:  # polygon (leaf / rock)
+            t = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 7)))
+            r = size * rng.uniform(0.4, 1.0, t.size)
+            draw.polygon(list(zip(cx + r * np.cos(t), cy + r * np.sin(t))), fill=colour)
+        else:  # branch
+            a = rng.uniform(0, np.pi)
+            dx, dy = np.cos(a) * size * 2, np.sin(a) * size * 2
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=max(1, int(rng.uniform(0.01, 0.04) * canvas)))
+    for _ in range(spec.distractors):  # fragments that look like parts, away from any bird
+        cx, cy = rng.uniform(0, canvas, 2)
+        colour = _hsv(0.08, 0.3, 0.12) if rng.random() < 0.5 else _hsv(0.12, 0.2, 0.92)
+        r = rng.uniform(0.012, 0.03) * canvas
+        if rng.random() < 0.5:
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        else:
+            a = rng.uniform(0, np.pi)
+            dx, dy = np.cos(a) * r * 2.5, np.sin(a) * r * 2.5
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=max(1, int(r)))
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def render(spec: SyntheticSpec, class_index: int, instance_index: int) -> tuple[np.ndarray, BBox]:
+    """One image (H x W x 3 uint8) and the bird's box (x1, y1, x2, y2) in image pixels.
+
+    Deterministic in ``(spec, class_index, instance_index)``: all randomness comes from
+    ``np.random.default_rng([seed, class, instance])``.
+    """
+    if not 0 <= class_index < spec.num_classes:
+        raise ValueError(f"class_index must be in [0, {spec.num_classes}), got {class_index}")
+    rng = np.random.default_rng([spec.seed, class_index, instance_index])
+    ss = spec.supersample
+    canvas = spec.image_size * ss
+    k = spec.color_jitter
+
+    bg = _hsv(rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.6), rng.uniform(0.3, 0.8))
+    img = Image.new("RGB", (canvas, canvas), bg)
+    draw = ImageDraw.Draw(img)
+    _draw_background(draw, rng, spec, canvas)
+
+    polys = _place(_bird_parts(class_parts(class_index), rng, spec.shape_jitter), rng, spec, canvas)
+    palette = _bird_palette(rng, k)
+    for name, items in polys.items():
+        for poly in items:
+            draw.polygon([tuple(p) for p in poly.tolist()], fill=palette[name])
+
+    if ss > 1:  # box filter = area average: anti-aliased edges
+        img = img.resize((spec.image_size, spec.image_size), Image.Resampling.BOX)
+    arr = np.asarray(img, dtype=np.float32)
+    if spec.noise_std > 0:
+        arr = arr + rng.normal(0.0, spec.noise_std, arr.shape).astype(np.float32)
+    arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return arr, _bbox(polys, ss, spec.image_size)
+
+
+def _bbox(polys: dict[str, list[np.ndarray]], ss: int, size: int) -> BBox:
+    pts = np.concatenate([p for v in polys.values() for p in v]) / ss
+    x1, y1 = np.clip(pts.min(0), 0, size)
+    x2, y2 = np.clip(pts.max(0), 0, size)
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def render_arrays(spec: SyntheticSpec, classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render whole classes in memory: images (N, H, W, 3) uint8, labels (N,), boxes (N, 4)."""
+    classes = range(spec.num_classes) if classes is None else list(classes)
+    images, labels, boxes = [], [], []
+    for c in classes:
+        for i in range(spec.images_per_class):
+            image, box = render(spec, c, i)
+            images.append(image)
+            labels.append(c)
+            boxes.append(box)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), np.asarray(boxes, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def content_hash(spec: SyntheticSpec) -> str:
+    """sha256 of the spec and GENERATOR_VERSION: equal hash => identical images."""
+    payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def default_cache_dir(spec: SyntheticSpec) -> str:
+    """``$FGRAY_CACHE/synthetic-<hash12>`` (``FGRAY_CACHE`` defaults to ``~/.cache/fgray``)."""
+    root = os.environ.get("FGRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fgray")
+    return os.path.join(root, f"synthetic-{content_hash(spec)[:12]}")
+
+
+def _read_manifest(folder: Path) -> Manifest | None:
+    try:
+        return Manifest.from_json((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _write_shard(path: Path, rows: dict[str, list]) -> None:
+    table = pa.Table.from_pydict(rows, schema=SHARD_SCHEMA)
+    pq.write_table(table, path)
+
+
+def write_shards(spec: SyntheticSpec, out_dir: str | os.PathLike, rows_per_shard: int = 1024) -> Manifest:
+    """Render ``spec`` into ``out_dir`` as ``part-*.parquet`` + ``manifest.json``; cached.
+
+    If ``out_dir`` already holds a manifest with this spec's hash, it is returned and
+    nothing is written. Otherwise everything is written to a sibling temp folder that is
+    renamed into place (manifest written last), so an interrupted run never looks complete.
+    """
+    out = Path(out_dir).expanduser()
+    digest = content_hash(spec)
+    existing = _read_manifest(out)
+    if existing is not None and existing.content_hash == digest:
+        return existing
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        manifest = _write_all(spec, tmp, digest, rows_per_shard)
+        _publish(tmp, out, digest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
+    return _read_manifest(out) or manifest
+
+
+def _write_all(spec: SyntheticSpec, folder: Path, digest: str, rows_per_shard: int) -> Manifest:
+    columns = [f.name for f in SHARD_SCHEMA]
+    rows: dict[str, list] = {c: [] for c in columns}
+    shards: list[str] = []
+    counts: dict[str, int] = {}
+
+    def flush() -> None:
+        name = f"part-{len(shards):05d}.parquet"
+        _write_shard(folder / name, rows)
+        shards.append(name)
+        for c in columns:
+            rows[c].clear()
+
+    for c in range(spec.num_classes):
+        name, split = class_name(c), split_of(spec, c)
+        for i in range(spec.images_per_class):
+            image, box = render(spec, c, i)
+            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": _encode_png(image), "label": c,
+                   "class_name": name, "bbox": list(box), "split": split,
+                   "width": image.shape[1], "height": image.shape[0]}
+            for col in columns:
+                rows[col].append(row[col])
+            counts[split] = counts.get(split, 0) + 1
+            if len(rows["image_id"]) >= rows_per_shard:
+                flush()
+    if rows["image_id"]:
+        flush()
+
+    manifest = Manifest(
+        dataset="synthetic", fgray_version=fgray.__version__, content_hash=digest,
+        num_images=spec.num_classes * spec.images_per_class, counts=counts,
+        classes=[class_name(c) for c in range(spec.num_classes)], shards=shards,
+        short_side=spec.image_size, extra=spec.to_dict(),
+    )
+    (folder / MANIFEST_NAME).write_text(manifest.to_json())  # last: its presence means complete
+    return manifest
+
+
+def _publish(tmp: Path, out: Path, digest: str) -> None:
+    """Move the finished temp folder to ``out``, replacing a stale or incomplete one."""
+    if out.exists():
+        current = _read_manifest(out)
+        if current is not None and current.content_hash == digest:
+            return  # a concurrent writer finished first: keep its (identical) copy
+        if (current is None or current.dataset != "synthetic") and any(out.iterdir()):
+            raise FileExistsError(f"{out} holds files that are not a synthetic dataset; not replacing them")
+        stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
+        out.rename(stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        tmp.rename(out)
+    except OSError:  # lost a race to another writer between the check and the rename
+        current = _read_manifest(out)
+        if current is None or current.content_hash != digest:
+            raise

@@ -1,0 +1,265 @@
+"""PP-SSL (Li et al., paper 001): MoCo v2 + Anti-Interference Strategy + Image-Aided Distinction.
+
+One training step, in named stages (B images, C channels and h x w grid of the last feature map):
+  _features / _contrastive  x = view1 -> f (B, C, h, w) -> q; k = momentum encoder(view2); L_CL (Eq. 1)
+  _ais    z' = A(psi(f)) (B, 1, h, w) (Eq. 2); u_s = Projector(AvgPool(f * z')) (Eq. 3);
+          l_s, l_t = logit_scale * u T^T against the N prompt embeddings T; L_AIS (Eq. 4).
+          Teacher u_t: the frozen CLIP image encoder on x (teacher_mode online, as the paper) or the
+          batch's ``teacher_embedding`` column, CLIP on the un-augmented image, computed once by
+          fgray.data.teacher_cache (teacher_mode cached: no image tower in the Train workers).
+  _iadm   Grad-Img = ReLU(sum_c g * dL_CL/dg) for the guidance input g (the image: Eqs. 5-6; or a
+          stage's feature map: Table 4), a constant target; w = A(psi_g(g)) (Eq. 7); both max-pooled
+          to h x w; L_IADM = KL(Grad-Img || w) (Eq. 8).
+  L = L_CL + alpha L_AIS + beta L_IADM (Eq. 9); embedding v = normalize(AvgPool(z' * f)) (Eq. 10).
+A(.) = channel max of per-channel min-max-normalised ReLU maps (``attention_map``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from fgray.losses import attention_kl, distillation_kl
+from fgray.methods.base import Method
+from fgray.methods.mocov2 import MoCoEncoders, MocoV2Config
+from fgray.methods.registry import register_method
+from fgray.models.backbone import Backbone
+from fgray.models.clip import TINY_MODEL, CLIPTeacher, TeacherConfig, check_weights
+
+# The eight fine-grained descriptions of the PP-SSL code (DESIGN.md §5); the first is CUB's relevant one.
+DEFAULT_CORPUS = (
+    "an animal characterized by feathers, wings, and the ability to fly or perch",
+    "a mammal known for loyalty, four legs, and fur, often kept as a pet",
+    "a large vehicle designed for mass transportation, typically with multiple seats",
+    "a reptile with a long, flexible, legless body and scales",
+    "a large, carnivorous reptile with a robust body and strong jaws, found in water",
+    "a motor vehicle with four wheels used for transporting people on roads",
+    "a colorful plant with petals, often fragrant, commonly found in nature.",
+    "a species of primate known for upright walking and advanced cognitive abilities",
+)
+GUIDANCE_SOURCES = ("image", "layer1", "layer2", "layer3", "layer4")
+
+
+class PPSSLConfig(MocoV2Config):
+    """MoCo v2's fields (temperature, momentum, queue_size, proj_dim, hidden_dim) plus PP-SSL's."""
+
+    name: Literal["ppssl"] = "ppssl"  # type: ignore[assignment]
+    alpha: float = Field(1.2, ge=0)  # weight of L_AIS (Eq. 9); 0 skips AIS
+    beta: float = Field(0.01, ge=0)  # weight of L_IADM (Eq. 9); 0 skips IADM
+    ais: bool = True  # Anti-Interference Strategy on/off (Table 4's "AIS" row); off: no teacher, embedding = AvgPool(f)
+    iadm: bool = True  # Image-Aided Distinction Module on/off
+    kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
+    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T, CLIP's zero-shot scale (the paper writes scale 1)
+    corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
+    corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
+    teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
+    teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
+    guidance: str = "image"  # IADM input: image | layer1..layer4, or several joined by "+" (e.g. image+layer4)
+    psi_channels: int = Field(32, ge=1)  # output channels of the 1x1 convs psi / psi_g
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_readable(cls, corpus: list[str] | str) -> list[str] | str:
+        prompts = read_corpus(corpus)
+        if len(prompts) < 2:
+            raise ValueError(f"needs at least 2 prompts (a softmax over 1 prompt is constant), got {len(prompts)}")
+        return corpus
+
+    @field_validator("guidance")
+    @classmethod
+    def _known_sources(cls, guidance: str) -> str:
+        parts = guidance.split("+")
+        unknown = [p for p in parts if p not in GUIDANCE_SOURCES]
+        if unknown or len(set(parts)) != len(parts):
+            raise ValueError(f"must be one of {list(GUIDANCE_SOURCES)} or several joined by '+', got {guidance!r}")
+        return guidance
+
+    @model_validator(mode="after")
+    def _corpus_size_fits(self) -> "PPSSLConfig":
+        if self.corpus_size is not None and self.corpus_size > len(read_corpus(self.corpus)):
+            raise ValueError(f"corpus_size {self.corpus_size} exceeds the corpus ({len(read_corpus(self.corpus))} prompts)")
+        return self
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return read_corpus(self.corpus)[: self.corpus_size]
+
+
+def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file."""
+    if not isinstance(corpus, str):
+        return tuple(corpus)
+    path = os.path.expanduser(corpus)
+    if not os.path.isfile(path):
+        raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
+    with open(path, encoding="utf-8") as f:
+        return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
+
+
+def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
+    """Eqs. 2 / 7: max over channels of norm(relu(x)); (B, K, h, w) -> (B, 1, h, w) in [0, 1].
+
+    norm is the paper's min-max over each channel's h x w map, (a - min) / (max - min + 1e-7):
+    the paper prints the denominator as 1e-7 + max(alpha), the max of the already shifted map
+    (as Grad-CAM code writes it: ``a -= a.min(); a /= 1e-7 + a.max()``).
+    """
+    a = F.relu(x.float()).flatten(2)  # (B, K, h*w)
+    low, high = a.amin(dim=2, keepdim=True), a.amax(dim=2, keepdim=True)
+    normed = (a - low) / (high - low + eps)
+    return normed.amax(dim=1, keepdim=True).view(x.shape[0], 1, *x.shape[2:])
+
+
+def grad_cam_target(inputs: Tensor, grad: Tensor) -> Tensor:
+    """Eq. 6: Grad-Img = ReLU(sum over channels of input * dL_CL/dinput); (B, C, H, W) -> (B, H, W), no grad."""
+    return F.relu((inputs.detach().float() * grad.detach().float()).sum(dim=1))
+
+
+def _psi(in_channels: int, out_channels: int) -> nn.Module:
+    """psi: 1x1 conv + BN (the ReLU is part of ``attention_map``)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+
+
+def stage_feature_index(backbone: Backbone, stage: int) -> int:
+    """Index into timm's ``feature_info`` of PP-SSL's layer1..layer4: the ends of four equal parts.
+
+    ResNet (stem + 4 stages): layer1..layer4; 4-stage CNNs: their stages; a 12-block ViT: blocks 3, 6, 9, 12.
+    """
+    count = len(backbone.model.feature_info)
+    return math.ceil(stage * count / 4) - 1
+
+
+@register_method("ppssl", PPSSLConfig)
+class PPSSL(Method):
+    extra_columns = ("teacher_embedding",)  # (B, d) float32, only with teacher_mode: cached (see required_columns)
+    state_exclude = ("teacher.",)  # the frozen CLIP is rebuilt from its own weights, never checkpointed
+
+    def __init__(self, cfg: PPSSLConfig, backbone: Backbone):
+        super().__init__()
+        self.cfg = cfg
+        self.moco = MoCoEncoders(backbone, cfg, last_bn=True)  # PP-SSL's head: ... a linear layer with BN
+        self.use_ais = cfg.ais and cfg.alpha > 0
+        self.sources = tuple(cfg.guidance.split("+")) if cfg.iadm and cfg.beta > 0 else ()
+        channels = backbone.num_features
+        if self.use_ais:
+            teacher = CLIPTeacher(cfg.teacher)
+            self.register_buffer("text_embeddings", teacher.encode_text(cfg.prompts).clone(), persistent=False)
+            if cfg.teacher_mode == "online":
+                self.teacher = teacher  # cached mode: the image tower is dropped here, embeddings come with the batch
+            self.psi = _psi(channels, cfg.psi_channels)
+            self.projector = nn.Linear(channels, teacher.embed_dim)
+        self.psi_guidance = nn.ModuleDict({
+            src: _psi(3 if src == "image" else self._stage_info(int(src[-1]))["num_chs"], cfg.psi_channels)
+            for src in self.sources
+        })
+        # Frozen, identical on every rank: DDP neither broadcasts nor tracks them.
+        self._ddp_params_and_buffers_to_ignore = [
+            n for n, _ in (*self.named_parameters(), *self.named_buffers()) if n.startswith(("teacher.", "text_embeddings"))
+        ]
+
+    # ---------------------------------------------------------------------------------------- hooks
+
+    @classmethod
+    def required_columns(cls, config: PPSSLConfig) -> tuple[str, ...]:
+        return ("teacher_embedding",) if config.teacher_mode == "cached" and config.ais and config.alpha > 0 else ()
+
+    @classmethod
+    def preflight(cls, config: PPSSLConfig) -> None:
+        if config.ais and config.alpha > 0:
+            check_weights(config.teacher)
+
+    @classmethod
+    def smoke_overrides(cls, config: dict) -> dict:
+        teacher = {**(config.get("teacher") or {}), "model": TINY_MODEL, "pretrained": "random", "image_size": None}
+        return {"queue_size": min(int(config.get("queue_size", 65536)), 256), "hidden_dim": 128, "teacher": teacher}
+
+    # ---------------------------------------------------------------------------------------- stages
+
+    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        x = batch["view1"]
+        if "image" in self.sources:
+            x = x.detach().requires_grad_(True)  # Eq. 5 differentiates L_CL w.r.t. the input image
+        f, stage_outputs = self._features(x)
+        loss_cl, key = self._contrastive(f, batch["view2"])
+        loss, parts = loss_cl, {"loss_cl": loss_cl.detach()}
+        if self.use_ais:
+            if self.cfg.teacher_mode == "cached" and "teacher_embedding" not in batch:
+                raise KeyError("teacher_mode cached: the batch has no 'teacher_embedding' column "
+                               "(trial.py attaches it with fgray.data.teacher_cache)")
+            loss_ais = self._ais(f, x, batch.get("teacher_embedding"))
+            loss, parts["loss_ais"] = loss + self.cfg.alpha * loss_ais, loss_ais.detach()
+        if self.sources:
+            loss_iadm = self._iadm(loss_cl, x, stage_outputs, f.shape[-2:])
+            loss, parts["loss_iadm"] = loss + self.cfg.beta * loss_iadm, loss_iadm.detach()
+        self.moco.enqueue(key)
+        return {"loss": loss, **parts}
+
+    def _features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Last feature map (B, C, h, w) and the raw outputs of the guidance stages, captured by forward
+        hooks so they are the tensors on the autograd path ((B, C', h', w') maps, or (B, T, C') ViT tokens)."""
+        captured: dict[str, Tensor] = {}
+        with contextlib.ExitStack() as stack:
+            for src in self.sources:
+                if src != "image":
+                    module = self.moco.backbone.model.get_submodule(self._stage_info(int(src[-1]))["module"])
+                    hook = module.register_forward_hook(lambda _m, _i, out, src=src: captured.__setitem__(src, out))
+                    stack.callback(hook.remove)
+            f = self.moco.backbone.feature_map(x)
+        return f, captured
+
+    def _contrastive(self, f: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+        """Eq. 1 between q = head(AvgPool(f)) and the momentum encoder's key of view2, vs the queue."""
+        query = self.moco.query(f)
+        key = self.moco.key(view2)
+        return self.moco.contrastive_loss(query, key), key
+
+    def _ais(self, f: Tensor, x: Tensor, cached_teacher: Tensor | None) -> Tensor:
+        """Eqs. 2-4: distil CLIP's distribution over the N prompts into the student's attended features."""
+        z = attention_map(self.psi(f))  # (B, 1, h, w), Eq. 2
+        u_s = F.normalize(self.projector(self.moco.backbone.pool(f * z)).float(), dim=1)  # (B, d), Eq. 3
+        u_t = cached_teacher if self.cfg.teacher_mode == "cached" else self.teacher.encode_image(x)
+        u_t = F.normalize(u_t.detach().float(), dim=1)
+        text = self.text_embeddings  # (N, d), L2-normalised, computed once at construction
+        scale = self.cfg.logit_scale
+        return distillation_kl(scale * u_t @ text.t(), scale * u_s @ text.t(), self.cfg.kd_temperature)
+
+    def _iadm(self, loss_cl: Tensor, x: Tensor, stage_outputs: dict[str, Tensor], grid: tuple[int, int]) -> Tensor:
+        """Eqs. 5-8 for each guidance source, averaged; the Grad-CAM target is a constant.
+
+        ``autograd.grad`` w.r.t. the inputs only (no parameter .grad is written, so DDP's reducer
+        hooks do not fire); ``retain_graph`` keeps the graph for the real backward of the total loss.
+        """
+        inputs = [x if src == "image" else stage_outputs[src] for src in self.sources]
+        grads = torch.autograd.grad(loss_cl, inputs, retain_graph=True)
+        losses = []
+        for src, inp, grad in zip(self.sources, inputs, grads):
+            if inp.ndim == 3:  # ViT tokens (B, T, C): Grad-CAM per token, laid on the patch grid
+                target = self.moco.backbone._as_map(F.relu((inp.detach() * grad).float().sum(-1, keepdim=True)))[:, 0]
+                guide = self.moco.backbone._as_map(inp)
+            else:
+                target, guide = grad_cam_target(inp, grad), inp
+            target = F.adaptive_max_pool2d(target.unsqueeze(1), grid)[:, 0]  # (B, h, w)
+            w = F.adaptive_max_pool2d(attention_map(self.psi_guidance[src](guide)), grid)[:, 0]  # Eq. 7
+            losses.append(attention_kl(target, w))  # Eq. 8
+        return torch.stack(losses).mean()
+
+    def _stage_info(self, stage: int) -> dict:
+        return self.moco.backbone.model.feature_info[stage_feature_index(self.moco.backbone, stage)]
+
+    # ---------------------------------------------------------------------------------------- rest
+
+    def after_step(self, progress: float) -> None:
+        self.moco.update_momentum(progress)
+
+    @torch.no_grad()
+    def embed(self, images: Tensor) -> Tensor:
+        """Eq. 10: v = normalize(AvgPool(z' * f)); without AIS (no psi) v = normalize(AvgPool(f))."""
+        f = self.moco.backbone.feature_map(images)
+        if self.use_ais:
+            f = f * attention_map(self.psi(f))
+        return F.normalize(self.moco.backbone.pool(f).float(), dim=1)

@@ -1,0 +1,207 @@
+"""A frozen CLIP teacher (open_clip) for PP-SSL's Anti-Interference Strategy (paper 001, §3.2).
+
+``CLIPTeacher`` wraps an open_clip model: ``encode_image`` takes fgray's batches as they are
+(ImageNet-normalised, at the trial's image size), converts them to CLIP's normalisation and
+input size inside, and returns L2-normalised embeddings u_t (B, d); ``encode_text`` embeds a
+prompt corpus once (T, (N, d), L2-normalised) and caches it. The teacher never trains: its
+parameters do not require gradients and it stays in eval mode when its parent is ``.train()``ed.
+
+Weights (``TeacherConfig.pretrained``): an open_clip tag (``openai``: looked up in the local
+Hugging Face / open_clip caches, downloaded when the hub is reachable), a local file, or
+``random`` (seeded random init, nothing downloaded: tests and ``--profile smoke`` use it with
+the ~1.6M-parameter ``fgray-tiny-clip`` architecture). ``check_weights`` is the preflight
+check that fails with one line before Ray starts when weights cannot be found.
+
+open_clip is imported lazily (it takes seconds): importing fgray never needs it.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+# fgray's batches are normalised with ImageNet statistics (fgray.engine.normalize_images).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's default when a config names none
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+TINY_MODEL = "fgray-tiny-clip"
+# An open_clip CLIP model config (the schema of open_clip/model_configs/*.json), small enough
+# for unit tests and smoke sweeps: 32-d embeddings, 2-layer ViT (8 px patches at 32 px) and text towers.
+TINY_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str = "ViT-B-32"  # open_clip architecture (use "<name>-quickgelu" for a local copy of OpenAI weights); fgray-tiny-clip for tests
+    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights file | random (seeded, no download)
+    image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
+    seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
+
+
+def is_weights_path(pretrained: str) -> bool:
+    """A local file rather than a tag: has a folder part, starts with ~ or ., or ends like a weights file."""
+    return os.sep in pretrained or "/" in pretrained or pretrained.startswith(("~", ".")) or pretrained.endswith(WEIGHT_SUFFIXES)
+
+
+def _known_models() -> list[str]:
+    import open_clip
+
+    return [TINY_MODEL, *open_clip.list_models()]
+
+
+def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
+    """Raise ConfigError (one line) unless ``cfg``'s architecture exists and its weights can be loaded."""
+    from fgray.config import ConfigError
+
+    models = _known_models()
+    if cfg.model not in models:
+        close = difflib.get_close_matches(cfg.model, models, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key}.model: unknown open_clip model '{cfg.model}'{hint}")
+    how = (f"download the weights once on a machine with internet (e.g. `python -c \"import open_clip; "
+           f"open_clip.create_model('{cfg.model}', pretrained='openai')\"` writes them under ~/.cache/huggingface), "
+           f"copy the file where every node can read it and set {key}.pretrained=/path/to/open_clip_model.safetensors "
+           f"(or {key}.pretrained=random for a plumbing test)")
+    if cfg.pretrained == "random":
+        return
+    if is_weights_path(cfg.pretrained):
+        path = os.path.abspath(os.path.expanduser(cfg.pretrained))
+        if not os.path.isfile(path):
+            raise ConfigError(f"{key}.pretrained: CLIP weights file not found: fgray looked for {path}; {how}")
+        return
+    if cfg.model == TINY_MODEL:
+        raise ConfigError(f"{key}.pretrained: {TINY_MODEL} has no published weights: use random or a file path")
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    tag_cfg = get_pretrained_cfg(cfg.model, cfg.pretrained)
+    if not tag_cfg:
+        raise ConfigError(f"{key}.pretrained: '{cfg.pretrained}' is neither a file nor an open_clip tag of {cfg.model} "
+                          f"(tags: {list_pretrained_tags_by_model(cfg.model)})")
+    found, looked = _cached_tag_file(tag_cfg)
+    if found is None and not _hub_reachable(tag_cfg):
+        raise ConfigError(f"{key}.pretrained: CLIP weights {cfg.model}/{cfg.pretrained} are not on this machine "
+                          f"(fgray looked in {', '.join(looked)}) and the Hugging Face hub is unreachable; {how}")
+
+
+def _hub_file(tag_cfg: dict) -> tuple[str, list[str]]:
+    """(repo id, candidate file names) of an open_clip tag's hub entry (safetensors first, as open_clip)."""
+    repo, filename = os.path.split(tag_cfg["hf_hub"])  # "org/repo/" -> default file; "org/repo/file.bin"
+    if not filename:
+        return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    stem, ext = os.path.splitext(filename)
+    return repo, ([f"{stem}.safetensors"] if ext in (".bin", ".pth") else []) + [filename]
+
+
+def _cached_tag_file(tag_cfg: dict) -> tuple[str | None, list[str]]:
+    """(a locally cached weights file of the tag or None, the places looked in)."""
+    looked: list[str] = []
+    if tag_cfg.get("hf_hub"):
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, names = _hub_file(tag_cfg)
+        looked.append(f"{constants.HF_HUB_CACHE} ({repo})")
+        for name in names:
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str) and os.path.isfile(hit):
+                return hit, looked
+    if tag_cfg.get("url"):
+        path = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(tag_cfg["url"]))
+        looked.append(path)
+        if os.path.isfile(path):
+            return path, looked
+    return None, looked
+
+
+def _hub_reachable(tag_cfg: dict, timeout: float = 5.0) -> bool:
+    if not tag_cfg.get("hf_hub"):
+        return False
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        repo, names = _hub_file(tag_cfg)
+        get_hf_file_metadata(hf_hub_url(repo, names[-1]), timeout=timeout)
+        return True
+    except Exception:  # offline mode, no route, DNS failure, HTTP error: not reachable for our purpose
+        return False
+
+
+def build_clip(cfg: TeacherConfig):
+    """(open_clip model in eval mode on the CPU, its tokenizer); random weights are seeded by ``cfg.seed``."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    random_init = cfg.pretrained == "random"
+    path = None if random_init or not is_weights_path(cfg.pretrained) else os.path.expanduser(cfg.pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.model == TINY_MODEL:
+            model = open_clip.CLIP(**copy.deepcopy(TINY_CLIP_CONFIG))
+            if path is not None:
+                open_clip.load_checkpoint(model, path)
+            tokenizer = open_clip.SimpleTokenizer(context_length=TINY_CLIP_CONFIG["text_cfg"]["context_length"])
+        else:
+            tag_cfg = {} if random_init or path else get_pretrained_cfg(cfg.model, cfg.pretrained)
+            model = open_clip.create_model(cfg.model, pretrained=None if random_init else (path or cfg.pretrained),
+                                           pretrained_text=False, force_quick_gelu=bool(tag_cfg.get("quick_gelu")))
+            tokenizer = open_clip.get_tokenizer(cfg.model)
+    return model.eval(), tokenizer
+
+
+class CLIPTeacher(nn.Module):
+    """Frozen CLIP: ``encode_image`` (B, 3, H, W) ImageNet-normalised -> (B, d); ``encode_text`` -> (N, d)."""
+
+    def __init__(self, cfg: TeacherConfig):
+        super().__init__()
+        import open_clip
+
+        self.cfg = cfg
+        model, self.tokenizer = build_clip(cfg)
+        self.model = model.requires_grad_(False)
+        side = cfg.image_size or model.visual.image_size
+        self.image_size: tuple[int, int] = (side, side) if isinstance(side, int) else tuple(side)
+        self.embed_dim: int = int(model.visual.output_dim)
+        pre = open_clip.get_model_preprocess_cfg(model)
+        mean = torch.tensor(pre.get("mean", OPENAI_CLIP_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(pre.get("std", OPENAI_CLIP_STD)).view(1, 3, 1, 1)
+        in_mean, in_std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        # x_clip = (x * in_std + in_mean - mean) / std = x * scale + shift
+        self.register_buffer("scale", in_std / std, persistent=False)
+        self.register_buffer("shift", (in_mean - mean) / std, persistent=False)
+        self._text_cache: dict[tuple[str, ...], Tensor] = {}
+        self.text_encoder_calls = 0  # how often the text tower actually ran (tests: once per corpus)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "CLIPTeacher":
+        return super().train(False)  # frozen: BN/dropout stay in inference mode whatever the parent does
+
+    @torch.no_grad()
+    def encode_image(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) ImageNet-normalised at any size -> (B, d) L2-normalised CLIP image embeddings u_t."""
+        x = images.detach().to(self.scale.device, torch.float32) * self.scale + self.shift
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str]) -> Tensor:
+        """N prompts -> (N, d) L2-normalised text embeddings T; computed once per corpus, then cached."""
+        key = tuple(prompts)
+        if key not in self._text_cache:
+            self.text_encoder_calls += 1
+            tokens = self.tokenizer(list(key)).to(self.scale.device)
+            self._text_cache[key] = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return self._text_cache[key]

@@ -1,0 +1,403 @@
+"""PP-SSL (paper 001): AIS / IADM against slow references of Eqs. 2-10, gradient routing, the frozen
+CLIP teacher, guidance sources, ViT backbones, preflight, cached teacher embeddings and the sweep files.
+
+CPU only, a tiny randomly initialised CLIP (fgray-tiny-clip) and timm's test_resnet / test_vit at 64 px.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fgray.config import ConfigError, ExperimentConfig, load_sweep, validate
+from fgray.methods.ppssl import PPSSL, PPSSLConfig, attention_map, read_corpus
+from fgray.models import build_backbone
+from fgray.models.clip import TINY_MODEL, TeacherConfig
+
+SIZE = 64
+TINY = TeacherConfig(model=TINY_MODEL, pretrained="random")
+
+
+def make(backbone: str = "test_resnet", **overrides) -> PPSSL:
+    torch.manual_seed(0)
+    cfg = PPSSLConfig(**{"queue_size": 64, "hidden_dim": 32, "proj_dim": 16, "teacher": TINY, **overrides})
+    return PPSSL(cfg, build_backbone(backbone, image_size=SIZE))
+
+
+def batch(n: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"view1": torch.randn(n, 3, SIZE, SIZE, generator=g), "view2": torch.randn(n, 3, SIZE, SIZE, generator=g)}
+
+
+@pytest.fixture(scope="module")
+def method() -> PPSSL:
+    return make()
+
+
+# ------------------------------------------------------------------------------------------------
+# Slow references, written from the equations
+
+
+def ref_attention(x: np.ndarray) -> np.ndarray:
+    """Eqs. 2/7: relu, per-channel min-max over the h x w map, max over channels. (B, K, h, w) -> (B, h, w)."""
+    b, k, h, w = x.shape
+    out = np.zeros((b, h, w))
+    for i in range(b):
+        for c in range(k):
+            a = np.maximum(x[i, c], 0.0)
+            normed = (a - a.min()) / (a.max() - a.min() + 1e-7)
+            out[i] = np.maximum(out[i], normed)
+    return out
+
+
+def ref_max_pool(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Max over equal blocks (the input side is a multiple of the grid here). (B, H, W) -> (B, h, w)."""
+    b, big_h, big_w = m.shape
+    bh, bw = big_h // h, big_w // w
+    return np.array([[[m[i, r * bh:(r + 1) * bh, c * bw:(c + 1) * bw].max() for c in range(w)] for r in range(h)]
+                     for i in range(b)])
+
+
+def ref_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Eq. 8 as a KL divergence of the two maps, each normalised to sum to 1, batch mean."""
+    total = 0.0
+    for pi, qi in zip(p.reshape(len(p), -1), q.reshape(len(q), -1)):
+        pi, qi = pi / (pi.sum() + 1e-7), qi / (qi.sum() + 1e-7)
+        total += sum(a * (math.log(a + 1e-7) - math.log(b + 1e-7)) for a, b in zip(pi, qi))
+    return total / len(p)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# Equations
+
+
+def test_attention_map_matches_reference():
+    x = torch.randn(3, 5, 4, 6)
+    x[0, 1] = -1.0  # an all-negative channel is all zero after relu and must stay finite
+    np.testing.assert_allclose(numpy(attention_map(x))[:, 0], ref_attention(numpy(x)), atol=1e-6)
+
+
+def test_ais_loss_matches_eqs_2_to_4(method):
+    x = batch()["view1"]
+    f = method.moco.backbone.feature_map(x)
+    got = method._ais(f, x, None)
+    # Reference: psi's output (a module call) and the weights, then plain numpy.
+    psi_out, f_np = numpy(method.psi(f)), numpy(f)
+    z = ref_attention(psi_out)  # (B, h, w)
+    pooled = (f_np * z[:, None]).mean(axis=(2, 3))  # AvgPool(f * z')
+    u_s = pooled @ numpy(method.projector.weight).T + numpy(method.projector.bias)
+    u_s /= np.linalg.norm(u_s, axis=1, keepdims=True)
+    u_t = numpy(method.teacher.encode_image(x))
+    text = numpy(method.text_embeddings)
+    scale, tau = method.cfg.logit_scale, method.cfg.kd_temperature
+    p_t, p_s = softmax(scale * u_t @ text.T / tau), softmax(scale * u_s @ text.T / tau)
+    expected = tau**2 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
+    assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("guidance", ["image", "layer3"])
+def test_iadm_loss_matches_eqs_5_to_8(guidance):
+    m = make(guidance=guidance, ais=False)
+    b = batch()
+    x = b["view1"].clone().requires_grad_(guidance == "image")
+    f, stages = m._features(x)
+    loss_cl, _ = m._contrastive(f, b["view2"])
+    got = m._iadm(loss_cl, x, stages, f.shape[-2:])
+    g_in = x if guidance == "image" else stages[guidance]
+    (grad,) = torch.autograd.grad(loss_cl, g_in, retain_graph=True)  # Eq. 5
+    cam = np.maximum((numpy(g_in) * numpy(grad)).sum(axis=1), 0.0)  # Eq. 6
+    h, w = f.shape[-2:]
+    w_map = ref_attention(numpy(m.psi_guidance[guidance](g_in)))  # Eq. 7
+    expected = ref_kl(ref_max_pool(cam, h, w), ref_max_pool(w_map, h, w))  # Eq. 8
+    assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_embedding_is_eq_10(method):
+    method.eval()
+    x = batch()["view1"]
+    try:
+        got = method.embed(x)
+        with torch.no_grad():
+            f = method.moco.backbone.feature_map(x)
+            z = ref_attention(numpy(method.psi(f)))
+        v = (numpy(f) * z[:, None]).mean(axis=(2, 3))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        np.testing.assert_allclose(numpy(got), v, atol=1e-5)
+    finally:
+        method.train()
+
+
+def test_total_loss_is_eq_9(method):
+    out = method(batch())
+    alpha, beta = method.cfg.alpha, method.cfg.beta
+    expected = out["loss_cl"] + alpha * out["loss_ais"] + beta * out["loss_iadm"]
+    assert float(out["loss"].detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradient routing
+
+
+def test_gradients_reach_student_only():
+    m = make(guidance="image+layer2")
+    m.train()
+    m(batch())["loss"].backward()
+    students = ["moco.backbone.", "moco.head.", "psi.", "projector.", "psi_guidance.image.", "psi_guidance.layer2."]
+    for name, p in m.named_parameters():
+        if name.startswith(("teacher.", "moco.key_")):
+            assert not p.requires_grad and p.grad is None, name
+        else:
+            assert any(name.startswith(s) for s in students), name
+            assert p.grad is not None, f"{name} got no gradient"
+    for prefix in students:
+        grads = [p.grad.abs().sum() for n, p in m.named_parameters() if n.startswith(prefix)]
+        assert grads and sum(grads) > 0, prefix
+    assert {g["params"][0].requires_grad for g in m.param_groups()} == {True}
+    trained = {id(p) for g in m.param_groups() for p in g["params"]}
+    assert not any(id(p) in trained for p in m.teacher.parameters())
+
+
+def test_grad_img_is_a_constant_target():
+    """With image guidance L_IADM trains only psi_g: no gradient flows through Grad-Img into the network."""
+    m = make(guidance="image", ais=False)
+    b = batch()
+    x = b["view1"].clone().requires_grad_(True)
+    f, stages = m._features(x)
+    loss_cl, _ = m._contrastive(f, b["view2"])
+    loss_iadm = m._iadm(loss_cl, x, stages, f.shape[-2:])
+    network = list(m.moco.backbone.parameters()) + list(m.moco.head.parameters())
+    assert all(g is None for g in torch.autograd.grad(loss_iadm, network, allow_unused=True))
+    assert all(g is not None for g in torch.autograd.grad(loss_iadm, list(m.psi_guidance.parameters())))
+    # ... and autograd.grad w.r.t. the input wrote no parameter gradient (nothing for DDP's hooks).
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_teacher_frozen_eval_and_not_checkpointed(method):
+    from fgray.checkpoint import method_state
+
+    method.train()
+    assert method.moco.backbone.training and not method.teacher.training and not method.teacher.model.training
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    state = method_state(method)
+    assert state and not any(k.startswith("teacher.") or k == "text_embeddings" for k in state)
+    assert all(n.startswith(("teacher.", "text_embeddings")) for n in method._ddp_params_and_buffers_to_ignore)
+
+
+def test_text_embeddings_computed_once():
+    m = make()
+    teacher = m.teacher
+    calls = []
+    original = teacher.model.encode_text
+    teacher.model.encode_text = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        for _ in range(2):
+            m(batch())
+    finally:
+        del teacher.model.encode_text
+    assert calls == [] and teacher.text_encoder_calls == 1  # once, at construction
+    assert m.text_embeddings.shape == (8, teacher.embed_dim)
+    np.testing.assert_allclose(m.text_embeddings.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert teacher.encode_text(m.cfg.prompts) is teacher.encode_text(list(m.cfg.prompts))  # cached per corpus
+    assert teacher.text_encoder_calls == 1
+
+
+def test_teacher_converts_imagenet_input_to_clip(method):
+    from fgray.models.clip import IMAGENET_MEAN, IMAGENET_STD
+
+    teacher = method.teacher
+    x = batch()["view1"]
+    raw = x * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+    clip_in = F.interpolate((raw - mean) / std, size=teacher.image_size, mode="bicubic", antialias=True)
+    with torch.no_grad():
+        expected = F.normalize(teacher.model.encode_image(clip_in), dim=-1)
+    torch.testing.assert_close(teacher.encode_image(x), expected, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Variants
+
+
+@pytest.mark.parametrize("guidance", ["layer1", "layer2", "layer3", "layer4", "image+layer4"])
+def test_guidance_layers_run(guidance):
+    m = make(guidance=guidance, alpha=0.0)  # AIS off: no teacher, IADM alone
+    out = m(batch())
+    assert torch.isfinite(out["loss"]) and "loss_iadm" in out and "loss_ais" not in out
+    out["loss"].backward()
+    assert all(p.grad is not None for p in m.psi_guidance.parameters())
+    assert not hasattr(m, "teacher")
+
+
+@pytest.mark.parametrize("guidance", ["image", "layer2"])
+def test_vit_backbone(guidance):
+    m = make("test_vit", guidance=guidance)
+    out = m(batch(2))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and set(out) == {"loss", "loss_cl", "loss_ais", "loss_iadm"}
+    assert all(p.grad is not None for n, p in m.named_parameters() if p.requires_grad)
+    m.eval()
+    emb = m.embed(batch(2)["view1"])
+    assert emb.shape == (2, m.moco.backbone.num_features)
+
+
+def test_switches_skip_the_computation():
+    m = make(ais=False, iadm=False)
+    out = m(batch())
+    assert set(out) == {"loss", "loss_cl"} and not hasattr(m, "psi") and len(m.psi_guidance) == 0
+    assert not hasattr(m, "teacher") and not hasattr(m, "text_embeddings")
+    m.eval()
+    f = m.moco.backbone.feature_map(batch()["view1"])
+    torch.testing.assert_close(m.embed(batch()["view1"]), F.normalize(f.mean(dim=(2, 3)), dim=1))
+
+
+def test_cached_teacher_mode_reads_the_batch():
+    m = make(teacher_mode="cached")
+    assert not hasattr(m, "teacher") and m.text_embeddings.shape[0] == 8
+    assert PPSSL.required_columns(m.cfg) == ("teacher_embedding",)
+    assert PPSSL.required_columns(make().cfg) == ()
+    b = batch()
+    with pytest.raises(KeyError, match="teacher_embedding"):
+        m(b)
+    b["teacher_embedding"] = F.normalize(torch.randn(4, m.text_embeddings.shape[1]), dim=1)
+    out = m(b)
+    assert torch.isfinite(out["loss"]) and "loss_ais" in out
+
+
+def test_loss_falls_on_a_fixed_batch():
+    m = make(alpha=1.2, beta=0.01)
+    m.train()
+    optimizer = torch.optim.SGD(m.param_groups(), lr=0.03, momentum=0.9)
+    b = batch(4)
+    losses = []
+    for _ in range(3):
+        out = m(b)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        m.after_step(0.5)
+        losses.append(float(out["loss"]))
+    assert losses[-1] < losses[0], losses
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration, preflight, weights
+
+
+def test_preflight_missing_weights_file_is_one_line(tmp_path):
+    missing = tmp_path / "nowhere" / "clip.safetensors"
+    cfg = PPSSLConfig(teacher=TeacherConfig(pretrained=str(missing)))
+    with pytest.raises(ConfigError) as err:
+        PPSSL.preflight(cfg)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("method.teacher.pretrained:") and str(missing) in message
+    PPSSL.preflight(PPSSLConfig(teacher=TINY))  # random weights: nothing to look for
+    PPSSL.preflight(PPSSLConfig(alpha=0.0, teacher=TeacherConfig(pretrained=str(missing))))  # no AIS, no teacher
+
+
+def test_preflight_uncached_tag_offline_names_where_it_looked(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    import fgray.models.clip as clip
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(clip, "_hub_reachable", lambda *a, **k: False)
+    with pytest.raises(ConfigError) as err:
+        PPSSL.preflight(PPSSLConfig())  # ViT-B-32 / openai
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "hf") in message and "pretrained=" in message
+    with pytest.raises(ConfigError, match="unknown open_clip model"):
+        PPSSL.preflight(PPSSLConfig(teacher=TeacherConfig(model="ViT-B-33")))
+
+
+def test_local_weights_file_loads(tmp_path, method):
+    path = tmp_path / "tiny.pt"
+    torch.save(method.teacher.model.state_dict(), path)
+    cfg = TeacherConfig(model=TINY_MODEL, pretrained=str(path), seed=123)
+    PPSSL.preflight(PPSSLConfig(teacher=cfg))
+    from fgray.models.clip import CLIPTeacher
+
+    loaded = CLIPTeacher(cfg)
+    x = batch()["view1"]
+    torch.testing.assert_close(loaded.encode_image(x), method.teacher.encode_image(x))
+
+
+def test_config_validation(tmp_path):
+    corpus = tmp_path / "prompts.txt"
+    corpus.write_text("# fine-grained\na bird\n\na dog\na car\n")
+    cfg = PPSSLConfig(corpus=str(corpus), corpus_size=2)
+    assert cfg.prompts == ("a bird", "a dog") and read_corpus(str(corpus)) == ("a bird", "a dog", "a car")
+    base = {"name": "ppssl"}
+    for bad, where in [({"guidance": "layer5"}, "method.guidance"), ({"corpus": ["a bird"]}, "method.corpus"),
+                       ({"corpus": str(tmp_path / "none.txt")}, "method.corpus"), ({"corpus_size": 9}, "method"),
+                       ({"teacher_mode": "lazy"}, "method.teacher_mode"), ({"teacher": {"modle": "x"}}, "method.teacher")]:
+        with pytest.raises(ConfigError) as err:
+            validate(ExperimentConfig, {"method": {**base, **bad}})
+        assert str(err.value).startswith(where), (bad, str(err.value))
+
+
+@pytest.mark.parametrize("name", ["ppssl_alpha_beta", "ppssl_guidance", "ppssl_text", "ppssl_search"])
+def test_sweep_files_validate_with_and_without_smoke(name):
+    from fgray.report import _paper_row
+    from fgray.sweep import planned_trials
+
+    sweep = load_sweep(f"sweeps/{name}.yaml")
+    assert sweep.method.name == "ppssl" and sweep.resources.gpus_per_worker == 1 and sweep.paper.rows
+    for row in sweep.search.points:  # every table row has its published numbers
+        assert _paper_row(sweep, row) is not None or "method.corpus_size" in row and row["method.corpus_size"] < 8, row
+    smoke = load_sweep(f"sweeps/{name}.yaml", profile="smoke")
+    assert smoke.method.teacher.model == TINY_MODEL and smoke.method.teacher.pretrained == "random"
+    assert smoke.resources.gpus_per_worker == 0 and planned_trials(smoke)[1] <= planned_trials(sweep)[1]
+    PPSSL.preflight(smoke.method)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached teacher embeddings (the Ray Data UDFs, called directly: no Ray cluster needed)
+
+
+def test_teacher_cache_udfs_roundtrip(tmp_path, method):
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from fgray.config import DataConfig
+    from fgray.data.teacher_cache import _AttachEmbeddings, _Embedder, read_cache
+    from fgray.engine import normalize_images
+
+    rng = np.random.default_rng(0)
+    encoded, arrays = [], []
+    for _ in range(3):
+        array = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+        arrays.append(array)
+    data = DataConfig(image_size=SIZE, eval_crop=1.0)
+    embedder = _Embedder(TINY.model_dump(), data.image_size, data.eval_crop)
+    ids = np.array(["a/1", "a/2", "b/3"])
+    table = embedder({"image": np.array(encoded, dtype=object), "image_id": ids})
+    pq.write_table(table, tmp_path / "part-0.parquet")
+    got_ids, embeddings = read_cache(str(tmp_path))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    expected = method.teacher.encode_image(normalize_images(images)).numpy()  # same seed -> same teacher
+    np.testing.assert_allclose(embeddings[np.argsort(got_ids)], expected, atol=1e-5)
+    attach = _AttachEmbeddings(str(tmp_path))
+    out = attach({"image": np.array(encoded[:2][::-1], dtype=object), "image_id": ids[:2][::-1]})
+    assert set(out) == {"image", "teacher_embedding"}
+    np.testing.assert_allclose(out["teacher_embedding"], expected[[1, 0]], atol=1e-5)
+    with pytest.raises(KeyError, match="no cached teacher embedding"):
+        attach({"image": np.array(encoded[:1], dtype=object), "image_id": np.array(["zz/9"])})
