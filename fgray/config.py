@@ -279,15 +279,13 @@ def _loc(error: dict, method_tags: set[str]) -> str:
 def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict) -> str:
     """'did you mean' for misspelt keys: look up the fields of the section the key sits in."""
     section: Any = model
-    for part in loc.split(".")[:-1]:
+    parts = loc.split(".")[:-1]
+    if parts[:1] == ["method"]:  # a union of the method configs: pick the one the data names
+        section = method_config_classes_by_name().get((data.get("method") or {}).get("name"))
+        parts = parts[1:]
+    for part in parts:
         fields = getattr(section, "model_fields", {})
-        if part in fields:
-            section = fields[part].annotation
-        elif part == "method" or section is None:
-            section = None
-    if section is None and loc.startswith("method."):
-        tag = (data.get("method") or {}).get("name")
-        section = method_config_classes_by_name().get(tag)
+        section = fields[part].annotation if part in fields else None
     names = list(getattr(section, "model_fields", {}))
     close = difflib.get_close_matches(loc.split(".")[-1], names, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
@@ -325,12 +323,12 @@ def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), 
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (name, method, data, ...), got {type(data).__name__}")
     data.setdefault("name", path.stem)
-    for assignment in sets:
-        set_dotted(data, *parse_set(assignment))
-    if profile is not None:
+    if profile is not None:  # the profile first, so that explicit --set values win over it
         from fgray.profiles import apply_profile
 
         data = apply_profile(profile, data)
+    for assignment in sets:
+        set_dotted(data, *parse_set(assignment))
     sweep = validate(SweepConfig, data)
     check_search(sweep)
     return sweep
@@ -346,6 +344,9 @@ def check_search(sweep: SweepConfig) -> None:
         raise ConfigError("search.space: cannot mix grid keys with distributions (use choice for a sampled list)")
     if search.algorithm == "grid" and not search.is_grid:
         raise ConfigError("search.algorithm: grid needs every key in search.space to be a grid")
+    if search.scheduler.name == "asha" and search.scheduler.grace_period > sweep.train.epochs:
+        raise ConfigError(f"search.scheduler.grace_period: must be <= train.epochs ({sweep.train.epochs}), "
+                          f"got {search.scheduler.grace_period}")
     for key, dist in search.space.items():
         if key.split(".")[0] in ("search", "paper", "storage", "name"):
             raise ConfigError(f"search.space.{key}: only experiment keys can be searched")

@@ -67,7 +67,7 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, (int, float)) else f"{value:g}"
+    text = f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -162,7 +162,10 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
         trainable,
         param_space=space,
         tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=num_samples, max_concurrent_trials=res.max_concurrent_trials),
+                                    num_samples=num_samples, max_concurrent_trials=res.max_concurrent_trials,
+                                    # A fresh driver per trial: a reused one keeps its finished TorchTrainer's
+                                    # controller alive, and with it the workers' placement group (CPUs/GPUs).
+                                    reuse_actors=False),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
                                   callbacks=[ProgressPrinter(sweep.train.epochs, search.metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)),

@@ -143,7 +143,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             "train/lr": optimizer.param_groups[0]["lr"],
         }
         is_last = epoch + 1 == train_cfg.epochs
-        if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last):
+        # Validate when due, after the last epoch, and on the first report (Tune and ASHA need the metric).
+        if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last or not last_val):
             last_val = evaluate(method, val_shard.iter_batches(batch_size=experiment.eval.batch_size,
                                                                batch_format="numpy"), device, ks)
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric

@@ -48,7 +48,10 @@ def ref_attention(x: np.ndarray) -> np.ndarray:
     for i in range(b):
         for c in range(k):
             a = np.maximum(x[i, c], 0.0)
-            normed = (a - a.min()) / (a.max() - a.min() + 1e-7)
+            if a.max() - a.min() > 1e-7:
+                normed = (a - a.min()) / (a.max() - a.min() + 1e-7)
+            else:  # a constant map: 1 where positive, 0 where zero
+                normed = a / (a.max() + 1e-7)
             out[i] = np.maximum(out[i], normed)
     return out
 
@@ -87,6 +90,8 @@ def test_attention_map_matches_reference():
     x = torch.randn(3, 5, 4, 6)
     x[0, 1] = -1.0  # an all-negative channel is all zero after relu and must stay finite
     np.testing.assert_allclose(numpy(attention_map(x))[:, 0], ref_attention(numpy(x)), atol=1e-6)
+    one_cell = torch.tensor([[[[2.0]], [[-1.0]]], [[[-3.0]], [[-1.0]]]])  # (2, 2, 1, 1): a 1 x 1 grid
+    np.testing.assert_allclose(numpy(attention_map(one_cell)).ravel(), [1.0, 0.0], atol=1e-6)
 
 
 def test_ais_loss_matches_eqs_2_to_4(method):
@@ -343,7 +348,8 @@ def test_config_validation(tmp_path):
     base = {"name": "ppssl"}
     for bad, where in [({"guidance": "layer5"}, "method.guidance"), ({"corpus": ["a bird"]}, "method.corpus"),
                        ({"corpus": str(tmp_path / "none.txt")}, "method.corpus"), ({"corpus_size": 9}, "method"),
-                       ({"teacher_mode": "lazy"}, "method.teacher_mode"), ({"teacher": {"modle": "x"}}, "method.teacher")]:
+                       ({"teacher_mode": "lazy"}, "method.teacher_mode"),
+                       ({"teacher": {"modle": "x"}}, "method.teacher")]:
         with pytest.raises(ConfigError) as err:
             validate(ExperimentConfig, {"method": {**base, **bad}})
         assert str(err.value).startswith(where), (bad, str(err.value))

@@ -61,13 +61,15 @@ class SyntheticSpec:
     seed: int = 0  # changes every image (not the class -> parts map)
     train_classes: int | None = None  # classes < this are "train", the rest "test"; None: half
     # --- difficulty knobs ---
-    max_rotation: float = 25.0  # degrees, uniform in +-max_rotation (plus a random horizontal flip)
-    scale_range: tuple[float, float] = (0.5, 0.8)  # bird length / image side
+    max_rotation: float = 20.0  # degrees, uniform in +-max_rotation (plus a random horizontal flip)
+    scale_range: tuple[float, float] = (0.7, 0.95)  # bird length / image side (shrunk if it won't fit)
     shape_jitter: float = 0.08  # relative jitter of body, head, wing and tail proportions
     color_jitter: float = 1.0  # multiplier on the hue / saturation / value jitter of the bird
-    clutter: int = 14  # background blobs, polygons and branches
-    distractors: int = 4  # marking-like fragments (stripes, bars, spots) in the background
-    noise_std: float = 5.0  # Gaussian pixel noise (0-255 scale)
+    clutter: int = 10  # background blobs, polygons and branches
+    bird_colored_clutter: float = 0.25  # fraction of clutter in the bird's colours (the rest: the scene's)
+    clutter_contrast: float = 0.15  # how far the scene-coloured clutter strays from the scene colour
+    distractors: int = 2  # marking-like fragments (stripes, bars, spots) in the background
+    noise_std: float = 4.0  # Gaussian pixel noise (0-255 scale)
     supersample: int = 2  # render at this multiple of image_size, then box-filter down
 
     def __post_init__(self) -> None:
@@ -189,24 +191,24 @@ def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) 
         out["breast"].append(_vband(0, 0, brx, bry, 0.45 * brx, 0.62 * brx))
     elif breast == "spotted":
         for sx, sy in ((0.05, 0.08), (0.12, 0.06), (0.08, 0.12), (0.16, 0.10)):
-            out["breast"].append(_ellipse(sx * brx / 0.3, sy * bry / 0.17, 0.022, 0.022, n=10))
+            out["breast"].append(_ellipse(sx * brx / 0.3, sy * bry / 0.17, 0.026, 0.026, n=10))
 
     out["wing"].append(_ellipse(wcx, wcy, wrx, wry))
     wing = parts["wing"]
     if wing == "bar":
-        out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + 0.30 * wrx, wcx + 0.55 * wrx))
+        out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + 0.25 * wrx, wcx + 0.55 * wrx))
     elif wing == "double":
         for a, b in ((-0.35, -0.12), (0.30, 0.53)):
             out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + a * wrx, wcx + b * wrx))
     elif wing == "spots":
         for sx, sy in ((-0.45, -0.1), (0.0, 0.25), (0.45, -0.1)):
-            out["bars"].append(_ellipse(wcx + sx * wrx, wcy + sy * wry, 0.026, 0.026, n=10))
+            out["bars"].append(_ellipse(wcx + sx * wrx, wcy + sy * wry, 0.03, 0.03, n=10))
 
     out["head"].append(_ellipse(hx, hy, hr, hr))
     head = parts["head"]
     ey = hy - 0.15 * hr  # eye height
     if head == "stripe":
-        out["mark"].append(_hband(hx, hy, hr, ey - 0.17 * hr, ey + 0.17 * hr))
+        out["mark"].append(_hband(hx, hy, hr, ey - 0.2 * hr, ey + 0.2 * hr))
     elif head == "cap":
         a = np.arcsin(0.3)  # the arc above y = hy - 0.3 r
         out["mark"].append(_ellipse(hx, hy, hr * 0.98, hr * 0.98, n=14, a0=np.pi + a, a1=2 * np.pi - a))
@@ -263,19 +265,22 @@ def _bird_palette(rng: np.random.Generator, k: float) -> dict[str, tuple[int, in
     }
 
 
-def _clutter_colour(rng: np.random.Generator, k: float) -> tuple[int, int, int]:
-    """Half foliage / bark tones, half bird tones: colour alone must not find the bird."""
-    if rng.random() < 0.5:
-        h, s, v = _bird_colour(rng, k)
+def _clutter_colour(rng: np.random.Generator, spec: SyntheticSpec, scene: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Some clutter in bird tones (colour alone must not find the bird), the rest in the
+    scene's own tones (foliage / bark around the background colour)."""
+    if rng.random() < spec.bird_colored_clutter:
+        h, s, v = _bird_colour(rng, spec.color_jitter)
         return _hsv(h, s, v * rng.uniform(0.6, 1.1))
-    return _hsv(rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.7), rng.uniform(0.2, 0.85))
+    h, s, v = scene
+    c = spec.clutter_contrast
+    return _hsv(h + c * rng.uniform(-0.3, 0.3), s * (1 + c * rng.uniform(-2, 2)), v * (1 + c * rng.uniform(-2, 2)))
 
 
-def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: SyntheticSpec, canvas: int) -> None:
+def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: SyntheticSpec, canvas: int,
+                     scene: tuple[float, float, float]) -> None:
     """Cluttered scene: blobs, polygons, branches, then marking-like distractor fragments."""
-    k = spec.color_jitter
     for _ in range(spec.clutter):
-        colour, kind = _clutter_colour(rng, k), rng.integers(3)
+        colour, kind = _clutter_colour(rng, spec, scene), rng.integers(3)
         cx, cy = rng.uniform(0, canvas, 2)
         size = rng.uniform(0.08, 0.35) * canvas
         if kind == 0:  # blob
@@ -317,10 +322,10 @@ def render(spec: SyntheticSpec, class_index: int, instance_index: int) -> tuple[
     canvas = spec.image_size * ss
     k = spec.color_jitter
 
-    bg = _hsv(rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.6), rng.uniform(0.3, 0.8))
-    img = Image.new("RGB", (canvas, canvas), bg)
+    scene = (rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.6), rng.uniform(0.3, 0.8))  # HSV: foliage..bark
+    img = Image.new("RGB", (canvas, canvas), _hsv(*scene))
     draw = ImageDraw.Draw(img)
-    _draw_background(draw, rng, spec, canvas)
+    _draw_background(draw, rng, spec, canvas, scene)
 
     polys = _place(_bird_parts(class_parts(class_index), rng, spec.shape_jitter), rng, spec, canvas)
     palette = _bird_palette(rng, k)

@@ -45,6 +45,11 @@ class _Embedder:
                 "label": batch["label"], "image_id": batch["image_id"]}
 
 
+def _metrics_on_local_device(*args, **kwargs) -> dict[str, float]:
+    """retrieval_metrics on the GPU Ray gave this task, else on the CPU."""
+    return retrieval_metrics(*args, device="cuda" if torch.cuda.is_available() else "cpu", **kwargs)
+
+
 def _cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
@@ -109,7 +114,7 @@ def evaluate_split(experiment: ExperimentConfig, checkpoint_path: str | None, ca
     """Retrieval metrics of a checkpoint (None: untrained backbone) on ``split`` of its dataset."""
     prepared = pipeline.resolve_dataset(experiment.data)
     splits = pipeline.assign(prepared, experiment.data)
-    search = ray.remote(num_cpus=1, num_gpus=1 if _cluster_gpus() else 0)(retrieval_metrics)
+    search = ray.remote(num_cpus=1, num_gpus=1 if _cluster_gpus() else 0)(_metrics_on_local_device)
     if split == "test" and splits.test_query is not None:
         query, query_labels, query_ids = embed_images(experiment, checkpoint_path, prepared, splits.test_query, cache_dir)
         gallery, gallery_labels, gallery_ids = embed_images(experiment, checkpoint_path, prepared,

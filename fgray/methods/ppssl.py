@@ -6,7 +6,8 @@ One training step, in named stages (B images, C channels and h x w grid of the l
           l_s, l_t = logit_scale * u T^T against the N prompt embeddings T; L_AIS (Eq. 4).
           Teacher u_t: the frozen CLIP image encoder on x (teacher_mode online, as the paper) or the
           batch's ``teacher_embedding`` column, CLIP on the un-augmented image, computed once by
-          fgray.data.teacher_cache (teacher_mode cached: no image tower in the Train workers).
+          fgray.data.teacher_cache (teacher_mode cached: Train workers load CLIP once, on the CPU, to
+          embed the prompts, then drop it; no CLIP runs per step or sits on the GPU).
   _iadm   Grad-Img = ReLU(sum_c g * dL_CL/dg) for the guidance input g (the image: Eqs. 5-6; or a
           stage's feature map: Table 4), a constant target; w = A(psi_g(g)) (Eq. 7); both max-pooled
           to h x w; L_IADM = KL(Grad-Img || w) (Eq. 8).
@@ -52,10 +53,10 @@ class PPSSLConfig(MocoV2Config):
     name: Literal["ppssl"] = "ppssl"  # type: ignore[assignment]
     alpha: float = Field(1.2, ge=0)  # weight of L_AIS (Eq. 9); 0 skips AIS
     beta: float = Field(0.01, ge=0)  # weight of L_IADM (Eq. 9); 0 skips IADM
-    ais: bool = True  # Anti-Interference Strategy on/off (Table 4's "AIS" row); off: no teacher, embedding = AvgPool(f)
+    ais: bool = True  # AIS on/off (Table 4's "AIS" row); off: no teacher and no psi, embedding = AvgPool(f)
     iadm: bool = True  # Image-Aided Distinction Module on/off
     kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
-    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T, CLIP's zero-shot scale (the paper writes scale 1)
+    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T: CLIP's zero-shot scale (the paper writes 1)
     corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
     corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
     teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
@@ -83,7 +84,8 @@ class PPSSLConfig(MocoV2Config):
     @model_validator(mode="after")
     def _corpus_size_fits(self) -> "PPSSLConfig":
         if self.corpus_size is not None and self.corpus_size > len(read_corpus(self.corpus)):
-            raise ValueError(f"corpus_size {self.corpus_size} exceeds the corpus ({len(read_corpus(self.corpus))} prompts)")
+            size = len(read_corpus(self.corpus))
+            raise ValueError(f"corpus_size {self.corpus_size} exceeds the corpus ({size} prompts)")
         return self
 
     @property
@@ -107,11 +109,13 @@ def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
 
     norm is the paper's min-max over each channel's h x w map, (a - min) / (max - min + 1e-7):
     the paper prints the denominator as 1e-7 + max(alpha), the max of the already shifted map
-    (as Grad-CAM code writes it: ``a -= a.min(); a /= 1e-7 + a.max()``).
+    (as Grad-CAM code writes it: ``a -= a.min(); a /= 1e-7 + a.max()``). A constant map (e.g. a 1 x 1
+    grid) has no range: it becomes 1 where positive, 0 where zero (a / max), not 0 everywhere.
     """
     a = F.relu(x.float()).flatten(2)  # (B, K, h*w)
     low, high = a.amin(dim=2, keepdim=True), a.amax(dim=2, keepdim=True)
-    normed = (a - low) / (high - low + eps)
+    span = high - low
+    normed = torch.where(span > eps, (a - low) / (span + eps), a / (high + eps))
     return normed.amax(dim=1, keepdim=True).view(x.shape[0], 1, *x.shape[2:])
 
 
@@ -150,7 +154,7 @@ class PPSSL(Method):
             teacher = CLIPTeacher(cfg.teacher)
             self.register_buffer("text_embeddings", teacher.encode_text(cfg.prompts).clone(), persistent=False)
             if cfg.teacher_mode == "online":
-                self.teacher = teacher  # cached mode: the image tower is dropped here, embeddings come with the batch
+                self.teacher = teacher  # cached mode: CLIP is dropped here, u_t comes with the batch
             self.psi = _psi(channels, cfg.psi_channels)
             self.projector = nn.Linear(channels, teacher.embed_dim)
         self.psi_guidance = nn.ModuleDict({
@@ -158,9 +162,14 @@ class PPSSL(Method):
             for src in self.sources
         })
         # Frozen, identical on every rank: DDP neither broadcasts nor tracks them.
-        self._ddp_params_and_buffers_to_ignore = [
-            n for n, _ in (*self.named_parameters(), *self.named_buffers()) if n.startswith(("teacher.", "text_embeddings"))
-        ]
+        named = (*self.named_parameters(), *self.named_buffers())
+        self._ddp_params_and_buffers_to_ignore = [n for n, _ in named if n.startswith(("teacher.", "text_embeddings"))]
+
+    @property
+    def extra_column_dims(self) -> dict[str, int]:
+        """Widths of the per-image columns this instance reads from the batch (tests build batches from it)."""
+        cached = self.use_ais and self.cfg.teacher_mode == "cached"
+        return {"teacher_embedding": int(self.text_embeddings.shape[1])} if cached else {}
 
     # ---------------------------------------------------------------------------------------- hooks
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
 from typing import Sequence
 
@@ -46,15 +47,17 @@ TINY_CLIP_CONFIG = {
 class TeacherConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    model: str = "ViT-B-32"  # open_clip architecture (use "<name>-quickgelu" for a local copy of OpenAI weights); fgray-tiny-clip for tests
-    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights file | random (seeded, no download)
+    # open_clip architecture; "<name>-quickgelu" for a local copy of OpenAI's weights; fgray-tiny-clip for tests
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights | random (seeded)
     image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
     seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
 
 
 def is_weights_path(pretrained: str) -> bool:
     """A local file rather than a tag: has a folder part, starts with ~ or ., or ends like a weights file."""
-    return os.sep in pretrained or "/" in pretrained or pretrained.startswith(("~", ".")) or pretrained.endswith(WEIGHT_SUFFIXES)
+    return ("/" in pretrained or os.sep in pretrained or pretrained.startswith(("~", "."))
+            or pretrained.endswith(WEIGHT_SUFFIXES))
 
 
 def _known_models() -> list[str]:
@@ -72,10 +75,10 @@ def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
         close = difflib.get_close_matches(cfg.model, models, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{key}.model: unknown open_clip model '{cfg.model}'{hint}")
-    how = (f"download the weights once on a machine with internet (e.g. `python -c \"import open_clip; "
-           f"open_clip.create_model('{cfg.model}', pretrained='openai')\"` writes them under ~/.cache/huggingface), "
-           f"copy the file where every node can read it and set {key}.pretrained=/path/to/open_clip_model.safetensors "
-           f"(or {key}.pretrained=random for a plumbing test)")
+    tag = "openai" if cfg.pretrained == "random" or is_weights_path(cfg.pretrained) else cfg.pretrained
+    how = (f"on a machine with internet run `python -c \"import open_clip; open_clip.create_model('{cfg.model}', "
+           f"pretrained='{tag}')\"`, copy the file it downloads (under ~/.cache/huggingface) where every node can "
+           f"read it and set {key}.pretrained=/path/to/it (or {key}.pretrained=random for a plumbing test)")
     if cfg.pretrained == "random":
         return
     if is_weights_path(cfg.pretrained):
@@ -92,18 +95,18 @@ def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
         raise ConfigError(f"{key}.pretrained: '{cfg.pretrained}' is neither a file nor an open_clip tag of {cfg.model} "
                           f"(tags: {list_pretrained_tags_by_model(cfg.model)})")
     found, looked = _cached_tag_file(tag_cfg)
-    if found is None and not _hub_reachable(tag_cfg):
-        raise ConfigError(f"{key}.pretrained: CLIP weights {cfg.model}/{cfg.pretrained} are not on this machine "
-                          f"(fgray looked in {', '.join(looked)}) and the Hugging Face hub is unreachable; {how}")
+    if found is None and not (tag_cfg.get("hf_hub") and _hub_reachable(*_hub_file(tag_cfg))):
+        raise ConfigError(f"{key}.pretrained: CLIP weights {cfg.model}/{cfg.pretrained} not found (fgray looked in "
+                          f"{' and '.join(looked)}) and huggingface.co is unreachable: {how}")
 
 
-def _hub_file(tag_cfg: dict) -> tuple[str, list[str]]:
+def _hub_file(tag_cfg: dict) -> tuple[str, tuple[str, ...]]:
     """(repo id, candidate file names) of an open_clip tag's hub entry (safetensors first, as open_clip)."""
     repo, filename = os.path.split(tag_cfg["hf_hub"])  # "org/repo/" -> default file; "org/repo/file.bin"
     if not filename:
-        return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return repo, ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
     stem, ext = os.path.splitext(filename)
-    return repo, ([f"{stem}.safetensors"] if ext in (".bin", ".pth") else []) + [filename]
+    return repo, ((f"{stem}.safetensors",) if ext in (".bin", ".pth") else ()) + (filename,)
 
 
 def _cached_tag_file(tag_cfg: dict) -> tuple[str | None, list[str]]:
@@ -113,7 +116,7 @@ def _cached_tag_file(tag_cfg: dict) -> tuple[str | None, list[str]]:
         from huggingface_hub import constants, try_to_load_from_cache
 
         repo, names = _hub_file(tag_cfg)
-        looked.append(f"{constants.HF_HUB_CACHE} ({repo})")
+        looked.append(f"{constants.HF_HUB_CACHE} for {repo}")
         for name in names:
             hit = try_to_load_from_cache(repo, name)
             if isinstance(hit, str) and os.path.isfile(hit):
@@ -126,13 +129,12 @@ def _cached_tag_file(tag_cfg: dict) -> tuple[str | None, list[str]]:
     return None, looked
 
 
-def _hub_reachable(tag_cfg: dict, timeout: float = 5.0) -> bool:
-    if not tag_cfg.get("hf_hub"):
-        return False
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(repo: str, names: tuple[str, ...], timeout: float = 5.0) -> bool:
+    """Whether the hub answers for the tag's weights (once per process: preflight checks every trial)."""
     try:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-        repo, names = _hub_file(tag_cfg)
         get_hf_file_metadata(hf_hub_url(repo, names[-1]), timeout=timeout)
         return True
     except Exception:  # offline mode, no route, DNS failure, HTTP error: not reachable for our purpose
