@@ -85,7 +85,7 @@ def _filesystem(root: str) -> pafs.FileSystem | None:
     return pafs.FileSystem.from_uri(root)[0] if "://" in root else None
 
 
-def _blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     # Encoded rows go to the object store once, in blocks small enough to shuffle by block order;
     # reading in the driver avoids Ray Data read tasks competing with Train workers for CPUs.
     blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
@@ -115,7 +115,7 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
     columns by id and drops ``image_id`` (e.g. ``teacher_cache.attacher``); they reach the batches as-is.
     """
     columns = ["image", "image_id"] if attach is not None else ["image"]
-    ds = _blocks(read_rows(prepared, image_ids, columns), batch_rows).randomize_block_order()
+    ds = row_blocks(read_rows(prepared, image_ids, columns), batch_rows).randomize_block_order()
     if attach is not None:
         ds = attach(ds)
     return ds.map_batches(partial(_augment_batch, image_size=data.image_size), batch_size=batch_rows,
@@ -125,6 +125,6 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
 def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
                  cpus_per_task: float, batch_rows: int = 128) -> ray.data.Dataset:
     """Deterministic eval views, columns ``image`` (3, S, S) uint8, ``label``, ``image_id``."""
-    ds = _blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)
+    ds = row_blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)
     return ds.map_batches(partial(_eval_batch, image_size=data.image_size, crop_fraction=data.eval_crop),
                           batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)

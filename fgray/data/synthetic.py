@@ -61,11 +61,15 @@ class SyntheticSpec:
     seed: int = 0  # changes every image (not the class -> parts map)
     train_classes: int | None = None  # classes < this are "train", the rest "test"; None: half
     # --- difficulty knobs ---
-    max_rotation: float = 20.0  # degrees, uniform in +-max_rotation (plus a random horizontal flip)
+    max_rotation: float = 15.0  # degrees, uniform in +-max_rotation (plus a random horizontal flip)
     scale_range: tuple[float, float] = (0.7, 0.95)  # bird length / image side (shrunk if it won't fit)
-    shape_jitter: float = 0.08  # relative jitter of body, head, wing and tail proportions
-    color_jitter: float = 1.0  # multiplier on the hue / saturation / value jitter of the bird
-    clutter: int = 10  # background blobs, polygons and branches
+    shape_jitter: float = 0.06  # relative jitter of body, head, wing and tail proportions
+    # Multiplier on the per-image hue / saturation / value jitter of bird and scene. At 1 the
+    # spread is about that of MoCo v2's colour augmentation: wider, and colour alone would
+    # tell images apart, so contrastive learning would learn colour instead of parts.
+    color_jitter: float = 1.0
+    clutter: int = 60  # background leaves, blobs and twigs: many small ones make a texture
+    clutter_size: tuple[float, float] = (0.03, 0.12)  # clutter element radius / image side
     bird_colored_clutter: float = 0.25  # fraction of clutter in the bird's colours (the rest: the scene's)
     clutter_contrast: float = 0.15  # how far the scene-coloured clutter strays from the scene colour
     distractors: int = 2  # marking-like fragments (stripes, bars, spots) in the background
@@ -75,7 +79,8 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if self.train_classes is None:  # resolved here so that "half" and its value hash alike
             object.__setattr__(self, "train_classes", self.num_classes // 2)
-        object.__setattr__(self, "scale_range", tuple(float(s) for s in self.scale_range))
+        for name in ("scale_range", "clutter_size"):  # lists (from JSON) -> tuples: hashable
+            object.__setattr__(self, name, tuple(float(s) for s in getattr(self, name)))
         checks = [
             (2 <= self.num_classes <= MAX_CLASSES, f"num_classes must be in [2, {MAX_CLASSES}]"),
             (1 <= self.train_classes < self.num_classes, "train_classes must be in [1, num_classes)"),
@@ -164,10 +169,10 @@ def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) 
     """
     j = lambda: 1.0 + jitter * rng.uniform(-1, 1)  # noqa: E731  one relative jitter draw
     brx, bry = 0.30 * j(), 0.17 * j()  # body
-    hr = 0.12 * j()  # head radius
+    hr = 0.14 * j()  # head radius
     hx, hy = brx + 0.005, -bry * 0.75  # head centre sits on the front-top of the body
-    wcx, wcy, wrx, wry = -0.04, -0.03, 0.22 * j(), 0.095 * j()  # wing
-    tl = 0.27 * j()  # tail length beyond its base
+    wcx, wcy, wrx, wry = -0.04, -0.03, 0.24 * j(), 0.11 * j()  # wing
+    tl = 0.3 * j()  # tail length beyond its base
     tx = -brx + 0.04  # tail base (hidden under the body)
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("tail", "legs", "body", "breast", "wing", "bars", "head", "mark", "eye", "beak")}
 
@@ -188,33 +193,33 @@ def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) 
 
     breast = parts["breast"]
     if breast == "band":
-        out["breast"].append(_vband(0, 0, brx, bry, 0.45 * brx, 0.62 * brx))
+        out["breast"].append(_vband(0, 0, brx, bry, 0.40 * brx, 0.66 * brx))
     elif breast == "spotted":
-        for sx, sy in ((0.05, 0.08), (0.12, 0.06), (0.08, 0.12), (0.16, 0.10)):
-            out["breast"].append(_ellipse(sx * brx / 0.3, sy * bry / 0.17, 0.026, 0.026, n=10))
+        for sx, sy in ((0.02, 0.09), (0.11, 0.05), (0.09, 0.125), (0.19, 0.09), (0.0, 0.01)):
+            out["breast"].append(_ellipse(sx * brx / 0.3, sy * bry / 0.17, 0.032, 0.032, n=10))
 
     out["wing"].append(_ellipse(wcx, wcy, wrx, wry))
     wing = parts["wing"]
     if wing == "bar":
-        out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + 0.25 * wrx, wcx + 0.55 * wrx))
+        out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + 0.05 * wrx, wcx + 0.45 * wrx))
     elif wing == "double":
-        for a, b in ((-0.35, -0.12), (0.30, 0.53)):
+        for a, b in ((-0.55, -0.25), (0.2, 0.5)):
             out["bars"].append(_vband(wcx, wcy, wrx, wry, wcx + a * wrx, wcx + b * wrx))
     elif wing == "spots":
-        for sx, sy in ((-0.45, -0.1), (0.0, 0.25), (0.45, -0.1)):
-            out["bars"].append(_ellipse(wcx + sx * wrx, wcy + sy * wry, 0.03, 0.03, n=10))
+        for sx, sy in ((-0.55, 0.0), (-0.15, -0.35), (-0.1, 0.4), (0.35, 0.0)):
+            out["bars"].append(_ellipse(wcx + sx * wrx, wcy + sy * wry, 0.038, 0.038, n=10))
 
     out["head"].append(_ellipse(hx, hy, hr, hr))
     head = parts["head"]
     ey = hy - 0.15 * hr  # eye height
     if head == "stripe":
-        out["mark"].append(_hband(hx, hy, hr, ey - 0.2 * hr, ey + 0.2 * hr))
+        out["mark"].append(_hband(hx, hy, hr, ey - 0.27 * hr, ey + 0.27 * hr))
     elif head == "cap":
-        a = np.arcsin(0.3)  # the arc above y = hy - 0.3 r
+        a = np.arcsin(0.25)  # the arc above y = hy - 0.25 r
         out["mark"].append(_ellipse(hx, hy, hr * 0.98, hr * 0.98, n=14, a0=np.pi + a, a1=2 * np.pi - a))
     elif head == "cheek":
-        out["mark"].append(_ellipse(hx - 0.05 * hr, hy + 0.45 * hr, 0.33 * hr, 0.28 * hr, n=12))
-    out["eye"].append(_ellipse(hx + 0.35 * hr, ey, 0.17 * hr, 0.17 * hr, n=10))
+        out["mark"].append(_ellipse(hx - 0.05 * hr, hy + 0.45 * hr, 0.42 * hr, 0.36 * hr, n=12))
+    out["eye"].append(_ellipse(hx + 0.35 * hr, ey, 0.15 * hr, 0.15 * hr, n=10))
     bx = hx + 0.8 * hr
     out["beak"].append(np.array([[bx, ey - 0.02], [bx + 0.13 * j(), ey + 0.035], [bx, ey + 0.07]]))
     return out
@@ -251,7 +256,12 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 def _bird_colour(rng: np.random.Generator, k: float) -> tuple[float, float, float]:
     """HSV of a bird's body: one ochre-brown family for every class, jittered per image."""
-    return 0.08 + 0.05 * k * rng.uniform(-1, 1), 0.55 + 0.2 * k * rng.uniform(-1, 1), 0.68 + 0.18 * k * rng.uniform(-1, 1)
+    return 0.08 + 0.035 * k * rng.uniform(-1, 1), 0.55 + 0.15 * k * rng.uniform(-1, 1), 0.68 + 0.15 * k * rng.uniform(-1, 1)
+
+
+def _scene_colour(rng: np.random.Generator, k: float) -> tuple[float, float, float]:
+    """HSV of the scene: foliage greens to olive, jittered per image."""
+    return 0.23 + 0.09 * k * rng.uniform(-1, 1), 0.4 + 0.15 * k * rng.uniform(-1, 1), 0.55 + 0.17 * k * rng.uniform(-1, 1)
 
 
 def _bird_palette(rng: np.random.Generator, k: float) -> dict[str, tuple[int, int, int]]:
@@ -278,11 +288,15 @@ def _clutter_colour(rng: np.random.Generator, spec: SyntheticSpec, scene: tuple[
 
 def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: SyntheticSpec, canvas: int,
                      scene: tuple[float, float, float]) -> None:
-    """Cluttered scene: blobs, polygons, branches, then marking-like distractor fragments."""
+    """Cluttered scene: many small blobs, leaves and twigs, then marking-like fragments.
+
+    Many *small* elements give a stationary texture: its layout identifies an image but no
+    crop-invariant structure, so self-supervised views must agree on the bird instead.
+    """
     for _ in range(spec.clutter):
         colour, kind = _clutter_colour(rng, spec, scene), rng.integers(3)
         cx, cy = rng.uniform(0, canvas, 2)
-        size = rng.uniform(0.08, 0.35) * canvas
+        size = rng.uniform(*spec.clutter_size) * canvas
         if kind == 0:  # blob
             rx, ry = size * rng.uniform(0.4, 1.0, 2)
             draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=colour)
@@ -292,8 +306,8 @@ def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: 
             draw.polygon(list(zip(cx + r * np.cos(t), cy + r * np.sin(t))), fill=colour)
         else:  # branch
             a = rng.uniform(0, np.pi)
-            dx, dy = np.cos(a) * size * 2, np.sin(a) * size * 2
-            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=max(1, int(rng.uniform(0.01, 0.04) * canvas)))
+            dx, dy = np.cos(a) * size * 1.5, np.sin(a) * size * 1.5
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=max(1, int(rng.uniform(0.01, 0.03) * canvas)))
     for _ in range(spec.distractors):  # fragments that look like parts, away from any bird
         cx, cy = rng.uniform(0, canvas, 2)
         colour = _hsv(0.08, 0.3, 0.12) if rng.random() < 0.5 else _hsv(0.12, 0.2, 0.92)
@@ -322,7 +336,7 @@ def render(spec: SyntheticSpec, class_index: int, instance_index: int) -> tuple[
     canvas = spec.image_size * ss
     k = spec.color_jitter
 
-    scene = (rng.uniform(0.02, 0.38), rng.uniform(0.15, 0.6), rng.uniform(0.3, 0.8))  # HSV: foliage..bark
+    scene = _scene_colour(rng, k)
     img = Image.new("RGB", (canvas, canvas), _hsv(*scene))
     draw = ImageDraw.Draw(img)
     _draw_background(draw, rng, spec, canvas, scene)

@@ -17,7 +17,7 @@ import torch
 
 from fgray import checkpoint as ckpt
 from fgray.config import ExperimentConfig, SweepConfig
-from fgray.data import pipeline
+from fgray.data import pipeline, transforms
 from fgray.eval.metrics import retrieval_metrics
 
 
@@ -37,10 +37,13 @@ class _Embedder:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.method.to(self.device).eval()
         self.to_device = to_device
+        self.transform = transforms.eval_transform(experiment.data.image_size, experiment.data.eval_crop)
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = self.to_device({"image": batch["image"]}, self.device)["image"]
+        # Decoding happens here too: one stage, so a CPU-only cluster never waits on a second pool.
+        decoded = transforms.eval_images(batch["image"], self.transform)
+        images = self.to_device({"image": decoded}, self.device)["image"]
         return {"embedding": self.method.embed(images).float().cpu().numpy(),
                 "label": batch["label"], "image_id": batch["image_id"]}
 
@@ -62,11 +65,13 @@ def embed_images(experiment: ExperimentConfig, checkpoint_path: str | None, prep
     table = _read_cache(cache_path)
     if table is None:
         gpus = _cluster_gpus()
-        ds = pipeline.eval_dataset(prepared, image_ids, experiment.data, experiment.resources.data_cpus)
+        rows = pipeline.read_rows(prepared, image_ids, ["image", "label", "image_id"])
+        ds = pipeline.row_blocks(rows, experiment.eval.batch_size)
         ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"experiment_json": experiment.model_dump_json(),
                                                               "checkpoint_path": checkpoint_path},
                             compute=ray.data.ActorPoolStrategy(size=max(1, min(gpus, 8))),
-                            num_gpus=1 if gpus else 0, batch_size=experiment.eval.batch_size, batch_format="numpy")
+                            num_gpus=1 if gpus else 0, num_cpus=1 if gpus else experiment.resources.data_cpus,
+                            batch_size=experiment.eval.batch_size, batch_format="numpy")
         table = pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
         if cache_path:
             _write_cache(cache_path, table)
