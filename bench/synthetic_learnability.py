@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # run from a checkout
-from fgray.data.synthetic import SyntheticSpec, render_arrays  # noqa: E402
+from fgray.data.synthetic import PARTS, SyntheticSpec, class_parts, render_arrays  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -44,6 +44,15 @@ def recall_at_1(features: Tensor, labels: Tensor) -> float:
     sim = f @ f.T
     sim.fill_diagonal_(-float("inf"))  # exclude the query itself (by index, not by rank)
     return (labels[sim.argmax(dim=1)] == labels).float().mean().item()
+
+
+def part_recalls(features: Tensor, labels: Tensor) -> dict[str, float]:
+    """Diagnostic: Recall@1 where a 'hit' only needs one part to match (what do features see?)."""
+    out = {}
+    for name in PARTS:
+        part = torch.tensor([PARTS[name].index(class_parts(int(c))[name]) for c in labels])
+        out[name] = recall_at_1(features, part)
+    return out
 
 
 def to_input(images: Tensor) -> Tensor:
@@ -348,12 +357,17 @@ def main() -> None:
 
     if args.method != "none":
         backbone = new_backbone(args.backbone, args.seed, not args.no_stem_pool, **args.backbone_kwargs)
-        r[f"{args.backbone} before SSL"] = recall_at_1(embed(backbone, xte), yte)
+        feats = embed(backbone, xte)
+        r[f"{args.backbone} before SSL"] = recall_at_1(feats, yte)
+        results["part_recall_before_ssl"] = part_recalls(feats, yte)
+        results["part_recall_raw_pixels"] = part_recalls(xte.flatten(1).float() - xte.flatten(1).float().mean(0), yte)
         model = MoCoV2(backbone, queue=args.queue) if args.method == "moco" else SimCLR(backbone)
         res = train_ssl(model, xtr, args.epochs, args.batch_size, args.lr, args.seed, args.aug, args.optim,
                         probe=lambda: recall_at_1(embed(backbone, xte), yte), probe_every=args.probe_every)
         results["ssl"] = asdict(res)
-        r[f"{args.backbone} after {args.method}"] = recall_at_1(embed(backbone, xte), yte)
+        feats = embed(backbone, xte)
+        r[f"{args.backbone} after {args.method}"] = recall_at_1(feats, yte)
+        results["part_recall_after_ssl"] = part_recalls(feats, yte)
         r[f"{args.backbone} after {args.method} (train classes)"] = recall_at_1(embed(backbone, xtr), ytr)
     if args.supervised:
         backbone = new_backbone(args.backbone, args.seed, not args.no_stem_pool, **args.backbone_kwargs)

@@ -18,8 +18,10 @@ interleaved: the Train worker waits before each epoch while the plain loop runs 
 (plain, epoch 1, plain, epoch 2, ..., plain), and each steady Ray epoch is compared with the
 plain segments just before and after it. While the worker waits, Ray Data idles too: an epoch's
 pipeline starts executing only when its first batch is requested, inside the timed epoch.
+(``--continuous`` keeps one pipeline running across epochs, so it cannot pause it: it runs the
+Ray epochs back to back, between one plain segment before and one after.)
 
-    python bench/trainer_overhead.py                          # resnet18, 64 px, batch 64: ~5 min on 2 CPUs
+    python bench/trainer_overhead.py                          # resnet18, 64 px, batch 64: 4-7 min on 2 busy CPUs
     python bench/trainer_overhead.py --dataloader --json /tmp/overhead.json
     python bench/trainer_overhead.py --set data.shuffle_buffer=0 --prefetch-batches 4   # try a change
     python bench/trainer_overhead.py --continuous             # try one data pipeline across all epochs
@@ -176,13 +178,15 @@ class PlainRun:
     def run(self, steps: int, label: str | None = None) -> dict[str, Any]:
         starts: list[float] = []
         waits: list[float] = []
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        cpu0, thread0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
         stats = train_one_epoch(self.method, timed(self.batches, starts, waits), self.optimizer, self.scheduler,
                                 self.device, epoch=0, epochs=1, steps_per_epoch=steps, amp=self.amp)
         end = time.perf_counter()
         seg = {"label": label, "steps": stats.steps, "images_per_s": stats.images_per_second,
                "data_wait": stats.data_wait_fraction, "step_s": step_times(starts, end), "waits": waits,
-               "cpu_util": (time.process_time() - cpu0) / (end - t0), "load1": os.getloadavg()[0]}
+               "cpu_util": (time.process_time() - cpu0) / (end - t0), "load1": os.getloadavg()[0],
+               "cpu_s_per_step": (time.process_time() - cpu0) / max(stats.steps, 1),
+               "train_thread_cpu_s_per_step": (time.thread_time() - thread0) / max(stats.steps, 1)}
         if label is not None:
             self.segments.append(seg)
         return seg
@@ -231,12 +235,14 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
                 time.sleep(0.05)
         starts: list[float] = []
         waits: list[float] = []
-        cpu0, t0 = time.process_time(), time.perf_counter()
+        cpu0, thread0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
         stats = original_epoch(model, timed(batches, starts, waits), *args, **kwargs)
         end = time.perf_counter()
         record = {"epoch": epoch, "steps": stats.steps, "images_per_s": stats.images_per_second,
                   "data_wait": stats.data_wait_fraction, "step_s": step_times(starts, end), "waits": waits,
                   "cpu_util": (time.process_time() - cpu0) / (end - t0), "load1": os.getloadavg()[0],
+                  "cpu_s_per_step": (time.process_time() - cpu0) / max(stats.steps, 1),
+                  "train_thread_cpu_s_per_step": (time.thread_time() - thread0) / max(stats.steps, 1),
                   "threads": torch.get_num_threads()}
         with open(bench["log"], "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -304,7 +310,53 @@ def ray_summary(epochs: list[dict], batch_size: int) -> dict[str, float]:
             "data_wait_after_first_batch": (waits - sum(first)) / elapsed, "epochs_counted": len(steady)}
 
 
+def epoch_line(e: dict) -> str:
+    first = e["waits"][0] if e["waits"] else float("nan")
+    return (f"  ray epoch {e['epoch']:<21} {e['images_per_s']:6.1f} img/s  data wait {e['data_wait']:6.1%}  "
+            f"load {e['load1']:.1f}  CPU {e['cpu_s_per_step']:.2f} s/step (train thread "
+            f"{e['train_thread_cpu_s_per_step']:.2f}), first batch {first:.2f} s")
+
+
 # ----------------------------------------------------------------------------- main
+
+
+def run_ray(args, experiment, prepared, splits, plain_segment) -> tuple[list[dict], dict, float]:
+    """Fit the trainer; when interleaving, run a plain segment while the worker waits before each epoch."""
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="fgray-overhead-") as workdir:
+        log = os.path.join(workdir, "epochs.jsonl")
+        sync = os.path.join(workdir, "sync") if args.interleave else None
+        if sync:
+            os.makedirs(sync)
+        started = time.perf_counter()
+        thread, outcome = start_trainer(args, experiment, prepared, splits, workdir, sync)
+
+        def logged() -> list[dict]:
+            return [json.loads(x) for x in Path(log).read_text().splitlines()] if os.path.exists(log) else []
+
+        try:
+            for epoch in range(1, args.epochs + 1 if sync else 1):
+                while thread.is_alive() and not Path(sync, f"ready-{epoch}").exists():
+                    time.sleep(0.05)
+                if not thread.is_alive():
+                    break
+                plain_segment(f"before epoch {epoch}")
+                Path(sync, f"go-{epoch}").touch()
+                while thread.is_alive() and len(logged()) < epoch:
+                    time.sleep(0.05)
+                for e in logged()[epoch - 1:epoch]:
+                    print(epoch_line(e), flush=True)
+            thread.join()
+        finally:
+            ray.shutdown()
+        if "error" in outcome:
+            raise outcome["error"]
+        epochs = logged()
+    if not sync:
+        for e in epochs:
+            print(epoch_line(e), flush=True)
+    return epochs, dict(outcome["result"].metrics or {}), time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,13 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     splits = pipeline.assign(prepared, experiment.data)
     encoded = pipeline.read_rows(prepared, splits.train, ["image"])["image"].to_pylist()
     images = [transforms.decode(b) for b in encoded]  # decoded once, kept in memory
-    bs, size = experiment.train.batch_size, experiment.data.image_size
+    bs, size, res = experiment.train.batch_size, experiment.data.image_size, experiment.resources
     steps_per_epoch = max(1, len(images) // bs)
     print(f"settings: backbone {experiment.backbone.name}, {size} px, batch {bs}, method {experiment.method.name}, "
           f"torch threads {threads}, train split {len(images)} images = {steps_per_epoch} steps/epoch, "
-          f"Ray epochs {args.epochs}, plain segments of {args.steps} steps ({'interleaved' if args.interleave else 'before/after'})\n"
-          f"          Ray: {args.cpus:g} CPUs, worker {experiment.resources.cpus_per_worker:g} CPU, data tasks "
-          f"{experiment.resources.data_cpus:g} CPU, shuffle buffer {experiment.data.shuffle_buffer} rows, prefetch_batches "
+          f"Ray epochs {args.epochs}, plain segments of {args.steps} steps "
+          f"({'interleaved' if args.interleave else 'before/after Ray'})\n"
+          f"          Ray: {args.cpus:g} CPUs, worker {res.cpus_per_worker:g} CPU, data tasks {res.data_cpus:g} CPU, "
+          f"shuffle buffer {experiment.data.shuffle_buffer} rows, prefetch_batches "
           f"{args.prefetch_batches if args.prefetch_batches is not None else 'default (1)'}"
           f"{', one pipeline over all epochs' if args.continuous else ''}; "
           f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
@@ -337,88 +390,62 @@ def main(argv: list[str] | None = None) -> int:
     def plain_segment(label: str) -> None:
         for name, plain in plains.items():
             seg = plain.run(args.steps, label)
-            print(f"  plain {name:<11} {label:<16} {seg['images_per_s']:6.1f} img/s  data wait {seg['data_wait']:6.1%}  "
-                  f"load {seg['load1']:.1f}", flush=True)
+            print(f"  plain {name:<11} {label:<16} {seg['images_per_s']:6.1f} img/s  "
+                  f"data wait {seg['data_wait']:6.1%}  load {seg['load1']:.1f}  "
+                  f"CPU {seg['cpu_s_per_step']:.2f} s/step (train thread {seg['train_thread_cpu_s_per_step']:.2f})",
+                  flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="fgray-overhead-") as workdir:
-        sync = os.path.join(workdir, "sync") if args.interleave else None
-        if sync:
-            os.makedirs(sync)
-        else:
-            plain_segment("before Ray")
-        t_ray = time.perf_counter()
-        thread, outcome = start_trainer(args, experiment, prepared, splits, workdir, sync)
-        import ray
+    if not args.interleave:
+        plain_segment("before Ray")
+    epochs, reported, ray_wall = run_ray(args, experiment, prepared, splits, plain_segment)
+    plain_segment("after Ray")
 
-        try:
-            log, shown = os.path.join(workdir, "epochs.jsonl"), 0
-            for epoch in range(1, args.epochs + 1):
-                while thread.is_alive() and sync and not os.path.exists(os.path.join(sync, f"ready-{epoch}")):
-                    time.sleep(0.05)
-                if not thread.is_alive():
-                    break
-                if sync:
-                    plain_segment(f"before epoch {epoch}")
-                    Path(sync, f"go-{epoch}").touch()
-                    while thread.is_alive() and not (os.path.exists(log) and len(Path(log).read_text().splitlines()) >= epoch):
-                        time.sleep(0.05)
-                    for e in [json.loads(x) for x in Path(log).read_text().splitlines()][shown:]:
-                        print(f"  ray epoch {e['epoch']:<21} {e['images_per_s']:6.1f} img/s  data wait {e['data_wait']:6.1%}  "
-                              f"load {e['load1']:.1f}  (first batch {e['waits'][0] if e['waits'] else float('nan'):.2f} s)",
-                              flush=True)
-                        shown += 1
-            thread.join()
-        finally:
-            ray.shutdown()
-        ray_wall = time.perf_counter() - t_ray
-        if "error" in outcome:
-            raise outcome["error"]
-        epochs = [json.loads(x) for x in Path(log).read_text().splitlines()]
-        for e in epochs[shown:]:
-            print(f"  ray epoch {e['epoch']:<21} {e['images_per_s']:6.1f} img/s  data wait {e['data_wait']:6.1%}  "
-                  f"load {e['load1']:.1f}  (first batch {e['waits'][0] if e['waits'] else float('nan'):.2f} s)", flush=True)
-        plain_segment("after Ray")
-    reported = dict(outcome["result"].metrics or {})
-
-    ray_s = ray_summary(epochs, bs)
-    if args.interleave:  # segment i (0-based) ran before epoch i + 1; the last one after the last epoch
-        pairs = {name: [[p.segments[e - 1], p.segments[e]] for e in range(2, len(epochs) + 1)] for name, p in plains.items()}
-        neighbours = {name: p.segments[1:] for name, p in plains.items()}
+    # Plain segments next to the steady Ray epochs: interleaved, segment i ran before epoch i + 1 (0-based)
+    # and the last one after the last epoch; otherwise every segment counts for every epoch.
+    steady = epochs[1:] or epochs
+    segments = {name: p.segments for name, p in plains.items()}
+    if args.interleave:
+        pairs = [segments["inline"][e["epoch"] - 1:e["epoch"] + 1] for e in steady]
+        neighbours = {name: segs[1:] for name, segs in segments.items()}
     else:
-        pairs = {name: [p.segments for _ in epochs[1:]] for name, p in plains.items()}
-        neighbours = {name: p.segments for name, p in plains.items()}
-    plain_s = {name: pooled(neighbours[name], bs) for name in plains}
+        pairs = [segments["inline"] for _ in steady]
+        neighbours = segments
+    ray_s = ray_summary(epochs, bs)
+    plain_s = {name: pooled(segs, bs) for name, segs in neighbours.items()}
     base = plain_s["inline"]["images_per_s"]
     ratio = ray_s["images_per_s"] / base
-    per_epoch = [e["images_per_s"] / pooled(pair, bs)["images_per_s"] for e, pair in zip(epochs[1:], pairs["inline"])]
+    per_epoch = [e["images_per_s"] / pooled(pair, bs)["images_per_s"] for e, pair in zip(steady, pairs)]
+    plain_median = statistics.median(t for seg in neighbours["inline"] for t in seg["step_s"])
+    ray_median = statistics.median(t for e in steady for t in e["step_s"])
 
     rows = [("plain, in-process augmentation (baseline)", plain_s["inline"])]
     if "dataloader1" in plain_s:
         rows.append(("plain, DataLoader(num_workers=1)", plain_s["dataloader1"]))
-    rows.append((f"Ray Data + Ray Train, epochs 2-{len(epochs)}", ray_s))
+    rows.append((f"Ray Data + Ray Train, epochs {steady[0]['epoch']}-{steady[-1]['epoch']}", ray_s))
     print()
     print(f"{'path':<44} {'img/s':>8} {'data wait':>10} {'steps':>6} {'vs baseline':>12}")
     for label, s in rows:
         print(f"{label:<44} {s['images_per_s']:8.1f} {s['data_wait']:10.1%} {s['steps']:6d} "
               f"{s['images_per_s'] / base:12.3f}")
     print()
-    print(f"ratio Ray/plain images/s: {ratio:.3f} (goal >= 0.9); per steady epoch vs its neighbouring plain segments: "
-          f"{', '.join(f'{r:.3f}' for r in per_epoch)}"
-          f"{f' (median {statistics.median(per_epoch):.3f})' if len(per_epoch) > 1 else ''}")
+    print(f"ratio Ray/plain images/s: {ratio:.3f} (goal >= 0.9); per steady epoch vs the plain segments next to it: "
+          + ", ".join(f"{r:.3f}" for r in per_epoch))
     print(f"Ray data-wait share: {ray_s['data_wait']:.1%} (goal <= 5%); first batch of an epoch "
-          f"{ray_s['first_batch_wait_s']:.2f} s on average, data wait after it {ray_s['data_wait_after_first_batch']:.1%}")
-    plain_median = statistics.median(t for seg in neighbours["inline"] for t in seg["step_s"])
-    ray_median = statistics.median(t for e in epochs[1:] or epochs for t in e["step_s"])
-    print(f"median step time (robust to load bursts; leaves out the per-epoch first-batch wait): plain "
-          f"{plain_median:.2f} s, Ray {ray_median:.2f} s -> ratio {plain_median / ray_median:.3f}")
-    print(f"worker's last report: epoch {reported.get('epoch')}, train/images_per_s "
-          f"{reported.get('train/images_per_s', float('nan')):.1f}, train/data_wait {reported.get('train/data_wait', float('nan')):.1%}; "
+          f"{ray_s['first_batch_wait_s']:.2f} s on average, data wait after it "
+          f"{ray_s['data_wait_after_first_batch']:.1%}")
+    print(f"median step time (robust to load bursts; leaves out the per-epoch first-batch wait): "
+          f"plain {plain_median:.2f} s, Ray {ray_median:.2f} s -> ratio {plain_median / ray_median:.3f}")
+    print(f"worker's last report: epoch {reported.get('epoch')}, "
+          f"train/images_per_s {reported.get('train/images_per_s', float('nan')):.1f}, "
+          f"train/data_wait {reported.get('train/data_wait', float('nan')):.1%}; "
           f"Ray part {ray_wall:.0f} s, total {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "args": vars(args), "ratio": ratio, "median_step_ratio": plain_median / ray_median, "per_epoch_ratio": per_epoch, "ray": ray_s, "ray_epochs": epochs,
-            "plain": plain_s, "plain_segments": {name: p.segments for name, p in plains.items()},
-            "reported_last": {k: reported.get(k) for k in ("epoch", "train/images_per_s", "train/data_wait")}}, indent=1))
+            "args": vars(args), "ratio": ratio, "per_epoch_ratio": per_epoch,
+            "median_step_ratio": plain_median / ray_median, "ray": ray_s, "plain": plain_s,
+            "ray_epochs": epochs, "plain_segments": segments,
+            "reported_last": {k: reported.get(k) for k in ("epoch", "train/images_per_s", "train/data_wait")},
+        }, indent=1))
     return 0
 
 

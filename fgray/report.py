@@ -11,7 +11,7 @@ import pandas as pd
 from ray.tune import Callback
 
 from fgray.config import SweepConfig
-from fgray.trial import POINT_KEY, latest_checkpoint, overrides_from
+from fgray.trial import latest_checkpoint, overrides_from
 
 PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
 
@@ -63,12 +63,21 @@ def collect_trials(results, sweep: SweepConfig, storage: str) -> list[dict[str, 
             "params": params,
             "overrides": overrides,
             "status": status,
-            "error": str(result.error).strip().splitlines()[-1] if result.error else None,
+            "error": _error_line(result.error),
             "epochs": metrics.get("epoch"),
             "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "train/")) and _finite(v)},
             "checkpoint": latest_checkpoint(storage, sweep.name, trial_id),
         })
     return trials
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The root cause of a trial failure in one line (Ray wraps it in several tracebacks)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines if "Error: " in line and not line.startswith(("ray.", "File "))]
+    return (causes or lines or [type(error).__name__])[-1]
 
 
 def _finite(value: Any) -> bool:

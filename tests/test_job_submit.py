@@ -36,14 +36,15 @@ def test_job_submit_smoke_sweep(tmp_path):
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         address = f"http://127.0.0.1:{dashboard_port}"
         command = [sys.executable, "-m", "fgray.sweep", "sweeps/demo.yaml", "--profile", "smoke",
-                   "--storage", str(tmp_path / "results"), "--set", "search.space={}", "--set", "train.epochs=1",
+                   "--storage", str(tmp_path / "results"), "--set", "search.space={}", "--set", "search.num_samples=1",
+                   "--set", "train.epochs=1",
                    "--set", "eval.baseline=false"]
         deadline = time.time() + 120
         while True:  # the head's job agent needs a few seconds after `ray start` before it accepts jobs
             submit = subprocess.run([ray_cli, "job", "submit", "--address", address, "--working-dir", REPO,
                                      "--submission-id", "fgray-smoke", "--", *command],
                                     env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in submit.stderr or time.time() > deadline:
+            if "No available agent" not in submit.stdout + submit.stderr or time.time() > deadline:
                 break
             time.sleep(3)
         status = subprocess.run([ray_cli, "job", "status", "--address", address, "fgray-smoke"],
