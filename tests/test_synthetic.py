@@ -17,10 +17,9 @@ from fgray.data.synthetic import (
     class_name,
     class_parts,
     content_hash,
-    default_cache_dir,
     render,
-    write_shards,
 )
+from fgray.data.synthetic_shards import default_cache_dir, write_shards
 
 SMALL = SyntheticSpec(num_classes=6, images_per_class=4, image_size=48)
 

@@ -43,7 +43,8 @@ class PreparedDataset:
 def resolve_dataset(data: DataConfig) -> PreparedDataset:
     """Locate (and for ``synthetic``, generate once and cache) the shards a config names."""
     if data.name == "synthetic":
-        from fgray.data.synthetic import SyntheticSpec, default_cache_dir, write_shards
+        from fgray.data.synthetic import SyntheticSpec
+        from fgray.data.synthetic_shards import default_cache_dir, write_shards
 
         spec = SyntheticSpec(num_classes=data.synthetic.num_classes, images_per_class=data.synthetic.images_per_class,
                              image_size=data.image_size, seed=data.synthetic.seed)

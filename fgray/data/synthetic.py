@@ -9,30 +9,20 @@ marking-like fragments in the same palette as the bird, so that global colour or
 statistics do not reveal the class. Each image comes with the bird's bounding box.
 
 ``render`` is a pure function of ``(spec, class, instance)``: numpy + PIL, no torch, about
-a millisecond per 64 px image. ``write_shards`` stores a spec as Parquet shards plus a
-``manifest.json`` (the contract of :mod:`fgray.data.schema`), cached by a hash of the spec.
+a millisecond per 64 px image. :mod:`fgray.data.synthetic_shards` stores a spec as Parquet
+shards, cached by :func:`content_hash`.
 """
 from __future__ import annotations
 
 import colorsys
 import functools
 import hashlib
-import io
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
-
-import fgray
-from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
 
 # Bump whenever a change makes ``render`` produce different pixels: it is part of the hash.
 GENERATOR_VERSION = "1"
@@ -383,108 +373,3 @@ def content_hash(spec: SyntheticSpec) -> str:
     """sha256 of the spec and GENERATOR_VERSION: equal hash => identical images."""
     payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def default_cache_dir(spec: SyntheticSpec) -> str:
-    """``$FGRAY_CACHE/synthetic-<hash12>`` (``FGRAY_CACHE`` defaults to ``~/.cache/fgray``)."""
-    root = os.environ.get("FGRAY_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fgray")
-    return os.path.join(root, f"synthetic-{content_hash(spec)[:12]}")
-
-
-def _read_manifest(folder: Path) -> Manifest | None:
-    try:
-        return Manifest.from_json((folder / MANIFEST_NAME).read_text())
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _encode_png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def _write_shard(path: Path, rows: dict[str, list]) -> None:
-    table = pa.Table.from_pydict(rows, schema=SHARD_SCHEMA)
-    pq.write_table(table, path)
-
-
-def write_shards(spec: SyntheticSpec, out_dir: str | os.PathLike, rows_per_shard: int = 1024) -> Manifest:
-    """Render ``spec`` into ``out_dir`` as ``part-*.parquet`` + ``manifest.json``; cached.
-
-    If ``out_dir`` already holds a manifest with this spec's hash, it is returned and
-    nothing is written. Otherwise everything is written to a sibling temp folder that is
-    renamed into place (manifest written last), so an interrupted run never looks complete.
-    """
-    out = Path(out_dir).expanduser()
-    digest = content_hash(spec)
-    existing = _read_manifest(out)
-    if existing is not None and existing.content_hash == digest:
-        return existing
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        manifest = _write_all(spec, tmp, digest, rows_per_shard)
-        _publish(tmp, out, digest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # no-op after a successful rename
-    return _read_manifest(out) or manifest
-
-
-def _write_all(spec: SyntheticSpec, folder: Path, digest: str, rows_per_shard: int) -> Manifest:
-    columns = [f.name for f in SHARD_SCHEMA]
-    rows: dict[str, list] = {c: [] for c in columns}
-    shards: list[str] = []
-    counts: dict[str, int] = {}
-
-    def flush() -> None:
-        name = f"part-{len(shards):05d}.parquet"
-        _write_shard(folder / name, rows)
-        shards.append(name)
-        for c in columns:
-            rows[c].clear()
-
-    for c in range(spec.num_classes):
-        name, split = class_name(c), split_of(spec, c)
-        for i in range(spec.images_per_class):
-            image, box = render(spec, c, i)
-            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": _encode_png(image), "label": c,
-                   "class_name": name, "bbox": list(box), "split": split,
-                   "width": image.shape[1], "height": image.shape[0]}
-            for col in columns:
-                rows[col].append(row[col])
-            counts[split] = counts.get(split, 0) + 1
-            if len(rows["image_id"]) >= rows_per_shard:
-                flush()
-    if rows["image_id"]:
-        flush()
-
-    manifest = Manifest(
-        dataset="synthetic", fgray_version=fgray.__version__, content_hash=digest,
-        num_images=spec.num_classes * spec.images_per_class, counts=counts,
-        classes=[class_name(c) for c in range(spec.num_classes)], shards=shards,
-        short_side=spec.image_size, extra=spec.to_dict(),
-    )
-    (folder / MANIFEST_NAME).write_text(manifest.to_json())  # last: its presence means complete
-    return manifest
-
-
-def _publish(tmp: Path, out: Path, digest: str) -> None:
-    """Move the finished temp folder to ``out``, replacing a stale or incomplete one."""
-    if out.exists():
-        current = _read_manifest(out)
-        if current is not None and current.content_hash == digest:
-            return  # a concurrent writer finished first: keep its (identical) copy
-        if (current is None or current.dataset != "synthetic") and any(out.iterdir()):
-            raise FileExistsError(f"{out} holds files that are not a synthetic dataset; not replacing them")
-        stale = out.parent / f".{out.name}.stale-{uuid.uuid4().hex[:8]}"
-        out.rename(stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        tmp.rename(out)
-    except OSError:  # lost a race to another writer between the check and the rename
-        current = _read_manifest(out)
-        if current is None or current.content_hash != digest:
-            raise
