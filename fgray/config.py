@@ -61,6 +61,8 @@ class BackboneConfig(Strict):
     name: str = "resnet18"  # any timm model name
     pretrained: bool | str = False  # false | true (timm hub) | /path/to/weights (.pth / .safetensors)
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
+    # Extra timm.create_model arguments, e.g. {channels: [32, 64, 128, 256]} for a narrow ResNet.
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -72,6 +74,20 @@ class BackboneConfig(Strict):
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(f"unknown timm model '{name}'{hint}")
         return name
+
+    @model_validator(mode="after")
+    def _model_kwargs_accepted(self) -> "BackboneConfig":
+        if self.model_kwargs:  # build on the meta device: checks the arguments without allocating
+            import timm
+            import torch
+
+            try:
+                with torch.device("meta"):
+                    timm.create_model(self.name, pretrained=False, num_classes=0, **self.model_kwargs)
+            except Exception as exc:  # timm raises TypeError / ValueError / AssertionError alike
+                raise ValueError(f"model_kwargs rejected by timm.create_model('{self.name}'): "
+                                 f"{type(exc).__name__}: {exc}") from None
+        return self
 
     @field_validator("pretrained")
     @classmethod

@@ -46,6 +46,7 @@ def test_valid_file_and_defaults(tmp_path):
     ("backbone.pretrained=/no/such/file.pth", "backbone.pretrained: weights file not found: /no/such/file.pth"),
     ("data.name=cub200", "data: dataset 'cub200' needs root: the folder written by"),
     ("eval.ks=[0, 1]", "eval.ks: must be a non-empty list of positive integers"),
+    ("backbone.model_kwargs={no_such_arg: 1}", "backbone: model_kwargs rejected by timm.create_model("),
 ])
 def test_bad_values_name_the_key(tmp_path, override, expected):
     assert expected in error_of(tmp_path, BASE, [override])

@@ -93,10 +93,20 @@ def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow(blocks or [table])
 
 
-def _augment_batch(batch: dict, image_size: int) -> dict[str, np.ndarray]:
-    views = transforms.two_views(batch["image"], transforms.moco_v2_augmentation(image_size))
-    # Per-image numeric columns added by an ``attach`` step (e.g. cached teacher embeddings) pass through.
-    return {**views, **{k: np.asarray(v) for k, v in batch.items() if k not in ("image", "image_id")}}
+class _TwoViews:
+    """Ray Data actor: decodes and draws two MoCo v2 views per image.
+
+    An actor lives for the whole trial; plain tasks were each started in a fresh worker process
+    after the first trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
+    """
+
+    def __init__(self, image_size: int):
+        self.augment = transforms.moco_v2_augmentation(image_size)
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        views = transforms.two_views(batch["image"], self.augment)
+        # Per-image numeric columns added by an ``attach`` step (e.g. cached teacher embeddings) pass through.
+        return {**views, **{k: np.asarray(v) for k, v in batch.items() if k not in ("image", "image_id")}}
 
 
 def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str, np.ndarray]:
@@ -108,19 +118,26 @@ def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str,
 
 
 def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
-                  cpus_per_task: float, batch_rows: int = 64,
+                  cpus_per_task: float, batch_rows: int = 64, passes: int = 1,
                   attach: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None) -> ray.data.Dataset:
     """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S).
 
+    ``passes``: that many passes over the images, each in its own random block order with its own
+    views, as one dataset. A trial reads all its epochs through one iterator, so the pipeline
+    keeps prefetching across epoch boundaries instead of restarting cold every epoch (measured
+    in bench/trainer_overhead.py: data wait 18-31 % per-epoch iterators -> 0.2 % one iterator).
     ``attach``: an optional step on the raw rows (``image``, ``image_id``) that adds per-image numeric
     columns by id and drops ``image_id`` (e.g. ``teacher_cache.attacher``); they reach the batches as-is.
     """
     columns = ["image", "image_id"] if attach is not None else ["image"]
-    ds = row_blocks(read_rows(prepared, image_ids, columns), batch_rows).randomize_block_order()
+    rows = row_blocks(read_rows(prepared, image_ids, columns), batch_rows)
+    shuffled = [rows.randomize_block_order() for _ in range(max(1, passes))]
+    ds = shuffled[0].union(*shuffled[1:]) if len(shuffled) > 1 else shuffled[0]
     if attach is not None:
         ds = attach(ds)
-    return ds.map_batches(partial(_augment_batch, image_size=data.image_size), batch_size=batch_rows,
-                          batch_format="numpy", num_cpus=cpus_per_task)
+    # One augmentation actor, more while the workers wait on it and CPUs are free (big nodes).
+    return ds.map_batches(_TwoViews, fn_constructor_kwargs={"image_size": data.image_size}, concurrency=(1, 8),
+                          batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
 
 
 def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,

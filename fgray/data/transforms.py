@@ -23,11 +23,14 @@ def decode(encoded: bytes) -> torch.Tensor:
 def moco_v2_augmentation(image_size: int) -> v2.Compose:
     """MoCo v2's view augmentation: crop 0.2-1, colour jitter p=0.8, grey p=0.2, blur p=0.5, flip."""
     blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # ~10% of the side, odd
+    # MoCo v2's sigma range (0.1, 2.0) is in pixels of a 224 px view; scaled with the side so a
+    # small view is blurred as much relative to its content (sigma 2 at 64 px erases small parts).
+    sigma = (0.1 * image_size / 224, 2.0 * image_size / 224)
     return v2.Compose([
         v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=(0.1, 2.0))], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=sigma)], p=0.5),
         v2.RandomHorizontalFlip(),
     ])
 

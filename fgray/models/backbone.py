@@ -51,9 +51,10 @@ class Backbone(nn.Module):
 
 
 def build_backbone(name: str, pretrained: bool | str = False, image_size: int | None = None,
-                   drop_path_rate: float = 0.0) -> Backbone:
-    """A timm model without its classifier. ``pretrained``: False, True (hub) or a local weights file."""
-    kwargs: dict = {"num_classes": 0}
+                   drop_path_rate: float = 0.0, model_kwargs: dict | None = None) -> Backbone:
+    """A timm model without its classifier. ``pretrained``: False, True (hub) or a local weights file;
+    ``model_kwargs``: extra ``timm.create_model`` arguments (e.g. a ResNet's ``channels``)."""
+    kwargs: dict = {**(model_kwargs or {}), "num_classes": 0}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if image_size is not None and _accepts_img_size(name):
