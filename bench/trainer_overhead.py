@@ -16,15 +16,13 @@ batch size, torch thread count and MoCo v2 augmentation, through ``fgray.engine.
 The machine is shared, so its load drifts within minutes. The two sides are therefore
 interleaved: the Train worker waits before each epoch while the plain loop runs a short segment
 (plain, epoch 1, plain, epoch 2, ..., plain), and each steady Ray epoch is compared with the
-plain segments just before and after it. While the worker waits, Ray Data idles too: an epoch's
-pipeline starts executing only when its first batch is requested, inside the timed epoch.
-(``--continuous`` keeps one pipeline running across epochs, so it cannot pause it: it runs the
-Ray epochs back to back, between one plain segment before and one after.)
+plain segments just before and after it. The trial's one pipeline over all epochs keeps
+prefetching (a bounded buffer) while the worker waits, so an epoch's first batch may be ready:
+``--no-interleave`` runs the Ray epochs back to back instead, as a sweep does.
 
-    python bench/trainer_overhead.py                          # resnet18, 64 px, batch 64: 4-7 min on 2 busy CPUs
+    python bench/trainer_overhead.py                          # the demo's model, 64 px, batch 64: a few minutes
     python bench/trainer_overhead.py --dataloader --json /tmp/overhead.json
     python bench/trainer_overhead.py --set data.shuffle_buffer=0 --prefetch-batches 4   # try a change
-    python bench/trainer_overhead.py --continuous             # try one data pipeline across all epochs
 """
 from __future__ import annotations
 
@@ -56,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sweep", default=str(REPO / "sweeps" / "demo.yaml"),
                    help="sweep file whose base experiment (method, data, optimiser) is used")
-    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--backbone", default=None, help="timm name (default: the sweep's backbone, its model_kwargs too)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=3,
@@ -72,9 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="extra experiment override, as in fgray.sweep (repeatable), e.g. data.shuffle_buffer=0")
     p.add_argument("--prefetch-batches", type=int, default=None,
                    help="experiment: pass prefetch_batches=N to the worker's iter_torch_batches (Ray's default: 1)")
-    p.add_argument("--continuous", action="store_true",
-                   help="experiment: one train pipeline (one iterator) over all epochs instead of one per epoch; "
-                        "implies --no-interleave")
     p.add_argument("--no-interleave", action="store_true",
                    help="run the Ray epochs back to back (plain segments only before and after the Ray run)")
     p.add_argument("--dataloader", action="store_true",
@@ -82,12 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", default="local", help="Ray address (default: start a private local instance)")
     p.add_argument("--json", help="write all figures to this file")
     args = p.parse_args(argv)
-    args.interleave = not (args.no_interleave or args.continuous)
+    args.interleave = not args.no_interleave
     return args
 
 
 def build_experiment(args: argparse.Namespace) -> ExperimentConfig:
-    sets = [f"backbone.name={args.backbone}", f"data.image_size={args.image_size}",
+    backbone = [f"backbone.name={args.backbone}", "backbone.model_kwargs={}"] if args.backbone else []
+    sets = [*backbone, f"data.image_size={args.image_size}",
             f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
             f"eval.every={args.epochs}",  # validate only after the last epoch (outside the timed part anyway)
             "resources.workers_per_trial=1", f"resources.cpus_per_worker={args.cpus_per_worker}",
@@ -204,11 +200,11 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
 
     bench = config["bench"]
     original_epoch, original_shard = trial.train_one_epoch, ray.train.get_dataset_shard
-    prefetch, continuous = bench.get("prefetch_batches"), bench.get("continuous", False)
+    prefetch = bench.get("prefetch_batches")
 
     class Shard:  # the real train shard, with the benchmark's experimental iterator options
         def __init__(self, shard):
-            self._shard, self._iterator = shard, None
+            self._shard = shard
 
         def __getattr__(self, name):
             return getattr(self._shard, name)
@@ -216,11 +212,7 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
         def iter_torch_batches(self, **kwargs):
             if prefetch is not None:
                 kwargs.setdefault("prefetch_batches", prefetch)
-            if not continuous:
-                return self._shard.iter_torch_batches(**kwargs)
-            if self._iterator is None:  # one iterator over the dataset of all epochs, resumed every epoch
-                self._iterator = iter(self._shard.iter_torch_batches(**kwargs))
-            return self._iterator
+            return self._shard.iter_torch_batches(**kwargs)
 
     def get_dataset_shard(name):
         shard = original_shard(name)
@@ -271,22 +263,20 @@ def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepar
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    train = pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus)
-    if args.continuous:  # every epoch's augmented pass in one dataset, read through one iterator
-        train = train.union(*[pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus)
-                              for _ in range(args.epochs - 1)])
+    # As fgray.trial.trial_driver builds it: every epoch in one dataset, read through one iterator.
+    train = pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus, passes=args.epochs)
     trainer = ray.train.torch.TorchTrainer(
         instrumented_worker_loop,
         train_loop_config={"experiment": experiment.model_dump(mode="json"), "train_rows": len(splits.train),
                            "bench": {"log": os.path.join(workdir, "epochs.jsonl"), "sync": sync,
-                                     "prefetch_batches": args.prefetch_batches, "continuous": args.continuous}},
+                                     "prefetch_batches": args.prefetch_batches}},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name="trainer-overhead", storage_path=os.path.join(workdir, "storage"),
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
         datasets={"train": train,
                   "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # one worker: as fgray.trial
     )
     outcome: dict[str, Any] = {}
 
@@ -378,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
           f"          Ray: {args.cpus:g} CPUs, worker {res.cpus_per_worker:g} CPU, data tasks {res.data_cpus:g} CPU, "
           f"shuffle buffer {experiment.data.shuffle_buffer} rows, prefetch_batches "
           f"{args.prefetch_batches if args.prefetch_batches is not None else 'default (1)'}"
-          f"{', one pipeline over all epochs' if args.continuous else ''}; "
+          f"; "
           f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
 
     plains = {"inline": PlainRun(experiment, inline_batches(images, bs, size), steps_per_epoch)}

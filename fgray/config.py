@@ -132,7 +132,8 @@ class ResourcesConfig(Strict):
     workers_per_trial: int = Field(1, ge=1)  # DDP workers of one trial's TorchTrainer
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    data_cpus: float = Field(0.5, gt=0)  # logical CPUs per Ray Data decode/augment task
+    data_cpus: float = Field(0.5, gt=0)  # logical CPUs per Ray Data decode/augment actor or task
+    data_actors: int = Field(1, ge=1)  # augmentation actors per trial (each reserves data_cpus)
     max_concurrent_trials: int = Field(1, ge=1)
     driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
     max_failures: int = Field(1, ge=0)  # worker-group restarts (from the last checkpoint) per trial

@@ -75,7 +75,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         # Every epoch in one dataset, read through one iterator (see pipeline.train_dataset); a
         # resumed run stops reading early, and the unread passes are never computed.
         "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus,
-                                        passes=experiment.train.epochs, attach=attach),
+                                        passes=experiment.train.epochs, actors=res.data_actors, attach=attach),
         "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus),
     }
     trainer = ray.train.torch.TorchTrainer(

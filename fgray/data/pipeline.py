@@ -118,7 +118,7 @@ def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str,
 
 
 def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
-                  cpus_per_task: float, batch_rows: int = 64, passes: int = 1,
+                  cpus_per_task: float, batch_rows: int = 64, passes: int = 1, actors: int = 1,
                   attach: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None) -> ray.data.Dataset:
     """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S).
 
@@ -126,6 +126,7 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
     views, as one dataset. A trial reads all its epochs through one iterator, so the pipeline
     keeps prefetching across epoch boundaries instead of restarting cold every epoch (measured
     in bench/trainer_overhead.py: data wait 18-31 % per-epoch iterators -> 0.2 % one iterator).
+    ``actors``: augmentation actors (each ``cpus_per_task``) feeding this dataset.
     ``attach``: an optional step on the raw rows (``image``, ``image_id``) that adds per-image numeric
     columns by id and drops ``image_id`` (e.g. ``teacher_cache.attacher``); they reach the batches as-is.
     """
@@ -135,8 +136,8 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
     ds = shuffled[0].union(*shuffled[1:]) if len(shuffled) > 1 else shuffled[0]
     if attach is not None:
         ds = attach(ds)
-    # One augmentation actor, more while the workers wait on it and CPUs are free (big nodes).
-    return ds.map_batches(_TwoViews, fn_constructor_kwargs={"image_size": data.image_size}, concurrency=(1, 8),
+    # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
+    return ds.map_batches(_TwoViews, fn_constructor_kwargs={"image_size": data.image_size}, concurrency=actors,
                           batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
 
 
