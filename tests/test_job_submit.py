@@ -25,13 +25,18 @@ def free_port() -> int:
 def test_job_submit_smoke_sweep(tmp_path):
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     gcs_port, dashboard_port = free_port(), free_port()
+    # Every port this head listens on is a free one: Ray's fixed defaults (agent 52365, client
+    # server 10001, ...) collide with any other Ray running on the machine (a developer's sweep).
+    other_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "ray-client-server-port",
+        "runtime-env-agent-port", "node-manager-port", "object-manager-port")]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     temp_dir = tempfile.mkdtemp(prefix="fgray-ray-")  # short: Ray's socket paths must fit in 107 bytes
     try:
         started = subprocess.run([ray_cli, "start", "--head", f"--port={gcs_port}", "--num-cpus=2",
                                   "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-                                  f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                                  *other_ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                                  env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         address = f"http://127.0.0.1:{dashboard_port}"
