@@ -59,9 +59,8 @@ class SyntheticSpec:
     # MoCo-style colour jitter teaches a model to ignore. ``color_jitter`` scales a per-image
     # jitter of the bird's and the scene's own hue / saturation / value: it changes their
     # *relation*, which no photometric augmentation undoes, so contrastive learning tells images
-    # apart by it instead of by parts. Measured (bench/synthetic_learnability.py, narrow
-    # resnet10t, 240 MoCo steps, test R@1 random-init -> trained): color_jitter 0 / lighting 0.5:
-    # 13.5 -> 27.2 %; 0.15 / 0.5: 14.8 -> 24.2 %; 0.35 / 0.25: 15.3 -> 23.1 %; 0 / 0.8: 10.2 -> 18.3 %.
+    # apart by it instead of by parts (bench/synthetic_learnability.py, test R@1 random-init ->
+    # MoCo: 0 / 0.5: 13.5 -> 27.2 %; 0.15 / 0.5: 14.8 -> 24.2 %; 0.35 / 0.25: 15.3 -> 23.1 %).
     color_jitter: float = 0.0
     lighting: float = 0.5
     clutter: int = 60  # background leaves, blobs and twigs: many small ones make a texture
