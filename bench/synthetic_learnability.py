@@ -21,7 +21,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """Steady-state training throughput of one trial: Ray Data + Ray Train vs a plain PyTorch loop.
 
-Both sides train the same MoCo v2 model (``fgray.trial.build_method``) with the same optimiser,
+Both sides train the same MoCo v2 model (``fgray.engine.build_method``) with the same optimiser,
 batch size, torch thread count and MoCo v2 augmentation, through ``fgray.engine.train_one_epoch``:
 
 * plain (the baseline): one process; the train split is decoded once into memory and each batch
@@ -44,8 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 from fgray.config import ExperimentConfig, load_sweep  # noqa: E402
 from fgray.data import pipeline, transforms  # noqa: E402
-from fgray.engine import build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
-from fgray.trial import build_method  # noqa: E402
+from fgray.engine import build_method, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 
 PAUSE_LIMIT_S = 1800.0  # a worker never waits longer than this for the driver's go-ahead
 
@@ -196,10 +195,12 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
     when interleaving, a wait for the driver's go-ahead before each epoch (outside the timing)."""
     import ray.train
 
+    import fgray.engine as engine
     import fgray.trial as trial
 
     bench = config["bench"]
-    original_epoch, original_shard = trial.train_one_epoch, ray.train.get_dataset_shard
+    # worker_loop imports train_one_epoch from fgray.engine when it runs: patch it there
+    original_epoch, original_shard = engine.train_one_epoch, ray.train.get_dataset_shard
     prefetch = bench.get("prefetch_batches")
 
     class Shard:  # the real train shard, with the benchmark's experimental iterator options
@@ -240,12 +241,12 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
         return stats
 
-    trial.train_one_epoch = timed_epoch
+    engine.train_one_epoch = timed_epoch
     ray.train.get_dataset_shard = get_dataset_shard
     try:
         trial.worker_loop(config)
     finally:
-        trial.train_one_epoch, ray.train.get_dataset_shard = original_epoch, original_shard
+        engine.train_one_epoch, ray.train.get_dataset_shard = original_epoch, original_shard
 
 
 def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepared, splits, workdir: str,
@@ -275,7 +276,7 @@ def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepar
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
         datasets={"train": train,
-                  "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus)},
+                  "val": pipeline.eval_dataset(prepared, splits.val)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # one worker: as fgray.trial
     )
     outcome: dict[str, Any] = {}

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fgray.methods.registry import method_config_classes
-
-
-class ConfigError(ValueError):
-    """Bad user input; ``str(err)`` is the one-line message the CLI prints before exiting 2."""
+# ConfigError is the error type of every config check (the CLI catches it from here).
+from fgray.validation import ConfigError, parse_set, set_dotted, validate
 
 
 class Strict(BaseModel):
@@ -57,6 +55,11 @@ class DataConfig(Strict):
         return self
 
 
+def _deep(info: ValidationInfo) -> bool:
+    """False in the schema-only pass of ``validate``: skip checks that import timm/torch (seconds)."""
+    return not (info.context or {}).get("schema_only", False)
+
+
 class BackboneConfig(Strict):
     name: str = "resnet18"  # any timm model name
     pretrained: bool | str = False  # false | true (timm hub) | /path/to/weights (.pth / .safetensors)
@@ -66,7 +69,9 @@ class BackboneConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_timm_model(cls, name: str) -> str:
+    def _known_timm_model(cls, name: str, info: ValidationInfo) -> str:
+        if not _deep(info):
+            return name
         import timm
 
         if not timm.is_model(name):
@@ -76,8 +81,8 @@ class BackboneConfig(Strict):
         return name
 
     @model_validator(mode="after")
-    def _model_kwargs_accepted(self) -> "BackboneConfig":
-        if self.model_kwargs:  # build on the meta device: checks the arguments without allocating
+    def _model_kwargs_accepted(self, info: ValidationInfo) -> "BackboneConfig":
+        if self.model_kwargs and _deep(info):  # build on the meta device: checks the arguments without allocating
             import timm
             import torch
 
@@ -119,6 +124,9 @@ class EvalConfig(Strict):
     batch_size: int = Field(256, ge=1)
     test_top: int = Field(1, ge=0)  # best N trials re-evaluated on the test split after the sweep
     baseline: bool = True  # also evaluate the untrained (random-init / pretrained) backbone on test
+    # Linear probe on the frozen features of those models (PP-SSL / synthesized-pairs protocol): fitted on the
+    # training images with these fractions of their labels, e.g. [1.0, 0.5, 0.2]; scored top-1 / top-5 on test.
+    linear_probe: tuple[float, ...] = ()
 
     @field_validator("ks")
     @classmethod
@@ -126,6 +134,13 @@ class EvalConfig(Strict):
         if not ks or min(ks) < 1:
             raise ValueError(f"must be a non-empty list of positive integers, got {list(ks)}")
         return tuple(sorted(set(ks)))
+
+    @field_validator("linear_probe")
+    @classmethod
+    def _label_fractions(cls, fractions: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f <= 1 for f in fractions):
+            raise ValueError(f"label fractions must be in (0, 1], got {list(fractions)}")
+        return tuple(sorted(set(fractions), reverse=True))
 
 
 class ResourcesConfig(Strict):
@@ -229,101 +244,28 @@ class ExperimentConfig(Strict):
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
+    @model_validator(mode="after")
+    def _probe_needs_closed_protocol(self) -> "ExperimentConfig":
+        if self.eval.linear_probe and self.data.protocol != "closed":
+            raise ValueError(f"eval.linear_probe: needs data.protocol closed (a classifier cannot name test classes "
+                             f"it never saw in training), got {self.data.protocol}")
+        return self
+
 
 class SweepConfig(ExperimentConfig):
     search: SearchConfig = SearchConfig()
     paper: PaperConfig = PaperConfig()
     storage: str = "~/fgray_results"  # local folder or URI (s3://...); shared storage on a cluster
 
-    def experiment(self, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    def experiment(self, overrides: dict[str, Any] | None = None, deep: bool = True) -> ExperimentConfig:
         data = self.model_dump(exclude={"search", "paper", "storage"})
         for key, value in (overrides or {}).items():
             set_dotted(data, key, value)
-        return validate(ExperimentConfig, data)
+        return validate(ExperimentConfig, data, deep=deep)
 
 
 # --------------------------------------------------------------------------------------------
-# Dotted keys, loading, error formatting
-
-
-def set_dotted(tree: dict, key: str, value: Any) -> None:
-    """``set_dotted(d, "method.temperature", 0.1)``; nested dicts are created as needed."""
-    *parents, leaf = key.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: '{part}' is a value, not a section")
-    node[leaf] = value
-
-
-def parse_set(assignment: str) -> tuple[str, Any]:
-    """``--set train.lr=0.1`` -> ("train.lr", 0.1); the value is parsed as YAML."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {assignment}: expected key.path=value")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {assignment}: value is not valid YAML ({err.problem})") from None
-
-
-def _describe(error: dict) -> str:
-    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
-    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
-    if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"must be {bounds[kind]} {limit}, got {value!r}"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {value!r}"
-    if kind == "union_tag_invalid":
-        return f"unknown method {ctx.get('tag')!r}; known: {ctx.get('expected_tags')}"
-    message = error["msg"].removeprefix("Value error, ")
-    return message if kind == "value_error" else f"{message[0].lower()}{message[1:]}, got {value!r}"
-
-
-def _loc(error: dict, method_tags: set[str]) -> str:
-    parts = [str(p) for p in error["loc"]]
-    if len(parts) >= 2 and parts[0] == "method" and parts[1] in method_tags:
-        parts.pop(1)  # the discriminated union's tag is not part of the user's key path
-    return ".".join(parts) or "<root>"
-
-
-def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict) -> str:
-    """'did you mean' for misspelt keys: look up the fields of the section the key sits in."""
-    section: Any = model
-    parts = loc.split(".")[:-1]
-    if parts[:1] == ["method"]:  # a union of the method configs: pick the one the data names
-        section = method_config_classes_by_name().get((data.get("method") or {}).get("name"))
-        parts = parts[1:]
-    for part in parts:
-        fields = getattr(section, "model_fields", {})
-        section = fields[part].annotation if part in fields else None
-    names = list(getattr(section, "model_fields", {}))
-    close = difflib.get_close_matches(loc.split(".")[-1], names, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def method_config_classes_by_name() -> dict[str, type[BaseModel]]:
-    return {cls.model_fields["name"].default: cls for cls in method_config_classes()}
-
-
-def validate(model: type[BaseModel], data: Any):
-    """Validate ``data`` into ``model``; raise ConfigError with one line per problem."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        tags = set(method_config_classes_by_name())
-        lines = []
-        for error in err.errors():
-            loc = _loc(error, tags)
-            hint = _unknown_key_hint(model, error, loc, data) if error["type"] == "extra_forbidden" else ""
-            lines.append(f"{loc}: {_describe(error)}{hint}")
-        raise ConfigError("; ".join(dict.fromkeys(lines))) from None
+# Loading a sweep file
 
 
 def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), profile: str | None = None) -> SweepConfig:
@@ -346,12 +288,13 @@ def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), 
         data = apply_profile(profile, data)
     for assignment in sets:
         set_dotted(data, *parse_set(assignment))
+    check_search(validate(SweepConfig, data, deep=False), deep=False)  # every schema error, before timm loads
     sweep = validate(SweepConfig, data)
     check_search(sweep)
     return sweep
 
 
-def check_search(sweep: SweepConfig) -> None:
+def check_search(sweep: SweepConfig, deep: bool = True) -> None:
     """Every searched key must exist and every value it can take must validate."""
     search = sweep.search
     kinds = {d.kind for d in search.space.values()}
@@ -368,14 +311,14 @@ def check_search(sweep: SweepConfig) -> None:
         if key.split(".")[0] in ("search", "paper", "storage", "name"):
             raise ConfigError(f"search.space.{key}: only experiment keys can be searched")
         for value in dist.values_to_check():
-            _check_override(sweep, {key: value}, f"search.space.{key}")
+            _check_override(sweep, {key: value}, f"search.space.{key}", deep)
     for i, row in enumerate(search.points):
         if not row:
             raise ConfigError(f"search.points[{i}]: empty row")
-        _check_override(sweep, row, f"search.points[{i}]")
+        _check_override(sweep, row, f"search.points[{i}]", deep)
     for i, row in enumerate(sweep.paper.rows):
         for key in row.match:
-            _check_override(sweep, {key: _value_at(sweep, key)}, f"paper.rows[{i}].match.{key}")
+            _check_override(sweep, {key: _value_at(sweep, key)}, f"paper.rows[{i}].match.{key}", deep)
 
 
 def _value_at(sweep: SweepConfig, key: str) -> Any:
@@ -387,11 +330,11 @@ def _value_at(sweep: SweepConfig, key: str) -> Any:
     return node
 
 
-def _check_override(sweep: SweepConfig, overrides: dict[str, Any], where: str) -> None:
+def _check_override(sweep: SweepConfig, overrides: dict[str, Any], where: str, deep: bool) -> None:
     for key in overrides:
         _value_at(sweep, key)  # the key must exist (unknown keys would otherwise be silently added)
     try:
-        sweep.experiment(overrides)
+        sweep.experiment(overrides, deep=deep)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fgray.config import TrainConfig
+from fgray.config import ExperimentConfig, TrainConfig
 from fgray.eval import retrieval_metrics
+from fgray.methods import create_method
 from fgray.methods.base import Method
+from fgray.models import build_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +29,15 @@ IMAGE_KEYS = ("view1", "view2", "image")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: the trial fails with this message instead of training on garbage."""
+
+
+def build_method(experiment: ExperimentConfig) -> Method:
+    """The experiment's method around a freshly built timm backbone (weights: ``backbone.pretrained``)."""
+    backbone = build_backbone(experiment.backbone.name, experiment.backbone.pretrained,
+                              image_size=experiment.data.image_size,
+                              drop_path_rate=experiment.backbone.drop_path_rate,
+                              model_kwargs=experiment.backbone.model_kwargs)
+    return create_method(experiment.method, backbone)
 
 
 def unwrap(model: nn.Module) -> Method:

@@ -184,6 +184,7 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     if baseline:
         lines += ["", f"**Untrained backbone** (same architecture, {baseline.get('init', 'random init')}) on the same "
                   f"test split: " + ", ".join(f"{m} {_pct(baseline.get(m))}" for m in shown)]
+    lines += _probe_lines(summary)
     if sweep.paper.source:
         lines += ["", f"Paper values: {sweep.paper.source}. They were measured on the paper's data and schedule; "
                   "ours on the data and budget of this sweep."]
@@ -192,6 +193,24 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
         lines += ["", "## Failed trials", *[f"- {t['trial_id']}: {t['error']}" for t in errors]]
     lines += ["", f"![{metric}](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _probe_lines(summary: dict[str, Any]) -> list[str]:
+    """The linear-probe table (top-1 / top-5 % per label fraction) of the test-evaluated models."""
+    models = [(f"{t['trial_id']}" + (" **best**" if t["trial_id"] == summary["best"] else ""), t["test"])
+              for t in summary["trials"] if t.get("test")]
+    if summary.get("baseline"):
+        models.append((f"untrained ({summary['baseline'].get('init', 'random init')})", summary["baseline"]))
+    keys = sorted({k for _, m in models for k in m if k.startswith("probe@")},
+                  key=lambda k: (-int(k.split("@")[1].split("/")[0]), k))
+    notes = sorted({m["probe_note"] for _, m in models if m.get("probe_note")})
+    if not keys:
+        return ["", f"Linear probe {notes[0]}."] if notes else []
+    header = ["model", *[k.replace("probe@", "").replace("/", "% labels, ") for k in keys]]
+    lines = ["", "**Linear probe** on frozen features (fitted on the training images, scored on test):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([name, *[_pct(m.get(k)) for k in keys]]) + " |" for name, m in models]
+    return lines
 
 
 def _pct(value: Any) -> str:

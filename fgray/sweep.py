@@ -6,6 +6,7 @@ one (``RAY_ADDRESS``, ``ray job submit``), otherwise starts a local Ray instance
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -103,6 +104,7 @@ def start_ray() -> None:
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
     import ray.data
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines and progress-bar notices
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

@@ -5,18 +5,21 @@ experiment config, builds the Ray Data pipelines and fits a TorchTrainer whose w
 ``worker_loop``. Workers report once per epoch (loss parts, ``val/...`` metrics and the
 1-based ``epoch`` ASHA keys on) and rank 0 checkpoints, so a restarted worker group or a
 ``--resume``d sweep continues from the last finished epoch.
+
+Model code (timm, torchvision, fgray's engine) is imported inside ``worker_loop``: the Tune driver
+and the Train controller import this module too (the controller to unpickle ``worker_loop``) but
+never build a model, and the seconds of imports they skip are on every trial's start-up path.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 import ray.train
 import ray.train.torch
-import torch
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -24,10 +27,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from fgray import checkpoint as ckpt
 from fgray.config import ExperimentConfig, SweepConfig
 from fgray.data import pipeline
-from fgray.engine import build_optimizer, build_scheduler, evaluate, train_one_epoch, unwrap
-from fgray.methods import create_method
-from fgray.methods.registry import method_class
-from fgray.models import build_backbone
 
 POINT_KEY = "point"  # param-space key of a ``search.points`` row index
 
@@ -38,14 +37,6 @@ def overrides_from(params: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]
     if POINT_KEY in params:
         overrides.update(sweep.search.points[int(params[POINT_KEY])])
     return overrides
-
-
-def build_method(experiment: ExperimentConfig):
-    backbone = build_backbone(experiment.backbone.name, experiment.backbone.pretrained,
-                              image_size=experiment.data.image_size,
-                              drop_path_rate=experiment.backbone.drop_path_rate,
-                              model_kwargs=experiment.backbone.model_kwargs)
-    return create_method(experiment.method, backbone)
 
 
 def train_run_dir(storage: str, sweep_name: str) -> str:
@@ -65,7 +56,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     prepared = pipeline.resolve_dataset(experiment.data)
     splits = pipeline.assign(prepared, experiment.data)
     attach = None
-    if "teacher_embedding" in method_class(experiment.method.name).required_columns(experiment.method):
+    if "teacher_embedding" in experiment.method.required_columns:
         from fgray.data import teacher_cache  # PP-SSL teacher_mode cached: CLIP embeddings computed once
 
         cache = teacher_cache.ensure_cache(prepared, splits.train, experiment.data, experiment.method.teacher, storage,
@@ -76,7 +67,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         # resumed run stops reading early, and the unread passes are never computed.
         "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus,
                                         passes=experiment.train.epochs, actors=res.data_actors, attach=attach),
-        "val": pipeline.eval_dataset(prepared, splits.val, experiment.data, res.data_cpus),
+        "val": pipeline.eval_dataset(prepared, splits.val),  # decoded once, in the worker (ValBatches)
     }
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
@@ -103,6 +94,10 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
 
 def worker_loop(config: dict[str, Any]) -> None:
     """Runs in every Train worker: DDP training with per-epoch validation and checkpoints."""
+    import torch
+
+    from fgray.engine import build_method, build_optimizer, build_scheduler, evaluate, train_one_epoch, unwrap
+
     experiment = ExperimentConfig.model_validate(config["experiment"])
     train_cfg, ks = experiment.train, experiment.eval.ks
     context = ray.train.get_context()
@@ -133,7 +128,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     train_batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
         batch_size=train_cfg.batch_size, drop_last=True,
         local_shuffle_buffer_size=experiment.data.shuffle_buffer or None))
-    val_batches = ValBatches(ray.train.get_dataset_shard("val"), experiment.eval.batch_size)
+    val_batches = ValBatches(ray.train.get_dataset_shard("val"), experiment.eval.batch_size,
+                             pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop))
     for epoch in range(start_epoch, train_cfg.epochs):
         started = time.perf_counter()
         stats = train_one_epoch(
@@ -159,11 +155,12 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 class ValBatches:
-    """The validation split's eval views: streamed on the first pass and kept in memory when they
-    fit in ``keep_bytes``, so later validations skip a pipeline start and the decoding."""
+    """The validation split's eval views: streamed and decoded (``decode``) on the first pass and
+    kept in memory when they fit in ``keep_bytes``, so later validations skip a pipeline start and
+    the decoding."""
 
-    def __init__(self, shard, batch_size: int, keep_bytes: int = 512 * 2**20):
-        self.shard, self.batch_size, self.keep_bytes = shard, batch_size, keep_bytes
+    def __init__(self, shard, batch_size: int, decode: Callable[[dict], dict], keep_bytes: int = 512 * 2**20):
+        self.shard, self.batch_size, self.decode, self.keep_bytes = shard, batch_size, decode, keep_bytes
         self.kept: list[dict] | None = None
 
     def __iter__(self) -> Iterator[dict]:
@@ -172,7 +169,8 @@ class ValBatches:
             return
         kept: list[dict] | None = []
         size = 0
-        for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy"):
+        for encoded in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy"):
+            batch = self.decode(encoded)
             size += sum(v.nbytes for v in batch.values())
             if kept is not None and size <= self.keep_bytes:
                 kept.append(batch)

@@ -86,7 +86,7 @@ def _struct(rows: list[dict], fields: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- CUB / NABirds
 
 
-def make_cub200(tmp_path: Path, per_class: int = 2) -> Layout:
+def make_cub200(tmp_path: Path, per_class: int = 2, train_per_class: int = 1) -> Layout:
     root = tmp_path / "CUB_200_2011"
     classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
     lay = Layout("cub200", root, classes)
@@ -99,9 +99,10 @@ def make_cub200(tmp_path: Path, per_class: int = 2) -> Layout:
             w, h = SIZES[n % len(SIZES)]
             write_image(root / "images" / rel, (w, h), seed=n)
             box = (2.0 + j, 3.0, 20.5, 15.0)  # x y w h
-            images.append((n, rel)); labels.append((n, c + 1)); split.append((n, 1 if j == 0 else 0))
+            train = j < train_per_class
+            images.append((n, rel)); labels.append((n, c + 1)); split.append((n, int(train)))
             boxes.append((n, *box))
-            lay.add(f"images/{rel}", c, "train" if j == 0 else "test", (box[0], box[1], box[0] + box[2], box[1] + box[3]))
+            lay.add(f"images/{rel}", c, "train" if train else "test", (box[0], box[1], box[0] + box[2], box[1] + box[3]))
     _lines(root / "images.txt", images)
     _lines(root / "image_class_labels.txt", labels)
     _lines(root / "train_test_split.txt", split)

@@ -100,6 +100,16 @@ def test_cli_exits_2_with_one_line_before_ray(tmp_path):
     assert "ray" not in proc.stdout.lower()
 
 
+def test_schema_errors_never_import_torch(tmp_path):
+    """A malformed file fails fast: schema errors are found before timm/torch (seconds) load."""
+    path = write(tmp_path, BASE + "search: {space: {train.lr: {grid: [0.1, -2]}}}\n")
+    probe = ("import sys\nfrom fgray.config import ConfigError, load_sweep\n"
+             f"try:\n    load_sweep({str(path)!r})\nexcept ConfigError as err:\n    print(err)\n"
+             "print(sorted(m for m in ('torch', 'timm', 'ray') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.splitlines() == ["search.space.train.lr: train.lr: must be > 0.0, got -2", "[]"], proc.stderr
+
+
 def test_cli_dry_run_lists_trials(tmp_path):
     path = write(tmp_path, BASE + "search: {space: {train.lr: {grid: [0.1, 0.2]}}}\n")
     proc = subprocess.run([sys.executable, "-m", "fgray.sweep", str(path), "--dry-run"],

@@ -8,7 +8,7 @@ from fgray.config import ExperimentConfig
 from fgray.engine import build_optimizer
 from fgray.methods import method_names
 from fgray.methods.registry import method_class
-from fgray.trial import build_method
+from fgray.engine import build_method
 
 IMAGE_SIZE = 32
 

@@ -6,7 +6,7 @@ import torch
 from fgray.config import ExperimentConfig
 from fgray.methods.mocov2 import MoCoV2
 from fgray.methods.parts import KeyQueue, momentum_update
-from fgray.trial import build_method
+from fgray.engine import build_method
 
 
 def small_moco(**overrides) -> MoCoV2:

@@ -40,13 +40,13 @@ def _values(batches) -> list[int]:
 
 def test_val_batches_streamed_once_when_they_fit():
     shard = _Shard(batches=3)
-    val = ValBatches(shard, batch_size=2)
+    val = ValBatches(shard, batch_size=2, decode=dict)
     assert _values(val) == _values(val) == [0, 1, 2]
     assert shard.streams == 1
 
 
 def test_val_batches_streamed_every_time_when_too_big():
     shard = _Shard(batches=3)
-    val = ValBatches(shard, batch_size=2, keep_bytes=100)  # each batch is 96 + 16 bytes
+    val = ValBatches(shard, batch_size=2, decode=dict, keep_bytes=100)  # each batch is 96 + 16 bytes
     assert _values(val) == _values(val) == [0, 1, 2]
     assert shard.streams == 2

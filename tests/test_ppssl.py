@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from fgray.config import ConfigError, ExperimentConfig, load_sweep, validate
-from fgray.methods.ppssl import PPSSL, PPSSLConfig, attention_map, read_corpus
+from fgray.methods.configs import PPSSLConfig, TeacherConfig, read_corpus
+from fgray.methods.ppssl import PPSSL, attention_map
 from fgray.models import build_backbone
-from fgray.models.clip import TINY_MODEL, TeacherConfig
+from fgray.models.clip import TINY_MODEL
 
 SIZE = 64
 TINY = TeacherConfig(model=TINY_MODEL, pretrained="random")
@@ -271,8 +272,8 @@ def test_switches_skip_the_computation():
 def test_cached_teacher_mode_reads_the_batch():
     m = make(teacher_mode="cached")
     assert not hasattr(m, "teacher") and m.text_embeddings.shape[0] == 8
-    assert PPSSL.required_columns(m.cfg) == ("teacher_embedding",)
-    assert PPSSL.required_columns(make().cfg) == ()
+    assert m.cfg.required_columns == ("teacher_embedding",)
+    assert make().cfg.required_columns == ()
     b = batch()
     with pytest.raises(KeyError, match="teacher_embedding"):
         m(b)

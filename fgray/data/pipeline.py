@@ -1,14 +1,19 @@
 """Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
 
 The encoded rows of a split are read once (pyarrow, predicate pushed into the scan) into the
-object store; decoding and augmentation run in Ray Data tasks, re-executed every epoch so each
-epoch sees new views; block order plus a local buffer shuffle the rows each epoch.
+object store. Training views are decoded and augmented by a Ray Data actor pool, re-executed every
+epoch so each epoch sees new views; block order plus a local buffer shuffle the rows each epoch.
+Evaluation rows stay encoded until the process that embeds them (``EvalViews``): a Train worker
+for the small validation split, the embedding actors for large test splits.
+
+torchvision (``fgray.data.transforms``) is imported only where images are decoded: the Tune
+driver, Train controller and dataset manager of every trial unpickle these datasets but never
+decode, and each ~2 s of imports saved there shortens every trial's start-up.
 """
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -17,9 +22,9 @@ import pyarrow.fs as pafs
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+import ray.data
 
 from fgray.config import ConfigError, DataConfig
-from fgray.data import transforms
 from fgray.data.protocols import SplitAssignment, assign_splits
 from fgray.data.schema import MANIFEST_NAME, Manifest
 
@@ -101,20 +106,29 @@ class _TwoViews:
     """
 
     def __init__(self, image_size: int):
+        from fgray.data import transforms
+
+        self.two_views = transforms.two_views
         self.augment = transforms.moco_v2_augmentation(image_size)
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        views = transforms.two_views(batch["image"], self.augment)
+        views = self.two_views(batch["image"], self.augment)
         # Per-image numeric columns added by an ``attach`` step (e.g. cached teacher embeddings) pass through.
         return {**views, **{k: np.asarray(v) for k, v in batch.items() if k not in ("image", "image_id")}}
 
 
-def _eval_batch(batch: dict, image_size: int, crop_fraction: float) -> dict[str, np.ndarray]:
-    return {
-        "image": transforms.eval_images(batch["image"], transforms.eval_transform(image_size, crop_fraction)),
-        "label": np.asarray(batch["label"]),
-        "image_id": np.asarray(batch["image_id"]),
-    }
+class EvalViews:
+    """Encoded rows -> deterministic eval views: ``image`` (B, 3, S, S) uint8 (resize + centre crop);
+    the other columns (``label``, ``image_id``, ...) pass through."""
+
+    def __init__(self, image_size: int, crop_fraction: float):
+        from fgray.data import transforms
+
+        self.eval_images = transforms.eval_images
+        self.transform = transforms.eval_transform(image_size, crop_fraction)
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        return {**batch, "image": self.eval_images(batch["image"], self.transform)}
 
 
 def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
@@ -141,9 +155,8 @@ def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataCo
                           batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
 
 
-def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
-                 cpus_per_task: float, batch_rows: int = 128) -> ray.data.Dataset:
-    """Deterministic eval views, columns ``image`` (3, S, S) uint8, ``label``, ``image_id``."""
-    ds = row_blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)
-    return ds.map_batches(partial(_eval_batch, image_size=data.image_size, crop_fraction=data.eval_crop),
-                          batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
+def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, batch_rows: int = 128) -> ray.data.Dataset:
+    """The encoded rows of an evaluation split: ``image`` (bytes), ``label``, ``image_id``; decode them
+    with ``EvalViews`` where they are embedded (a validation pass in a Train worker decodes ~500 images
+    once and keeps them: a Ray Data map stage would cost each trial a process start for that)."""
+    return row_blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)

@@ -28,9 +28,8 @@ import pyarrow.fs as pafs
 import ray
 
 from fgray.config import DataConfig
-from fgray.data import transforms
-from fgray.data.pipeline import PreparedDataset, read_rows
-from fgray.models.clip import TeacherConfig
+from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows
+from fgray.methods.configs import TeacherConfig
 
 COMPLETE_MARKER = "_COMPLETE"
 COLUMN = "teacher_embedding"
@@ -69,14 +68,14 @@ class _Embedder:
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.teacher = CLIPTeacher(TeacherConfig.model_validate(teacher)).to(self.device)
-        self.transform = transforms.eval_transform(image_size, eval_crop)
+        self.views = EvalViews(image_size, eval_crop)
 
     def __call__(self, batch: dict) -> pa.Table:
         import torch
 
         from fgray.engine import normalize_images
 
-        images = torch.from_numpy(transforms.eval_images(batch["image"], self.transform)).to(self.device)
+        images = torch.from_numpy(self.views(batch)["image"]).to(self.device)
         embeddings = self.teacher.encode_image(normalize_images(images)).cpu().numpy().astype(np.float32)
         flat = pa.array(embeddings.reshape(-1), type=pa.float32())
         return pa.table({"image_id": pa.array(np.asarray(batch["image_id"]).astype(str), type=pa.string()),

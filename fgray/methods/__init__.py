@@ -1,6 +1,8 @@
-"""Self-supervised methods, one module each, registered by name (DESIGN.md §3)."""
-from fgray.methods import mocov2, ppssl  # noqa: F401  (registration side effects)
-from fgray.methods.base import Method
-from fgray.methods.registry import create_method, method_names, register_method
+"""Self-supervised methods, one module each, registered by name (DESIGN.md §3).
 
-__all__ = ["Method", "create_method", "method_names", "register_method"]
+Importing the package is cheap: method modules (torch) load on first ``create_method`` /
+``method_class``; their configs are in the torch-free ``fgray.methods.configs``.
+"""
+from fgray.methods.registry import create_method, method_class, method_names, register_method
+
+__all__ = ["create_method", "method_class", "method_names", "register_method"]

@@ -14,13 +14,8 @@ from torch import Tensor, nn
 
 class Method(nn.Module, ABC):
     name: str  # set by @register_method
-    extra_columns: tuple[str, ...] = ()  # per-image columns the data pipeline must add to a batch
+    extra_columns: tuple[str, ...] = ()  # per-image columns it can read; its config's required_columns says which
     state_exclude: tuple[str, ...] = ()  # state_dict prefixes not checkpointed (frozen pretrained teachers)
-
-    @classmethod
-    def required_columns(cls, config) -> tuple[str, ...]:
-        """The ``extra_columns`` this config needs (a method may need a column only in some modes)."""
-        return cls.extra_columns
 
     @classmethod
     def preflight(cls, config) -> None:

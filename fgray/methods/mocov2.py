@@ -6,31 +6,17 @@ rank fills with the keys all-gathered from all ranks.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from fgray.losses import info_nce
 from fgray.methods.base import Method
+from fgray.methods.configs import MocoV2Config
 from fgray.methods.parts import KeyQueue, all_gather_cat, frozen_copy, momentum_update
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.heads import ProjectionHead
-
-
-class MocoV2Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Literal["mocov2"] = "mocov2"
-    temperature: float = Field(0.2, gt=0)  # T of InfoNCE (MoCo v2: 0.2)
-    momentum: float = Field(0.999, ge=0, lt=1)  # key-encoder EMA ratio m
-    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training (BYOL style)
-    queue_size: int = Field(65536, ge=1)  # K negatives
-    proj_dim: int = Field(128, ge=1)  # output of the MLP head
-    hidden_dim: int = Field(2048, ge=1)  # hidden width of the MLP head
 
 
 class MoCoEncoders(nn.Module):

@@ -18,91 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from fgray.losses import attention_kl, distillation_kl
 from fgray.methods.base import Method
-from fgray.methods.mocov2 import MoCoEncoders, MocoV2Config
+from fgray.methods.configs import PPSSLConfig
+from fgray.methods.mocov2 import MoCoEncoders
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
-from fgray.models.clip import TINY_MODEL, CLIPTeacher, TeacherConfig, check_weights
-
-# The eight fine-grained descriptions of the PP-SSL code (DESIGN.md §5); the first is CUB's relevant one.
-DEFAULT_CORPUS = (
-    "an animal characterized by feathers, wings, and the ability to fly or perch",
-    "a mammal known for loyalty, four legs, and fur, often kept as a pet",
-    "a large vehicle designed for mass transportation, typically with multiple seats",
-    "a reptile with a long, flexible, legless body and scales",
-    "a large, carnivorous reptile with a robust body and strong jaws, found in water",
-    "a motor vehicle with four wheels used for transporting people on roads",
-    "a colorful plant with petals, often fragrant, commonly found in nature.",
-    "a species of primate known for upright walking and advanced cognitive abilities",
-)
-GUIDANCE_SOURCES = ("image", "layer1", "layer2", "layer3", "layer4")
-
-
-class PPSSLConfig(MocoV2Config):
-    """MoCo v2's fields (temperature, momentum, queue_size, proj_dim, hidden_dim) plus PP-SSL's."""
-
-    name: Literal["ppssl"] = "ppssl"  # type: ignore[assignment]
-    alpha: float = Field(1.2, ge=0)  # weight of L_AIS (Eq. 9); 0 skips AIS
-    beta: float = Field(0.01, ge=0)  # weight of L_IADM (Eq. 9); 0 skips IADM
-    ais: bool = True  # AIS on/off (Table 4's "AIS" row); off: no teacher and no psi, embedding = AvgPool(f)
-    iadm: bool = True  # Image-Aided Distinction Module on/off
-    kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
-    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T: CLIP's zero-shot scale (the paper writes 1)
-    corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
-    corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
-    teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
-    teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
-    guidance: str = "image"  # IADM input: image | layer1..layer4, or several joined by "+" (e.g. image+layer4)
-    psi_channels: int = Field(32, ge=1)  # output channels of the 1x1 convs psi / psi_g
-
-    @field_validator("corpus")
-    @classmethod
-    def _corpus_readable(cls, corpus: list[str] | str) -> list[str] | str:
-        prompts = read_corpus(corpus)
-        if len(prompts) < 2:
-            raise ValueError(f"needs at least 2 prompts (a softmax over 1 prompt is constant), got {len(prompts)}")
-        return corpus
-
-    @field_validator("guidance")
-    @classmethod
-    def _known_sources(cls, guidance: str) -> str:
-        parts = guidance.split("+")
-        unknown = [p for p in parts if p not in GUIDANCE_SOURCES]
-        if unknown or len(set(parts)) != len(parts):
-            raise ValueError(f"must be one of {list(GUIDANCE_SOURCES)} or several joined by '+', got {guidance!r}")
-        return guidance
-
-    @model_validator(mode="after")
-    def _corpus_size_fits(self) -> "PPSSLConfig":
-        if self.corpus_size is not None and self.corpus_size > len(read_corpus(self.corpus)):
-            size = len(read_corpus(self.corpus))
-            raise ValueError(f"corpus_size {self.corpus_size} exceeds the corpus ({size} prompts)")
-        return self
-
-    @property
-    def prompts(self) -> tuple[str, ...]:
-        return read_corpus(self.corpus)[: self.corpus_size]
-
-
-def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
-    """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file."""
-    if not isinstance(corpus, str):
-        return tuple(corpus)
-    path = os.path.expanduser(corpus)
-    if not os.path.isfile(path):
-        raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
-    with open(path, encoding="utf-8") as f:
-        return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
-
+from fgray.models.clip import TINY_MODEL, CLIPTeacher, check_weights
 
 def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
     """Eqs. 2 / 7: max over channels of norm(relu(x)); (B, K, h, w) -> (B, 1, h, w) in [0, 1].
@@ -140,7 +67,7 @@ def stage_feature_index(backbone: Backbone, stage: int) -> int:
 
 @register_method("ppssl", PPSSLConfig)
 class PPSSL(Method):
-    extra_columns = ("teacher_embedding",)  # (B, d) float32, only with teacher_mode: cached (see required_columns)
+    extra_columns = ("teacher_embedding",)  # (B, d) float32, only with teacher_mode: cached (see PPSSLConfig.required_columns)
     state_exclude = ("teacher.",)  # the frozen CLIP is rebuilt from its own weights, never checkpointed
 
     def __init__(self, cfg: PPSSLConfig, backbone: Backbone):
@@ -172,10 +99,6 @@ class PPSSL(Method):
         return {"teacher_embedding": int(self.text_embeddings.shape[1])} if cached else {}
 
     # ---------------------------------------------------------------------------------------- hooks
-
-    @classmethod
-    def required_columns(cls, config: PPSSLConfig) -> tuple[str, ...]:
-        return ("teacher_embedding",) if config.teacher_mode == "cached" and config.ais and config.alpha > 0 else ()
 
     @classmethod
     def preflight(cls, config: PPSSLConfig) -> None:

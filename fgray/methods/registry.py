@@ -1,10 +1,12 @@
 """Method registry: ``@register_method("mocov2", MocoV2Config)`` and ``create_method``.
 
-The registry maps a method name to its ``nn.Module`` class and its typed config; the
-experiment schema (config.py) builds its ``method:`` section from the registered configs.
+The registry maps a method name to its ``nn.Module`` class and its typed config. The configs
+live in the torch-free ``fgray.methods.configs``, so the experiment schema (config.py) builds its
+``method:`` section without importing a method module; those are imported on first use.
 """
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
@@ -13,11 +15,17 @@ if TYPE_CHECKING:
     from fgray.methods.base import Method
     from fgray.models.backbone import Backbone
 
+# One module per method (DESIGN.md §3); importing it runs its @register_method.
+METHOD_MODULES = ("fgray.methods.mocov2", "fgray.methods.ppssl")
 _METHODS: dict[str, tuple[type, type]] = {}
 
 
 def register_method(name: str, config_cls: type["BaseModel"]) -> Callable[[type], type]:
+    from fgray.methods.configs import METHOD_CONFIGS
+
     def decorator(method_cls: type) -> type:
+        if config_cls not in METHOD_CONFIGS:
+            raise ValueError(f"{config_cls.__name__} is not listed in fgray.methods.configs.METHOD_CONFIGS")
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         if config_cls.model_fields["name"].default != name:
@@ -30,17 +38,19 @@ def register_method(name: str, config_cls: type["BaseModel"]) -> Callable[[type]
 
 
 def _load_all() -> None:
-    import fgray.methods  # noqa: F401  (importing the package registers every method module)
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
 
 
 def method_names() -> list[str]:
-    _load_all()
-    return sorted(_METHODS)
+    """The registered names, from the configs alone (no method module is imported)."""
+    return sorted(config.model_fields["name"].default for config in method_config_classes())
 
 
 def method_config_classes() -> list[type]:
-    _load_all()
-    return [config for _, config in _METHODS.values()]
+    from fgray.methods.configs import METHOD_CONFIGS
+
+    return list(METHOD_CONFIGS)
 
 
 def method_class(name: str) -> type["Method"]:

@@ -24,8 +24,9 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+
+from fgray.methods.configs import TeacherConfig
 
 # fgray's batches are normalised with ImageNet statistics (fgray.engine.normalize_images).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,16 +43,6 @@ TINY_CLIP_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
-
-
-class TeacherConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-    # open_clip architecture; "<name>-quickgelu" for a local copy of OpenAI's weights; fgray-tiny-clip for tests
-    model: str = "ViT-B-32"
-    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights | random (seeded)
-    image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
-    seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
 
 
 def is_weights_path(pretrained: str) -> bool:

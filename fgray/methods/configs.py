@@ -1,0 +1,119 @@
+"""Typed configs of the registered methods (the ``method:`` section of a sweep file).
+
+Pure pydantic, no torch: the sweep CLI validates a file and rejects bad input in well under a
+second, before the method modules (torch, timm, open_clip) are imported.
+"""
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class TeacherConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    # open_clip architecture; "<name>-quickgelu" for a local copy of OpenAI's weights; fgray-tiny-clip for tests
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights | random (seeded)
+    image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
+    seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
+
+
+class MocoV2Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["mocov2"] = "mocov2"
+    temperature: float = Field(0.2, gt=0)  # T of InfoNCE (MoCo v2: 0.2)
+    momentum: float = Field(0.999, ge=0, lt=1)  # key-encoder EMA ratio m
+    momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training (BYOL style)
+    queue_size: int = Field(65536, ge=1)  # K negatives
+    proj_dim: int = Field(128, ge=1)  # output of the MLP head
+    hidden_dim: int = Field(2048, ge=1)  # hidden width of the MLP head
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """Per-image columns the data pipeline must add to this method's batches (its ``extra_columns``)."""
+        return ()
+
+
+# The eight fine-grained descriptions of the PP-SSL code (DESIGN.md §5); the first is CUB's relevant one.
+DEFAULT_CORPUS = (
+    "an animal characterized by feathers, wings, and the ability to fly or perch",
+    "a mammal known for loyalty, four legs, and fur, often kept as a pet",
+    "a large vehicle designed for mass transportation, typically with multiple seats",
+    "a reptile with a long, flexible, legless body and scales",
+    "a large, carnivorous reptile with a robust body and strong jaws, found in water",
+    "a motor vehicle with four wheels used for transporting people on roads",
+    "a colorful plant with petals, often fragrant, commonly found in nature.",
+    "a species of primate known for upright walking and advanced cognitive abilities",
+)
+GUIDANCE_SOURCES = ("image", "layer1", "layer2", "layer3", "layer4")
+
+
+class PPSSLConfig(MocoV2Config):
+    """MoCo v2's fields (temperature, momentum, queue_size, proj_dim, hidden_dim) plus PP-SSL's."""
+
+    name: Literal["ppssl"] = "ppssl"  # type: ignore[assignment]
+    alpha: float = Field(1.2, ge=0)  # weight of L_AIS (Eq. 9); 0 skips AIS
+    beta: float = Field(0.01, ge=0)  # weight of L_IADM (Eq. 9); 0 skips IADM
+    ais: bool = True  # AIS on/off (Table 4's "AIS" row); off: no teacher and no psi, embedding = AvgPool(f)
+    iadm: bool = True  # Image-Aided Distinction Module on/off
+    kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
+    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T: CLIP's zero-shot scale (the paper writes 1)
+    corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
+    corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
+    teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
+    teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
+    guidance: str = "image"  # IADM input: image | layer1..layer4, or several joined by "+" (e.g. image+layer4)
+    psi_channels: int = Field(32, ge=1)  # output channels of the 1x1 convs psi / psi_g
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus_readable(cls, corpus: list[str] | str) -> list[str] | str:
+        prompts = read_corpus(corpus)
+        if len(prompts) < 2:
+            raise ValueError(f"needs at least 2 prompts (a softmax over 1 prompt is constant), got {len(prompts)}")
+        return corpus
+
+    @field_validator("guidance")
+    @classmethod
+    def _known_sources(cls, guidance: str) -> str:
+        parts = guidance.split("+")
+        unknown = [p for p in parts if p not in GUIDANCE_SOURCES]
+        if unknown or len(set(parts)) != len(parts):
+            raise ValueError(f"must be one of {list(GUIDANCE_SOURCES)} or several joined by '+', got {guidance!r}")
+        return guidance
+
+    @model_validator(mode="after")
+    def _corpus_size_fits(self) -> "PPSSLConfig":
+        if self.corpus_size is not None and self.corpus_size > len(read_corpus(self.corpus)):
+            size = len(read_corpus(self.corpus))
+            raise ValueError(f"corpus_size {self.corpus_size} exceeds the corpus ({size} prompts)")
+        return self
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """teacher_mode cached: the teacher's embedding of each image comes with the batch."""
+        return ("teacher_embedding",) if self.teacher_mode == "cached" and self.ais and self.alpha > 0 else ()
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        return read_corpus(self.corpus)[: self.corpus_size]
+
+
+def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
+    """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file."""
+    if not isinstance(corpus, str):
+        return tuple(corpus)
+    path = os.path.expanduser(corpus)
+    if not os.path.isfile(path):
+        raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
+    with open(path, encoding="utf-8") as f:
+        return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
+
+
+
+# Every method's config; registry.register_method checks a method names one of these.
+METHOD_CONFIGS: tuple[type[BaseModel], ...] = (MocoV2Config, PPSSLConfig)
