@@ -209,7 +209,8 @@ def _probe_lines(summary: dict[str, Any]) -> list[str]:
     header = ["model", *[k.replace("probe@", "").replace("/", "% labels, ") for k in keys]]
     lines = ["", "**Linear probe** on frozen features (fitted on the training images, scored on test):", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([name, *[_pct(m.get(k)) for k in keys]]) + " |" for name, m in models]
+    lines += ["| " + " | ".join([name + (f" ({m['probe_note']})" if m.get("probe_note") else ""),
+                                 *[_pct(m.get(k)) for k in keys]]) + " |" for name, m in models]
     return lines
 
 

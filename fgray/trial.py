@@ -55,6 +55,10 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     res = experiment.resources
     prepared = pipeline.resolve_dataset(experiment.data)
     splits = pipeline.assign(prepared, experiment.data)
+    empty = [name for name in ("train", "val") if len(getattr(splits, name)) == 0]
+    if empty:  # fail before any worker starts, with the reason, rather than after an epoch
+        raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
+                         f"more images per class or another data.val_fraction (now {experiment.data.val_fraction})")
     attach = None
     if "teacher_embedding" in experiment.method.required_columns:
         from fgray.data import teacher_cache  # PP-SSL teacher_mode cached: CLIP embeddings computed once
@@ -149,6 +153,9 @@ def worker_loop(config: dict[str, Any]) -> None:
         # Validate when due, after the last epoch, and on the first report (Tune and ASHA need the metric).
         if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last or not last_val):
             last_val = evaluate(method, val_batches, device, ks)
+            if not last_val.get("val/num_queries"):  # every metric NaN: Tune would stop the whole sweep
+                raise ValueError("validation: no query has a relevant image (each validation class has one image); "
+                                 "the split needs classes with 2+ images (data.val_fraction)")
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
         metrics["time/epoch_s"] = time.perf_counter() - started
         _report(metrics, method, experiment, epoch + 1, optimizer, scheduler, scaler, rank)

@@ -60,7 +60,7 @@ def _loc(error: dict, method_tags: set[str]) -> str:
     parts = [str(p) for p in error["loc"]]
     if len(parts) >= 2 and parts[0] == "method" and parts[1] in method_tags:
         parts.pop(1)  # the discriminated union's tag is not part of the user's key path
-    return ".".join(parts)  # empty: a check across sections, whose message names its keys
+    return ".".join(parts) or "<root>"
 
 
 def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict) -> str:
@@ -97,5 +97,5 @@ def validate(model: type[BaseModel], data: Any, deep: bool = True):
         for error in err.errors():
             loc = _loc(error, tags)
             hint = _unknown_key_hint(model, error, loc, data) if error["type"] == "extra_forbidden" else ""
-            lines.append(f"{loc}: {_describe(error)}{hint}" if loc else _describe(error))
+            lines.append(f"{loc}: {_describe(error)}{hint}")
         raise ConfigError("; ".join(dict.fromkeys(lines))) from None

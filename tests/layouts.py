@@ -86,9 +86,11 @@ def _struct(rows: list[dict], fields: list[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- CUB / NABirds
 
 
-def make_cub200(tmp_path: Path, per_class: int = 2, train_per_class: int = 1) -> Layout:
+def make_cub200(tmp_path: Path, per_class: int = 2, train_per_class: int = 1, num_classes: int = 3) -> Layout:
+    """CUB's files; ``num_classes`` > 3 adds classes 004.Bird_4 ... (200 gives the open split's test half)."""
     root = tmp_path / "CUB_200_2011"
-    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"][:num_classes]
+    classes += [f"{i:03d}.Bird_{i}" for i in range(len(classes) + 1, num_classes + 1)]
     lay = Layout("cub200", root, classes)
     images, labels, split, boxes = [], [], [], []
     n = 0

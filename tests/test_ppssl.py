@@ -294,7 +294,7 @@ def test_loss_falls_on_a_fixed_batch():
         out["loss"].backward()
         optimizer.step()
         m.after_step(0.5)
-        losses.append(float(out["loss"]))
+        losses.append(out["loss"].item())
     assert losses[-1] < losses[0], losses
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fgray.data.prepare import encode_image, prepare, read_manifest
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from layouts import corrupt_image, make_cub200, write_image
+from layouts import BUILDERS, corrupt_image, make_cub200, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = 32
@@ -66,6 +66,20 @@ def prepared(ray_local, tmp_path_factory):
     out = tmp / "out"
     manifest = prepare("cub200", str(layout.root), str(out), short_side=SHORT, rows_per_shard=3)
     return layout, out, manifest, bad
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"cub200"}))  # cub200: the fixture above
+def test_prepare_every_layout(ray_local, tmp_path, name):
+    """Every published layout -> shards whose rows carry the reader's labels, splits and boxes."""
+    layout = BUILDERS[name](tmp_path)
+    manifest = prepare(name, str(layout.root), str(tmp_path / "out"), short_side=SHORT)
+    assert manifest.dataset == name and manifest.counts == layout.counts and not manifest.corrupt
+    rows = {r["image_id"]: r for r in _table(tmp_path / "out", manifest).to_pylist()}
+    assert sorted(rows) == sorted(layout.expected)
+    for image_id, exp in layout.expected.items():
+        row = rows[image_id]
+        assert (row["label"], row["class_name"], row["split"]) == (exp["label"], exp["class_name"], exp["split"])
+        assert (row["bbox"] is None) == (exp["bbox"] is None)
 
 
 def _table(out: Path, manifest: Manifest):

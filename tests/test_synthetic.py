@@ -148,3 +148,14 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir(SMALL) == str(tmp_path / f"synthetic-{content_hash(SMALL)[:12]}")
     monkeypatch.delenv("FGRAY_CACHE")
     assert default_cache_dir(SMALL).endswith(f".cache/fgray/synthetic-{content_hash(SMALL)[:12]}")
+
+
+def test_closed_protocol_validation_has_two_images_per_class():
+    """Closed: val images are carved per class, at least 2 (leave-one-out needs a relevant item);
+    a class with fewer than 3 training images keeps them all for training."""
+    labels = np.repeat(np.arange(4), [2, 3, 4, 20])
+    ids = np.array([f"img{i}" for i in range(len(labels))])
+    split = assign_splits("cub200", "closed", ids, labels, np.full(len(labels), "train"), val_fraction=0.25)
+    val_labels = labels[np.isin(ids, split.val)]
+    assert {c: int((val_labels == c).sum()) for c in range(4)} == {0: 0, 1: 2, 2: 2, 3: 5}
+    assert len(split.train) + len(split.val) == len(labels) and len(split.test) == 0

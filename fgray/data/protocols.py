@@ -102,10 +102,12 @@ def assign_splits(
         is_val = np.zeros_like(is_train)
         for label in np.unique(labels[is_train]):
             idx = np.flatnonzero(is_train & (labels == label))
-            n_val = int(round(len(idx) * val_fraction))
-            if 0 < n_val < len(idx):
+            # Validation is leave-one-out retrieval among the val images: a class needs 2 there to be
+            # scored, so a class's share rounds up to 2, and a class with < 3 images stays in training.
+            n_val = max(2, int(round(len(idx) * val_fraction)))
+            if n_val < len(idx):
                 is_val[rng.choice(idx, size=n_val, replace=False)] = True
-        desc = f"closed: official image split; val = {val_fraction:.0%} of training images per class"
+        desc = f"closed: official image split; val = {val_fraction:.0%} of training images per class (at least 2)"
 
     is_test = ~is_train
     if spec.query_gallery:
