@@ -11,15 +11,8 @@ from PIL import Image
 
 from fgray.data.protocols import assign_splits
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from fgray.data.synthetic import (
-    MAX_CLASSES,
-    SyntheticSpec,
-    class_name,
-    class_parts,
-    content_hash,
-    render,
-)
-from fgray.data.synthetic_shards import default_cache_dir, write_shards
+from fgray.data.synthetic import MAX_CLASSES, SyntheticSpec, class_name, class_parts, render
+from fgray.data.synthetic_shards import content_hash, default_cache_dir, write_shards
 
 SMALL = SyntheticSpec(num_classes=6, images_per_class=4, image_size=48)
 

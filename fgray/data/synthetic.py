@@ -10,13 +10,12 @@ statistics do not reveal the class. Each image comes with the bird's bounding bo
 
 ``render`` is a pure function of ``(spec, class, instance)``: numpy + PIL, no torch, about
 a millisecond per 64 px image. :mod:`fgray.data.synthetic_shards` stores a spec as Parquet
-shards, cached by :func:`content_hash`.
+shards, cached by its ``content_hash`` (of the spec and ``GENERATOR_VERSION``).
 """
 from __future__ import annotations
 
 import colorsys
 import functools
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable
@@ -250,18 +249,18 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _bird_colour(rng: np.random.Generator, k: float) -> tuple[float, float, float]:
-    """HSV of a bird's body: one ochre-brown family for every class, jittered per image."""
-    return 0.08 + 0.035 * k * rng.uniform(-1, 1), 0.55 + 0.15 * k * rng.uniform(-1, 1), 0.68 + 0.15 * k * rng.uniform(-1, 1)
+# (centre, spread) of an HSV colour family, jittered per image by k * U(-1, 1) on each channel.
+BIRD_HSV = ((0.08, 0.55, 0.68), (0.035, 0.15, 0.15))  # a bird's body: one ochre-brown family for every class
+SCENE_HSV = ((0.23, 0.4, 0.55), (0.09, 0.15, 0.17))  # the scene: foliage greens to olive
 
 
-def _scene_colour(rng: np.random.Generator, k: float) -> tuple[float, float, float]:
-    """HSV of the scene: foliage greens to olive, jittered per image."""
-    return 0.23 + 0.09 * k * rng.uniform(-1, 1), 0.4 + 0.15 * k * rng.uniform(-1, 1), 0.55 + 0.17 * k * rng.uniform(-1, 1)
+def _jittered_hsv(rng: np.random.Generator, family, k: float) -> tuple[float, float, float]:
+    (h, s, v), (dh, ds, dv) = family
+    return h + dh * k * rng.uniform(-1, 1), s + ds * k * rng.uniform(-1, 1), v + dv * k * rng.uniform(-1, 1)
 
 
 def _bird_palette(rng: np.random.Generator, k: float) -> dict[str, tuple[int, int, int]]:
-    h, s, v = _bird_colour(rng, k)
+    h, s, v = _jittered_hsv(rng, BIRD_HSV, k)
     dark = _hsv(h, s * 0.5, 0.06 + 0.06 * rng.random())  # markings: near-black, same for all classes
     light = _hsv(0.12, 0.15 + 0.1 * rng.random(), 0.88 + 0.1 * rng.random())  # cream bars / spots
     return {
@@ -275,7 +274,7 @@ def _clutter_colour(rng: np.random.Generator, spec: SyntheticSpec, scene: tuple[
     """Some clutter in bird tones (colour alone must not find the bird), the rest in the
     scene's own tones (foliage / bark around the background colour)."""
     if rng.random() < spec.bird_colored_clutter:
-        h, s, v = _bird_colour(rng, spec.color_jitter)
+        h, s, v = _jittered_hsv(rng, BIRD_HSV, spec.color_jitter)
         return _hsv(h, s, v * rng.uniform(0.6, 1.1))
     h, s, v = scene
     c = spec.clutter_contrast
@@ -332,7 +331,7 @@ def render(spec: SyntheticSpec, class_index: int, instance_index: int) -> tuple[
     canvas = spec.image_size * ss
     k = spec.color_jitter
 
-    scene = _scene_colour(rng, k)
+    scene = _jittered_hsv(rng, SCENE_HSV, k)
     img = Image.new("RGB", (canvas, canvas), _hsv(*scene))
     draw = ImageDraw.Draw(img)
     _draw_background(draw, rng, spec, canvas, scene)
@@ -392,12 +391,3 @@ def render_arrays(spec: SyntheticSpec, classes: Iterable[int] | None = None) -> 
             labels.append(c)
             boxes.append(box)
     return np.stack(images), np.asarray(labels, dtype=np.int64), np.asarray(boxes, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------- shards
-
-
-def content_hash(spec: SyntheticSpec) -> str:
-    """sha256 of the spec and GENERATOR_VERSION: equal hash => identical images."""
-    payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()

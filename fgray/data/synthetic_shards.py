@@ -2,7 +2,9 @@
 (the contract of :mod:`fgray.data.schema`) and cached by the spec's content hash."""
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import uuid
@@ -15,7 +17,13 @@ from PIL import Image
 
 import fgray
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from fgray.data.synthetic import SyntheticSpec, class_name, content_hash, render, split_of
+from fgray.data.synthetic import GENERATOR_VERSION, SyntheticSpec, class_name, render, split_of
+
+
+def content_hash(spec: SyntheticSpec) -> str:
+    """sha256 of the spec and GENERATOR_VERSION: equal hash => identical images."""
+    payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def default_cache_dir(spec: SyntheticSpec) -> str:
