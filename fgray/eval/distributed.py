@@ -159,12 +159,12 @@ def evaluate_split(models: list[Model], cache_dir: str | None = None, split: str
     data, settings = models[0][0].data, models[0][0].eval
     prepared = pipeline.resolve_dataset(data)
     splits = pipeline.assign(prepared, data)
-    as_str = lambda ids: np.asarray(ids).astype(str)  # noqa: E731
     query_gallery = split == "test" and splits.test_query is not None
-    parts = {"query": as_str(splits.test_query), "gallery": as_str(splits.test_gallery)} if query_gallery \
-        else {"test": as_str(getattr(splits, split))}
+    parts = {"query": splits.test_query, "gallery": splits.test_gallery} if query_gallery \
+        else {"test": getattr(splits, split)}
     if settings.linear_probe:  # fitted on every training image with a label (train and val)
-        parts["probe_train"] = as_str(np.concatenate([splits.train, splits.val]))
+        parts["probe_train"] = np.concatenate([splits.train, splits.val])
+    parts = {name: np.asarray(ids).astype(str) for name, ids in parts.items()}
     every_id = np.unique(np.concatenate(list(parts.values())))
     embeddings, labels = embed_images(models, prepared, every_id, cache_dir)
     rows = {name: np.searchsorted(every_id, ids) for name, ids in parts.items()}
@@ -196,7 +196,8 @@ def _probe(embeddings: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, t
 def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
     """Test metrics of the best ``eval.test_top`` trials (chosen on validation) and of the untrained backbone.
 
-    Models that share a data config are evaluated together: one decode and one actor start per split.
+    Models that share their data and eval settings are evaluated together: one decode and one actor
+    start per split.
     """
     from fgray.report import rank_trials
 
@@ -207,7 +208,7 @@ def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         models.append(("baseline", (sweep.experiment(best[0]["overrides"]), None)))
     groups: dict[str, list[tuple[str, Model]]] = {}
     for name, model in models:
-        groups.setdefault(model[0].data.model_dump_json(), []).append((name, model))
+        groups.setdefault(model[0].data.model_dump_json() + model[0].eval.model_dump_json(), []).append((name, model))
     results: dict[str, dict[str, Any]] = {}
     for group in groups.values():
         results.update(zip([name for name, _ in group], evaluate_split([model for _, model in group], cache_dir)))
