@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from fgray.data.protocols import dataset_spec
 from fgray.methods.registry import method_config_classes
 # ConfigError is the error type of every config check (the CLI catches it from here).
 from fgray.validation import ConfigError, parse_set, set_dotted, validate
@@ -119,7 +120,7 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list
+    ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list; when not given, the list the papers use for data.name
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
     batch_size: int = Field(256, ge=1)
     test_top: int = Field(1, ge=0)  # best N trials re-evaluated on the test split after the sweep
@@ -244,6 +245,16 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_ks(cls, values: Any) -> Any:
+        """eval.ks defaults to the dataset's published K list (SOP 1/10/100/1000, In-Shop 1/10/.../50)."""
+        if not isinstance(values, dict) or not isinstance(values.get("eval", {}), dict) or "ks" in values.get("eval", {}):
+            return values
+        data = values.get("data") or {}
+        name = data.get("name", "synthetic") if isinstance(data, dict) else getattr(data, "name", "synthetic")
+        return {**values, "eval": {**values.get("eval", {}), "ks": list(dataset_spec(str(name)).ks)}}
 
 
 class SweepConfig(ExperimentConfig):

@@ -100,6 +100,15 @@ def test_cli_exits_2_with_one_line_before_ray(tmp_path):
     assert "ray" not in proc.stdout.lower()
 
 
+def test_recall_ks_default_to_the_datasets_published_list(tmp_path):
+    sop = BASE + "data: {name: sop, root: /prepared/sop}\n"
+    assert load_sweep(write(tmp_path, sop)).eval.ks == (1, 10, 100, 1000)
+    inshop = BASE + "data: {name: inshop, root: /prepared/inshop}\n"
+    assert load_sweep(write(tmp_path, inshop)).experiment().eval.ks == (1, 10, 20, 30, 40, 50)
+    assert load_sweep(write(tmp_path, BASE)).eval.ks == (1, 2, 4, 8)  # CUB, Cars, ..., synthetic
+    assert load_sweep(write(tmp_path, sop + "eval: {ks: [1, 5]}\n")).eval.ks == (1, 5)  # given: kept
+
+
 def test_schema_errors_never_import_torch(tmp_path):
     """A malformed file fails fast: schema errors are found before timm/torch (seconds) load."""
     path = write(tmp_path, BASE + "search: {space: {train.lr: {grid: [0.1, -2]}}}\n")

@@ -43,6 +43,11 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def dataset_spec(name: str) -> DatasetSpec:
+    """The evaluation facts of a dataset (defaults for a name fgray has no entry for)."""
+    return DATASETS.get(name, DatasetSpec(name, None))
+
+
 @dataclass(frozen=True)
 class SplitAssignment:
     """Image ids of each role. ``query``/``gallery`` are set only for query-vs-gallery protocols."""
@@ -78,7 +83,7 @@ def assign_splits(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    spec = DATASETS.get(dataset, DatasetSpec(dataset, None))
+    spec = dataset_spec(dataset)
     image_ids, labels, official_splits = map(np.asarray, (image_ids, labels, official_splits))
     rng = np.random.default_rng(seed)
     query = gallery = None
