@@ -104,27 +104,58 @@ def test_k_equals_whole_gallery(backend):
     np.testing.assert_array_equal(idx.numpy(), ref_knn(x, x, 19, np.arange(20))[1])
 
 
-def test_gpu_routing_respects_k_limit(monkeypatch):
-    """With GPUs, k_call <= 2048 goes to the sharded GPU index, larger k stays on CPU."""
+@pytest.fixture
+def fake_gpus(monkeypatch):
+    """faiss "GPUs" that are CPU indexes: records each clone to all GPUs (absent in faiss-cpu)."""
     import faiss
 
     cloned = []
 
-    class Options:  # stands in for faiss.GpuMultipleClonerOptions (absent in faiss-cpu)
+    class Options:  # stands in for faiss.GpuMultipleClonerOptions
         shard = False
 
     def fake_clone(index, co=None):
-        cloned.append(co.shard)
+        cloned.append((co.shard, index.ntotal))
         return index
 
     monkeypatch.setattr(search, "_faiss_gpus", lambda: 2)
     monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", Options, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", fake_clone, raising=False)
-    g = float_data(50, 4, 11)
+    return cloned
+
+
+def test_gpu_routing_respects_k_limit(fake_gpus):
+    """With GPUs, k_call <= 2048 goes to one sharded GPU index; a larger k to GPU indexes over chunks."""
+    g = float_data(5000, 4, 11)
     search._faiss_index(g, search.GPU_MAX_K)
-    assert cloned == [True]
-    search._faiss_index(g, search.GPU_MAX_K + 1)
-    assert cloned == [True]
+    assert fake_gpus == [(True, 5000)]
+    chunked = search._faiss_index(g, 3000)  # ceil(2 * 3000 / 2048) = 3 strided chunks
+    assert fake_gpus[1:] == [(True, 1667), (True, 1667), (True, 1666)] and chunked.count == 3
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_k_above_gpu_limit_merged_from_chunks(fake_gpus, monkeypatch, crowded):
+    """Chunks searched within the GPU limit and merged give the exact top-k; crowded: most of each
+    query's top-k sits in one chunk, beyond what it returns, so those rows are redone exactly."""
+    monkeypatch.setattr(search, "GPU_MAX_K", 16)
+    q, g = float_data(30, 8, 16), float_data(420, 8, 17)
+    if crowded:  # chunk 0 (every 6th item) near the queries' common direction
+        q = np.abs(q) + 2.0
+        g[0::6] = np.abs(g[0::6]) + 2.0
+    redone, real_index = [], search._flat_index
+
+    def counting_index(gallery, on_gpus):
+        if not on_gpus:
+            redone.append(len(gallery))
+        return real_index(gallery, on_gpus)
+
+    monkeypatch.setattr(search, "_flat_index", counting_index)
+    scores, idx = knn(q, g, 40, backend="faiss")
+    ref_s, ref_i = ref_knn(q, g, 40)
+    np.testing.assert_array_equal(idx.numpy(), ref_i)
+    np.testing.assert_allclose(scores.numpy(), ref_s, rtol=1e-5)
+    assert len(fake_gpus) == 6  # ceil(2 * 41 / 16) = 6 chunks, each on the "GPUs"
+    assert redone == ([420] if crowded else [])  # the exact CPU index only for uncertified rows
 
 
 def test_topk_desc_boundary_tie():

@@ -14,10 +14,12 @@ Scores of the two backends can differ in the last bit (different BLAS), so on da
 near-ties they may rank two items differently; on data without such ties they return
 identical indices (tested).
 
-GPU faiss accepts k <= 2048 per call (``GPU_MAX_K``). For a larger k, fgray searches the
-CPU ``IndexFlatIP`` instead (same exact index, same results): splitting the gallery into
-chunks searched with k <= 2048 each and merging is only correct if no chunk holds more
-than 2048 of the true top-k, which cannot be known in advance.
+GPU faiss accepts k <= 2048 per call (``GPU_MAX_K``). For a larger k on GPUs the gallery is
+split into strided chunks (item i in chunk i mod S, S >= 2k / 2048, so each chunk holds about
+half the limit of a query's top-k), each searched on the GPUs for up to 2048 neighbours, and
+the lists are merged. The merge is exact for a query when every chunk that returned fewer
+items than it holds ended strictly below the merged k-th score (nothing it left out can rank
+higher); the other queries are recomputed exactly on the CPU ``IndexFlatIP``.
 """
 from __future__ import annotations
 
@@ -150,17 +152,56 @@ def _knn_torch(q: Tensor, g: Tensor, k: int, exclude: Tensor | None, query_batch
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
-def _faiss_index(g: np.ndarray, k_call: int):
-    """IndexFlatIP over g [N, D]; sharded over all GPUs when faiss has GPUs and k fits."""
+def _flat_index(g: np.ndarray, on_gpus: bool):
+    """IndexFlatIP over g [N, D], sharded over all GPUs when ``on_gpus``."""
     import faiss
 
     index = faiss.IndexFlatIP(g.shape[1])
     index.add(g)
-    if _faiss_gpus() > 0 and k_call <= GPU_MAX_K:
+    if on_gpus:
         co = faiss.GpuMultipleClonerOptions()
         co.shard = True  # each GPU holds a slice of the gallery; faiss merges the top-k
         index = faiss.index_cpu_to_all_gpus(index, co=co)
     return index
+
+
+def _faiss_index(g: np.ndarray, k_call: int):
+    """An index over g [N, D] with ``search(q, k)``: on all GPUs when faiss has GPUs (chunked and
+    merged when k exceeds GPU_MAX_K), else the CPU IndexFlatIP."""
+    if _faiss_gpus() == 0:
+        return _flat_index(g, on_gpus=False)
+    if k_call <= GPU_MAX_K:
+        return _flat_index(g, on_gpus=True)
+    return _ChunkedIndex(g, k_call)
+
+
+class _ChunkedIndex:
+    """Exact top-k beyond GPU_MAX_K from GPU searches of gallery chunks (see the module docstring)."""
+
+    def __init__(self, g: np.ndarray, k: int):
+        self.count = max(2, -(-2 * k // GPU_MAX_K))  # chunks: ceil(2k / limit)
+        self.sizes = [len(range(c, len(g), self.count)) for c in range(self.count)]
+        self.parts = [_flat_index(np.ascontiguousarray(g[c :: self.count]), on_gpus=True) for c in range(self.count)]
+        self.gallery, self.exact = g, None  # exact: the CPU index for queries the merge cannot certify
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids, incomplete_ends = [], [], []
+        for c, (part, size) in enumerate(zip(self.parts, self.sizes)):
+            d, i = part.search(q, min(GPU_MAX_K, size))
+            scores.append(d)
+            ids.append(np.where(i >= 0, i * self.count + c, -1))
+            if size > GPU_MAX_K:  # it left items out: all of them score <= its last returned score
+                incomplete_ends.append(d[:, -1])
+        d, i = np.concatenate(scores, axis=1), np.concatenate(ids, axis=1)
+        order = np.argsort(-d, axis=1, kind="stable")[:, :k]
+        d, i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+        unsure = np.zeros(len(q), dtype=bool)
+        for end in incomplete_ends:
+            unsure |= end >= d[:, -1]
+        if unsure.any():  # a chunk may hold more of this query's top-k than it returned
+            self.exact = self.exact or _flat_index(self.gallery, on_gpus=False)
+            d[unsure], i[unsure] = self.exact.search(q[unsure], k)
+        return d, i
 
 
 def _knn_faiss(q: Tensor, g: Tensor, k: int, exclude: Tensor | None, query_batch: int):
@@ -209,8 +250,9 @@ def knn(
         removed from row i by index, so duplicates of the query still count.
     exclude_index: [Q] int, a gallery index to remove from each row (-1: none); the
         general form of exclude_self, e.g. for a shard of queries or shared image ids.
-    backend: "faiss" (IndexFlatIP; sharded over all GPUs when faiss has GPUs and k+2 <=
-        2048, else CPU), "torch" (batched matmul + topk on the query's device), or
+    backend: "faiss" (IndexFlatIP; sharded over all GPUs when faiss has GPUs, in merged
+        gallery chunks when k+2 > 2048; else CPU), "torch" (batched matmul + topk on the
+        query's device), or
         "auto" (faiss, unless the query is on CUDA and faiss has no GPU).
     query_batch: queries per search call; the torch path also caps a block at
         BLOCK_ELEMENTS similarity entries so memory stays bounded.
