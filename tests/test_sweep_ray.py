@@ -28,7 +28,9 @@ def test_smoke_sweep_writes_real_metrics(smoke_sweep):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_trials"] == 2 and summary["num_errors"] == 0
     best = next(t for t in summary["trials"] if t["trial_id"] == summary["best"])
-    assert best["epochs"] == 2 and os.path.isfile(os.path.join(best["checkpoint"], "state.pt"))
+    # The best trial is ranked by its last validation: one that ASHA stopped after epoch 1 can still rank first.
+    assert best["epochs"] in (1, 2) and os.path.isfile(os.path.join(best["checkpoint"], "state.pt"))
+    assert max(t["epochs"] for t in summary["trials"]) == 2  # the first trial at ASHA's rung always goes on
     for key in ("val/recall@1", "val/map", "train/loss"):
         assert key in best["metrics"]
     assert 0.0 <= best["metrics"]["val/recall@1"] <= 1.0
