@@ -170,7 +170,7 @@ def evaluate_split(models: list[Model], cache_dir: str | None = None, split: str
     rows = {name: np.searchsorted(every_id, ids) for name, ids in parts.items()}
 
     results = []
-    for e in embeddings:
+    for (experiment, _), e in zip(models, embeddings):
         if query_gallery:
             q, g = rows["query"], rows["gallery"]
             result = _metrics(e[q], labels[q], e[g], labels[g], ks=settings.ks,
@@ -179,7 +179,7 @@ def evaluate_split(models: list[Model], cache_dir: str | None = None, split: str
             result = _metrics(e[rows["test"]], labels[rows["test"]], ks=settings.ks)
         if settings.linear_probe:
             result.update(_probe(e, labels, rows["probe_train"], rows["query" if query_gallery else "test"],
-                                 settings.linear_probe, models[0][0].train.seed))
+                                 settings.linear_probe, experiment.train.seed))
         results.append({**result, "split": splits.description})
     return results
 

@@ -15,8 +15,6 @@ if TYPE_CHECKING:
     from fgray.methods.base import Method
     from fgray.models.backbone import Backbone
 
-# One module per method (DESIGN.md §3); importing it runs its @register_method.
-METHOD_MODULES = ("fgray.methods.mocov2", "fgray.methods.ppssl")
 _METHODS: dict[str, tuple[type, type]] = {}
 
 
@@ -37,9 +35,12 @@ def register_method(name: str, config_cls: type["BaseModel"]) -> Callable[[type]
     return decorator
 
 
-def _load_all() -> None:
-    for module in METHOD_MODULES:
-        importlib.import_module(module)
+def _registered(name: str) -> tuple[type, type]:
+    """(method class, config class) of ``name``; its module ``fgray.methods.<name>`` (one module per
+    method, DESIGN.md §3) is imported on first use, which runs its @register_method."""
+    if name not in _METHODS:
+        importlib.import_module(f"fgray.methods.{name}")
+    return _METHODS[name]
 
 
 def method_names() -> list[str]:
@@ -54,12 +55,10 @@ def method_config_classes() -> list[type]:
 
 
 def method_class(name: str) -> type["Method"]:
-    _load_all()
-    return _METHODS[name][0]
+    return _registered(name)[0]
 
 
 def create_method(config: "BaseModel", backbone: "Backbone") -> "Method":
     """Build the registered method for its typed ``config`` around ``backbone``."""
-    _load_all()
-    method_cls, _ = _METHODS[config.name]
+    method_cls, _ = _registered(config.name)
     return method_cls(config, backbone)
