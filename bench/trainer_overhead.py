@@ -22,12 +22,13 @@ prefetching (a bounded buffer) while the worker waits, so an epoch's first batch
 
     python bench/trainer_overhead.py                          # the demo's model, 64 px, batch 64: a few minutes
     python bench/trainer_overhead.py --dataloader --json /tmp/overhead.json
-    python bench/trainer_overhead.py --set data.shuffle_buffer=0 --prefetch-batches 4   # try a change
+    python bench/trainer_overhead.py --set resources.data_actors=2 --prefetch-batches 4   # try a change
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import math
 import os
 import statistics
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 from fgray.config import ExperimentConfig, load_sweep  # noqa: E402
 from fgray.data import pipeline, transforms  # noqa: E402
+from fgray.data.inputs import DatasetFacts  # noqa: E402
 from fgray.engine import build_method, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 
 PAUSE_LIMIT_S = 1800.0  # a worker never waits longer than this for the driver's go-ahead
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="resources.cpus_per_worker: the Train worker's CPUs and both sides' torch threads (ceil)")
     p.add_argument("--data-cpus", type=float, default=0.5, help="resources.data_cpus: CPUs per Ray Data augment task")
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="extra experiment override, as in fgray.sweep (repeatable), e.g. data.shuffle_buffer=0")
+                   help="extra experiment override, as in fgray.sweep (repeatable), e.g. resources.data_actors=2")
     p.add_argument("--prefetch-batches", type=int, default=None,
                    help="experiment: pass prefetch_batches=N to the worker's iter_torch_batches (Ray's default: 1)")
     p.add_argument("--no-interleave", action="store_true",
@@ -164,7 +166,7 @@ class PlainRun:
 
     def __init__(self, experiment: ExperimentConfig, batches: Iterator[dict], steps_per_epoch: int):
         torch.manual_seed(experiment.train.seed)
-        self.method = build_method(experiment)
+        self.method = build_method(experiment, DatasetFacts(num_classes=1, image_size=experiment.data.image_size))
         self.optimizer = build_optimizer(self.method.param_groups(), experiment.train)
         self.scheduler = build_scheduler(self.optimizer, experiment.train, steps_per_epoch)
         self.batches, self.device, self.amp = batches, torch.device("cpu"), experiment.train.amp
@@ -195,12 +197,12 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
     when interleaving, a wait for the driver's go-ahead before each epoch (outside the timing)."""
     import ray.train
 
-    import fgray.engine as engine
+    import fgray.stages as stages
     import fgray.trial as trial
 
     bench = config["bench"]
-    # worker_loop imports train_one_epoch from fgray.engine when it runs: patch it there
-    original_epoch, original_shard = engine.train_one_epoch, ray.train.get_dataset_shard
+    # worker_loop's StageRunner calls fgray.stages.train_one_epoch: patch it there
+    original_epoch, original_shard = stages.train_one_epoch, ray.train.get_dataset_shard
     prefetch = bench.get("prefetch_batches")
 
     class Shard:  # the real train shard, with the benchmark's experimental iterator options
@@ -210,14 +212,14 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
         def __getattr__(self, name):
             return getattr(self._shard, name)
 
-        def iter_torch_batches(self, **kwargs):
+        def iter_batches(self, **kwargs):
             if prefetch is not None:
                 kwargs.setdefault("prefetch_batches", prefetch)
-            return self._shard.iter_torch_batches(**kwargs)
+            return self._shard.iter_batches(**kwargs)
 
     def get_dataset_shard(name):
         shard = original_shard(name)
-        return Shard(shard) if name == "train" else shard
+        return Shard(shard) if name.startswith("train") else shard
 
     def timed_epoch(model, batches, *args, **kwargs):
         epoch = kwargs["epoch"] + 1
@@ -241,12 +243,12 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
         return stats
 
-    engine.train_one_epoch = timed_epoch
+    stages.train_one_epoch = timed_epoch
     ray.train.get_dataset_shard = get_dataset_shard
     try:
         trial.worker_loop(config)
     finally:
-        engine.train_one_epoch, ray.train.get_dataset_shard = original_epoch, original_shard
+        stages.train_one_epoch, ray.train.get_dataset_shard = original_epoch, original_shard
 
 
 def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepared, splits, workdir: str,
@@ -265,17 +267,21 @@ def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepar
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     # As fgray.trial.trial_driver builds it: every epoch in one dataset, read through one iterator.
-    train = pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus, passes=args.epochs)
+    inputs = experiment.method.inputs
+    split = pipeline.training_split(prepared, splits.train, experiment.data, inputs, experiment.method.name, {})
+    train = pipeline.train_dataset(split, inputs, experiment.data, experiment.train.seed, res.data_cpus,
+                                   range(experiment.total_epochs), actors=res.data_actors)
     trainer = ray.train.torch.TorchTrainer(
         instrumented_worker_loop,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "train_rows": len(splits.train),
+        train_loop_config={"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
+                           "rank_rows": split.table.num_rows, "first_epoch": 0,
                            "bench": {"log": os.path.join(workdir, "epochs.jsonl"), "sync": sync,
                                      "prefetch_batches": args.prefetch_batches}},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name="trainer-overhead", storage_path=os.path.join(workdir, "storage"),
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets={"train": train,
+        datasets={"train_0": train,
                   "val": pipeline.eval_dataset(prepared, splits.val)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # one worker: as fgray.trial
     )
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
           f"Ray epochs {args.epochs}, plain segments of {args.steps} steps "
           f"({'interleaved' if args.interleave else 'before/after Ray'})\n"
           f"          Ray: {args.cpus:g} CPUs, worker {res.cpus_per_worker:g} CPU, data tasks {res.data_cpus:g} CPU, "
-          f"shuffle buffer {experiment.data.shuffle_buffer} rows, prefetch_batches "
+          f"view actors {res.data_actors}, prefetch_batches "
           f"{args.prefetch_batches if args.prefetch_batches is not None else 'default (1)'}"
           f"; "
           f"load avg {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)

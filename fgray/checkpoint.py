@@ -1,21 +1,26 @@
-"""Trial checkpoints as plain files (no Ray): ``state.pt`` + ``experiment.json`` + ``meta.json``.
+"""Trial checkpoints as plain files (no Ray): ``state.pt`` + ``experiment.json`` + ``facts.json``
++ ``meta.json`` (epoch, stage, metrics).
 
 Frozen pretrained parts a method lists in ``state_exclude`` (e.g. a CLIP teacher) are not
-saved: they are rebuilt from their own weights file when the method is constructed.
+saved: they are rebuilt from their own weights file when the method is constructed. The dataset
+facts the method was built with are saved beside it, so evaluation rebuilds the same method.
 """
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from fgray.config import ExperimentConfig
+from fgray.data.inputs import DatasetFacts
 from fgray.methods.base import Method
 
 STATE_FILE = "state.pt"
 EXPERIMENT_FILE = "experiment.json"
+FACTS_FILE = "facts.json"
 META_FILE = "meta.json"
 
 
@@ -23,9 +28,10 @@ def method_state(method: Method) -> dict[str, torch.Tensor]:
     return {k: v for k, v in method.state_dict().items() if not k.startswith(method.state_exclude or ("\0",))}
 
 
-def save(directory: str, method: Method, experiment: ExperimentConfig, epoch: int, metrics: dict[str, float],
-         optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None, scaler: Any = None) -> None:
-    """Write a checkpoint of the state after ``epoch`` (1-based) into ``directory``."""
+def save(directory: str, method: Method, experiment: ExperimentConfig, facts: DatasetFacts, stage: str,
+         epoch: int, metrics: dict[str, float], optimizer: torch.optim.Optimizer | None = None,
+         scheduler: Any = None, scaler: Any = None) -> None:
+    """Write a checkpoint of the state after ``epoch`` (1-based, inside ``stage``) into ``directory``."""
     os.makedirs(directory, exist_ok=True)
     state = {
         "method": method_state(method),
@@ -33,27 +39,40 @@ def save(directory: str, method: Method, experiment: ExperimentConfig, epoch: in
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
-        "rng": torch.get_rng_state(),
+        "stage": stage,
     }
     torch.save(state, os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, EXPERIMENT_FILE), "w") as f:
         f.write(experiment.model_dump_json(indent=2))
+    with open(os.path.join(directory, FACTS_FILE), "w") as f:
+        json.dump(asdict(facts), f, indent=2)
     with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump({"epoch": epoch, "metrics": metrics}, f, indent=2)
+        json.dump({"epoch": epoch, "stage": stage, "metrics": metrics}, f, indent=2)
 
 
-def load(directory: str, method: Method, optimizer=None, scheduler=None, scaler=None) -> int:
-    """Restore what ``save`` wrote; returns the number of finished epochs."""
+def load(directory: str, method: Method) -> dict[str, Any]:
+    """Load the method's weights from ``directory``; returns the saved state (epoch, stage, optimiser
+    states) for ``restore_optimizer``."""
     state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
     missing, unexpected = method.load_state_dict(state["method"], strict=False)
     missing = [k for k in missing if not k.startswith(method.state_exclude or ("\0",))]
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {directory} does not fit the method: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(f"checkpoint {directory} does not fit the method: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+    return state
+
+
+def restore_optimizer(state: dict[str, Any], optimizer=None, scheduler=None, scaler=None) -> None:
+    """Continue the optimiser, LR schedule and loss scaler of a checkpoint taken mid-stage."""
     for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler"), (scaler, "scaler")):
         if obj is not None and state.get(key) is not None:
             obj.load_state_dict(state[key])
-    torch.set_rng_state(state["rng"])
-    return int(state["epoch"])
+
+
+def read_facts(directory: str) -> DatasetFacts:
+    with open(os.path.join(directory, FACTS_FILE)) as f:
+        facts = json.load(f)
+    return DatasetFacts(**{**facts, "class_names": tuple(facts["class_names"])})
 
 
 def read_experiment(directory: str) -> ExperimentConfig:

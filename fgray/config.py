@@ -19,7 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fgray.data.protocols import dataset_spec
-from fgray.methods.registry import method_config_classes
+from fgray.methods.registry import method_configs
+from fgray.profiles import apply_profile
 # ConfigError is the error type of every config check (the CLI catches it from here).
 from fgray.validation import ConfigError, parse_set, set_dotted, validate
 
@@ -46,7 +47,6 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.25, gt=0, lt=1)  # of training classes (open) / images (closed)
     split_seed: int = 0  # which training classes/images become validation
     eval_crop: float = Field(0.875, gt=0, le=1)  # eval view: resize to image_size / eval_crop, centre-crop
-    shuffle_buffer: int = Field(256, ge=0)  # local shuffle buffer (rows) on top of file/block-order shuffling
     synthetic: SyntheticOptions = SyntheticOptions()
 
     @model_validator(mode="after")
@@ -231,7 +231,7 @@ class PaperConfig(Strict):
 
 
 def _method_union():
-    classes = method_config_classes()
+    classes = list(method_configs().values())
     return Annotated[Union[tuple(classes)], Field(discriminator="name")]  # noqa: UP007
 
 
@@ -245,6 +245,11 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of a whole trial, over all the method's stages (what ASHA's time axis counts)."""
+        return sum(stage.epochs for stage in self.method.stages(self.train.epochs))
 
     @model_validator(mode="before")
     @classmethod
@@ -288,8 +293,6 @@ def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), 
         raise ConfigError(f"{path}: expected a mapping of sections (name, method, data, ...), got {type(data).__name__}")
     data.setdefault("name", path.stem)
     if profile is not None:  # the profile first, so that explicit --set values win over it
-        from fgray.profiles import apply_profile
-
         data = apply_profile(profile, data)
     for assignment in sets:
         set_dotted(data, *parse_set(assignment))

@@ -1,7 +1,9 @@
 """Plain-PyTorch training and evaluation loops (no Ray): used by trial.py, benchmarks and tests.
 
-Batches arrive as dicts of CPU tensors from any iterable (Ray Data shards in a trial, a
-list in tests); images are uint8 (B, 3, H, W) and are normalised here, on the device.
+Batches arrive as dicts of CPU tensors or numpy arrays from any iterable (Ray Data shards in a
+trial, a list in tests); images (any uint8 array shaped (..., 3, H, W)) are normalised here, on
+the device. A method reads only the keys its config declares (``DeclaredBatch``); its stages
+(``cfg.stages``) are run by ``fgray.stages``.
 """
 from __future__ import annotations
 
@@ -17,27 +19,50 @@ import torch
 from torch import Tensor, nn
 
 from fgray.config import ExperimentConfig, TrainConfig
+from fgray.data.inputs import DatasetFacts
 from fgray.eval import retrieval_metrics
 from fgray.methods import create_method
 from fgray.methods.base import Method
+from fgray.methods.configs import Stage
 from fgray.models import build_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_KEYS = ("view1", "view2", "image")
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf: the trial fails with this message instead of training on garbage."""
 
 
-def build_method(experiment: ExperimentConfig) -> Method:
+def build_method(experiment: ExperimentConfig, facts: DatasetFacts) -> Method:
     """The experiment's method around a freshly built timm backbone (weights: ``backbone.pretrained``)."""
     backbone = build_backbone(experiment.backbone.name, experiment.backbone.pretrained,
                               image_size=experiment.data.image_size,
                               drop_path_rate=experiment.backbone.drop_path_rate,
                               model_kwargs=experiment.backbone.model_kwargs)
-    return create_method(experiment.method, backbone)
+    return create_method(experiment.method, backbone, facts)
+
+
+class UndeclaredInputError(KeyError):
+    """A method read a batch key its config's ``inputs`` does not declare."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+class DeclaredBatch(dict):
+    """A training batch that names the method and its declared keys when an undeclared key is read."""
+
+    def __init__(self, values: dict, method: str, declared: tuple[str, ...]):
+        super().__init__(values)
+        self.method, self.declared = method, declared
+
+    def __missing__(self, key):
+        raise UndeclaredInputError(f"method {self.method!r} read batch key {key!r}, which its config does "
+                                   f"not declare in inputs (declared: {', '.join(self.declared) or 'none'})")
+
+    def get(self, key, default=None):
+        return self[key] if key in self or key not in self.declared else default
 
 
 def unwrap(model: nn.Module) -> Method:
@@ -45,38 +70,54 @@ def unwrap(model: nn.Module) -> Method:
     return model.module if hasattr(model, "module") else model
 
 
-def to_device(batch: dict, device: torch.device) -> dict[str, Tensor]:
-    """Move tensors to ``device``; uint8 image tensors become normalised float (B, 3, H, W)."""
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move arrays to ``device``; uint8 images (..., 3, H, W) become normalised float; strings
+    (image ids) stay on the host as numpy arrays."""
     out = {}
     for key, value in batch.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+            value = torch.from_numpy(value)
         if not isinstance(value, Tensor):
-            value = torch.as_tensor(np.asarray(value)) if isinstance(value, np.ndarray) else value
-        if not isinstance(value, Tensor):
-            continue  # strings (image ids) stay on the host
+            out[key] = value
+            continue
         value = value.to(device, non_blocking=True)
-        if key in IMAGE_KEYS and value.dtype == torch.uint8:
+        if is_image(value):
             value = normalize_images(value)
         out[key] = value
     return out
 
 
+def is_image(value: Tensor) -> bool:
+    """uint8 with 3 channels third from last: (B, 3, H, W) views or (B, M, 3, H, W) crops."""
+    return value.dtype == torch.uint8 and value.ndim >= 4 and value.shape[-3] == 3
+
+
 def normalize_images(images: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    """uint8 (..., 3, H, W) -> float, ImageNet mean/std per channel."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
     return (images.float() / 255.0 - mean) / std
 
 
-def build_optimizer(param_groups: list[dict], cfg: TrainConfig, world_size: int = 1) -> torch.optim.Optimizer:
-    lr = cfg.lr * cfg.batch_size * world_size / 256 if cfg.scale_lr else cfg.lr
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(param_groups, lr=lr, weight_decay=cfg.weight_decay)
+def build_optimizer(param_groups: list[dict], cfg: TrainConfig, world_size: int = 1,
+                    stage: Stage | None = None) -> torch.optim.Optimizer:
+    """The stage's optimiser (default ``train.optimizer`` / ``train.lr``); a group's ``lr_scale``
+    multiplies the base rate; other group keys (name, fixed_lr) stay in the optimiser's groups."""
+    lr = stage.lr if stage is not None and stage.lr is not None else cfg.lr
+    lr = lr * cfg.batch_size * world_size / 256 if cfg.scale_lr else lr
+    groups = [{**g, "lr": lr * g.get("lr_scale", 1.0)} for g in param_groups]
+    kind = stage.optimizer if stage is not None and stage.optimizer else cfg.optimizer
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step LR schedule from torch.optim.lr_scheduler: linear warm-up, then cosine/step/constant."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,
+                    epochs: int | None = None):
+    """Per-step LR schedule from torch.optim.lr_scheduler over ``epochs`` (default ``train.epochs``):
+    linear warm-up, then cosine/step/constant."""
     sched = torch.optim.lr_scheduler
-    total = max(1, cfg.epochs * steps_per_epoch)
+    total = max(1, (epochs or cfg.epochs) * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
     if cfg.schedule == "cosine":
         main = sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
@@ -123,6 +164,7 @@ def train_one_epoch(
     """One pass over ``batches`` (at most ``steps_per_epoch`` steps); ``epoch`` is 0-based."""
     model.train()
     method = unwrap(model)
+    declared = method.cfg.inputs.keys
     sums: dict[str, float] = defaultdict(float)
     steps = images = 0
     wait = 0.0
@@ -135,7 +177,7 @@ def train_one_epoch(
         except StopIteration:
             break
         wait += time.perf_counter() - t0
-        batch = to_device(batch, device)
+        batch = DeclaredBatch(to_device(batch, device), method.name, declared)
         with autocast_context(device, amp):
             out = model(batch)
         loss = out["loss"]
@@ -154,8 +196,9 @@ def train_one_epoch(
             _clip(method, grad_clip)
             optimizer.step()
         scheduler.step()
+        _hold_fixed_lrs(optimizer)
         steps += 1
-        images += batch["view1"].shape[0]
+        images += len(next(iter(batch.values())))
         method.after_step(min(1.0, (epoch * steps_per_epoch + steps) / (epochs * steps_per_epoch)))
         for key, value in out.items():
             sums[key] += float(value.detach())
@@ -166,6 +209,13 @@ def train_one_epoch(
         images_per_second=images / elapsed,
         data_wait_fraction=wait / elapsed,
     )
+
+
+def _hold_fixed_lrs(optimizer: torch.optim.Optimizer) -> None:
+    # A group marked fixed_lr (SimSiam's predictor) keeps its initial rate whatever the schedule does.
+    for group in optimizer.param_groups:
+        if group.get("fixed_lr"):
+            group["lr"] = group["initial_lr"]
 
 
 def _clip(method: Method, grad_clip: float | None) -> None:

@@ -41,3 +41,11 @@ def attention_kl(target: Tensor, prediction: Tensor, eps: float = 1e-7) -> Tenso
     p = p / (p.sum(dim=1, keepdim=True) + eps)
     q = q / (q.sum(dim=1, keepdim=True) + eps)
     return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(dim=1).mean()
+
+
+def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
+    """SimSiam Eq. 1 with its stop-gradient (Eq. 3's D): D(p, z) = -(p / ||p||) . (z / ||z||), batch mean.
+
+    prediction p, target z: (B, D); no gradient flows into ``target`` (stopgrad(z)).
+    """
+    return -(F.normalize(prediction, dim=1) * F.normalize(target.detach(), dim=1)).sum(dim=1).mean()

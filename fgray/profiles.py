@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable
 
-from fgray.config import ConfigError
+from fgray.validation import ConfigError  # not fgray.config: config imports this module
 
 
 def _smoke(data: dict[str, Any]) -> dict[str, Any]:

@@ -1,92 +1,26 @@
-"""Sweep outputs: one console line per trial-epoch, and ``summary.json``, ``results.parquet``,
-``report.md`` (ours beside the paper's table) and plots in ``<storage>/<sweep name>/``."""
+"""Renders a sweep's trial records (``fgray.results``) into ``summary.json``,
+``results.parquet``, ``report.md`` (ours beside the paper's table) and plots in
+``<storage>/<sweep name>/``. No Ray here: the console lines during a sweep are
+``fgray.cli_progress``'s."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any
 
 import pandas as pd
-from ray.tune import Callback
 
 from fgray.config import SweepConfig
-from fgray.trial import latest_checkpoint, overrides_from
+from fgray.results import finite, rank_trials
 
 PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
 
 
-class ProgressPrinter(Callback):
-    """Replaces Tune's tables with one readable line per trial-epoch and per trial outcome."""
-
-    def __init__(self, epochs: int, metric: str):
-        self.epochs, self.metric = epochs, metric
-        self.names: dict[str, str] = {}
-
-    def _name(self, trial) -> str:
-        return self.names.setdefault(trial.trial_id, f"trial {len(self.names) + 1:>2} ({trial.trial_id})")
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        losses = " ".join(f"{k.removeprefix('train/')} {v:.3f}" for k, v in result.items()
-                          if k.startswith("train/loss") and isinstance(v, (int, float)))
-        value = result.get(self.metric)
-        shown = f"{self.metric} {_fmt(self.metric, value)}" if value is not None else ""
-        print(f"{self._name(trial)} epoch {result.get('epoch', '?')}/{self.epochs}  {losses}  {shown}  "
-              f"[{result.get('train/images_per_s', 0):.0f} img/s, {result.get('time/epoch_s', 0):.0f} s]", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        params = ", ".join(f"{k}={_fmt('', v)}" for k, v in (trial.config or {}).items())
-        print(f"{self._name(trial)} finished  {params}", flush=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        reason = str(getattr(trial, "error_msg", None) or "see its error.txt").strip().splitlines()
-        print(f"{self._name(trial)} FAILED: {reason[-1] if reason else ''}", flush=True)
-
-
-def _fmt(key: str, value: Any) -> str:
+def format_value(key: str, value: Any) -> str:
+    """A value as the console and report.md show it: metrics in %, other floats to 4 digits."""
     if isinstance(value, float):
         return f"{100 * value:.2f}%" if any(p in key for p in PERCENT_METRICS) else f"{value:.4g}"
     return str(value)
-
-
-def collect_trials(results, sweep: SweepConfig, storage: str) -> list[dict[str, Any]]:
-    """One record per trial: the params it ran, status, last metrics and checkpoint."""
-    trials = []
-    for result in results:
-        metrics = dict(result.metrics or {})
-        trial_id = metrics.get("trial_id") or os.path.basename(str(result.path)).split("_")[-3:-2][0]
-        params = dict(result.config or {})
-        overrides = overrides_from(params, sweep)
-        status = "error" if result.error else ("completed" if metrics.get("epoch") == sweep.train.epochs else "stopped")
-        trials.append({
-            "trial_id": trial_id,
-            "params": params,
-            "overrides": overrides,
-            "status": status,
-            "error": _error_line(result.error),
-            "epochs": metrics.get("epoch"),
-            "metrics": {k: v for k, v in metrics.items() if k.startswith(("val/", "train/")) and _finite(v)},
-            "checkpoint": latest_checkpoint(storage, sweep.name, trial_id),
-        })
-    return trials
-
-
-def _error_line(error: BaseException | None) -> str | None:
-    """The root cause of a trial failure in one line (Ray wraps it in several tracebacks)."""
-    if error is None:
-        return None
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    causes = [line for line in lines if "Error: " in line and not line.startswith(("ray.", "File "))]
-    return (causes or lines or [type(error).__name__])[-1]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
-    scored = [t for t in trials if metric in t["metrics"] and t["checkpoint"]]
-    return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
 
 
 def _paper_row(sweep: SweepConfig, overrides: dict[str, Any]):
@@ -163,7 +97,10 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     lines = [f"# {sweep.name}", "",
              f"method **{sweep.method.name}**, backbone {sweep.backbone.name}, data {sweep.data.name} "
              f"({summary['data'].get('split') or sweep.data.protocol}); {summary['num_trials']} trials, "
-             f"{summary['num_errors']} failed; search metric `{metric}` ({sweep.search.mode}). Metrics in %.", ""]
+             f"{summary['num_errors']} failed; search metric `{metric}` ({sweep.search.mode}). Metrics in %.", "",
+             "Training stages (one epoch counter): " + " -> ".join(
+                 f"{stage.name} ({stage.epochs} epochs)" for stage in sweep.method.stages(sweep.train.epochs)) + ".",
+             ""]
     keys = sorted({k for t in summary["trials"] for k in t["overrides"]})
     header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in shown], *[f"test {m}" for m in shown]]
     has_paper = any(t["paper"] for t in summary["trials"])
@@ -174,7 +111,8 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     for t in summary["trials"]:
         test = t.get("test") or {}
         cells = [t["trial_id"] + (" **best**" if t["trial_id"] == summary["best"] else ""),
-                 *[_fmt("", t["overrides"].get(k, "")) for k in keys], t["status"], str(t["epochs"] or "-"),
+                 *[format_value("", t["overrides"].get(k, "")) for k in keys],
+                 t["status"], str(t["epochs"] or "-"),
                  *[_pct(t["metrics"].get(f"val/{m}")) for m in shown], *[_pct(test.get(m)) for m in shown]]
         if has_paper:
             cells += [f"{(t['paper'] or {}).get(k, float('nan')):.2f}" if t["paper"] and k in t["paper"] else "-"
@@ -215,7 +153,7 @@ def _probe_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _pct(value: Any) -> str:
-    return f"{100 * value:.2f}" if _finite(value) else "-"
+    return f"{100 * value:.2f}" if finite(value) else "-"
 
 
 def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None:

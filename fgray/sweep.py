@@ -10,9 +10,10 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
-from fgray.config import ConfigError, SweepConfig, grid_points, load_sweep, validate
+from fgray.config import (ConfigError, ExperimentConfig, SweepConfig, grid_points, load_sweep,
+                          validate)
 from fgray.profiles import PROFILES
 
 DEFAULT_RANDOM_SAMPLES = 8
@@ -119,7 +120,7 @@ def build_search(sweep: SweepConfig):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from fgray.trial import POINT_KEY
+    from fgray.results import POINT_KEY
 
     search = sweep.search
     rows, num_samples = planned_trials(sweep)
@@ -144,7 +145,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from fgray.report import ProgressPrinter
+    from fgray.cli_progress import ProgressPrinter
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
@@ -157,7 +158,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     space, search_alg, num_samples = build_search(sweep)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.train.epochs, grace_period=search.scheduler.grace_period,
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.experiment().total_epochs, grace_period=search.scheduler.grace_period,
                                reduction_factor=search.scheduler.reduction_factor)
                  if search.scheduler.name == "asha" else FIFOScheduler())
     return tune.Tuner(
@@ -169,21 +170,78 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
                                     # controller alive, and with it the workers' placement group (CPUs/GPUs).
                                     reuse_actors=False),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
-                                  callbacks=[ProgressPrinter(sweep.train.epochs, search.metric)],
+                                  callbacks=[ProgressPrinter(sweep.experiment().total_epochs, search.metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
+
+
+# (models: [(experiment, checkpoint path or None for the untrained backbone)], embedding cache
+# folder) -> test metrics of each model, in order, each with the "split" it was scored on
+EvaluateSplit = Callable[[list[tuple[ExperimentConfig, str | None]], str | None],
+                         list[dict[str, Any]]]
+
+
+def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]],
+                  evaluate: EvaluateSplit | None = None) -> dict[str, Any]:
+    """Test metrics of the best ``eval.test_top`` trials (chosen on validation) and of the
+    untrained backbone, each printed as one line.
+
+    Models that share their data and eval settings are evaluated together: one decode and one
+    actor start per split. ``evaluate(models, cache_dir)`` scores a group (default:
+    ``fgray.eval.distributed.evaluate_split``; tests pass a fake one and need no Ray).
+    """
+    from fgray.results import rank_trials
+
+    if evaluate is None:
+        from fgray.eval.distributed import evaluate_split as evaluate
+    best = rank_trials(trials, sweep.search.metric, sweep.search.mode)[: sweep.eval.test_top]
+    cache_dir = f"{storage}/{sweep.name}/_embeddings"
+    models = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
+    if best and sweep.eval.baseline:
+        models.append(("baseline", (sweep.experiment(best[0]["overrides"]), None)))
+    groups: dict[str, list] = {}
+    for name, model in models:
+        key = model[0].data.model_dump_json() + model[0].eval.model_dump_json()
+        groups.setdefault(key, []).append((name, model))
+    results: dict[str, dict[str, Any]] = {}
+    for group in groups.values():
+        scored = evaluate([model for _, model in group], cache_dir)
+        results.update(zip([name for name, _ in group], scored))
+
+    out: dict[str, Any] = {"trials": {}}
+    for trial in best:
+        result = results[trial["trial_id"]]
+        out["protocol"] = result.pop("split")
+        out["trials"][trial["trial_id"]] = result
+        print(f"test ({trial['trial_id']}): {_headline(result)}", flush=True)
+    if "baseline" in results:
+        experiment = models[-1][1][0]
+        baseline = results["baseline"]
+        baseline.pop("split")
+        baseline["init"] = "pretrained weights" if experiment.backbone.pretrained else "random init"
+        out["baseline"] = baseline
+        print(f"test (untrained {experiment.backbone.name}, {baseline['init']}): "
+              f"{_headline(baseline)}", flush=True)
+    return out
+
+
+def _headline(result: dict[str, Any]) -> str:
+    probe = [k for k in result if k.startswith("probe@") and k.endswith("/top1")]
+    return (f"recall@1 {100 * result['recall@1']:.2f}%"
+            + (f", {probe[0]} {100 * result[probe[0]]:.2f}%" if probe else ""))
 
 
 def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate the best trials on test, write the report."""
     from fgray.data import pipeline
-    from fgray.eval.distributed import evaluate_best
-    from fgray.report import collect_trials, write_outputs
+    from fgray.report import write_outputs
+    from fgray.results import collect_trials
 
     start_ray()
     pipeline.resolve_dataset(sweep.data)  # generate/verify the data once, before trials race for it
     results = build_tuner(sweep, storage, resume).fit()
-    trials = collect_trials(results, sweep, storage)
+    trials = collect_trials(results, storage, sweep.name, epochs=sweep.experiment().total_epochs,
+                            points=sweep.search.points)
     tests = evaluate_best(sweep, storage, trials)
     return write_outputs(sweep, storage, trials, tests)
 

@@ -12,9 +12,9 @@ never build a model, and the seconds of imports they skip are on every trial's s
 """
 from __future__ import annotations
 
-import os
 import tempfile
 import time
+from dataclasses import asdict
 from typing import Any, Callable, Iterator
 
 import ray
@@ -26,83 +26,76 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from fgray import checkpoint as ckpt
 from fgray.config import ExperimentConfig, SweepConfig
-from fgray.data import pipeline
-
-POINT_KEY = "point"  # param-space key of a ``search.points`` row index
-
-
-def overrides_from(params: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
-    """Tune's sampled params (dotted keys, maybe a table-row index) -> dotted overrides."""
-    overrides = {k: v for k, v in params.items() if k != POINT_KEY}
-    if POINT_KEY in params:
-        overrides.update(sweep.search.points[int(params[POINT_KEY])])
-    return overrides
-
-
-def train_run_dir(storage: str, sweep_name: str) -> str:
-    """Where the Train runs (and so the checkpoints) of a sweep's trials live."""
-    return f"{storage.rstrip('/')}/{sweep_name}"
-
-
-def train_run_name(trial_id: str) -> str:
-    return f"train-{trial_id}"
+from fgray.data import embedding_cache, pipeline
+from fgray.data.inputs import DatasetFacts
+from fgray.results import checkpoint_epoch, latest_checkpoint, overrides_from, train_run_dir, train_run_name
 
 
 def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) -> None:
-    """Tune trainable: fit one TorchTrainer for the experiment these params select."""
+    """Tune trainable: fit one TorchTrainer for the experiment these params select.
+
+    It builds exactly the inputs the method declares: its frozen encoders' embeddings (once per
+    storage, ``embedding_cache``), then one dataset of training batches per DDP rank (a rank's
+    share of every epoch's permutation, from the epoch a resumed trial restarts at) and the
+    encoded validation rows.
+    """
     sweep_cfg = SweepConfig.model_validate(sweep)
     experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg))
-    res = experiment.resources
-    prepared = pipeline.resolve_dataset(experiment.data)
-    splits = pipeline.assign(prepared, experiment.data)
+    res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
+    prepared = pipeline.resolve_dataset(data)
+    splits = pipeline.assign(prepared, data)
     empty = [name for name in ("train", "val") if len(getattr(splits, name)) == 0]
     if empty:  # fail before any worker starts, with the reason, rather than after an epoch
         raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
-                         f"more images per class or another data.val_fraction (now {experiment.data.val_fraction})")
-    attach = None
-    if "teacher_embedding" in experiment.method.required_columns:
-        from fgray.data import teacher_cache  # PP-SSL teacher_mode cached: CLIP embeddings computed once
-
-        cache = teacher_cache.ensure_cache(prepared, splits.train, experiment.data, experiment.method.teacher, storage,
-                                           use_gpu=True if res.gpus_per_worker > 0 else None)
-        attach = teacher_cache.attacher(cache, res.data_cpus)
-    datasets = {
-        # Every epoch in one dataset, read through one iterator (see pipeline.train_dataset); a
-        # resumed run stops reading early, and the unread passes are never computed.
-        "train": pipeline.train_dataset(prepared, splits.train, experiment.data, res.data_cpus,
-                                        passes=experiment.train.epochs, actors=res.data_actors, attach=attach),
-        "val": pipeline.eval_dataset(prepared, splits.val),  # decoded once, in the worker (ValBatches)
-    }
+                         f"more images per class or another data.val_fraction (now {data.val_fraction})")
+    use_gpu = True if res.gpus_per_worker > 0 else None
+    caches = {key: embedding_cache.ensure_cache(spec, prepared, data, storage, res.data_cpus, use_gpu)
+              for key, spec in inputs.embeddings}
+    split = pipeline.training_split(prepared, splits.train, data, inputs, experiment.method.name, caches)
+    trial_id = tune.get_context().get_trial_id()
+    # A resumed trial (``--resume``) reads only the epochs it has left.
+    first_epoch = checkpoint_epoch(latest_checkpoint(storage, sweep_cfg.name, trial_id))
+    world, seed = res.workers_per_trial, experiment.train.seed
+    epochs = range(first_epoch, experiment.total_epochs)
+    datasets = {f"train_{rank}": pipeline.train_dataset(split, inputs, data, seed, res.data_cpus, epochs, rank,
+                                                        world, actors=res.data_actors)
+                for rank in range(world)}
+    datasets["val"] = pipeline.eval_dataset(prepared, splits.val)  # decoded once, in the worker (ValBatches)
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "train_rows": len(splits.train)},
+        train_loop_config={"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
+                           "rank_rows": split.table.num_rows // world, "first_epoch": first_epoch},
         scaling_config=ScalingConfig(
-            num_workers=res.workers_per_trial,
+            num_workers=world,
             use_gpu=res.gpus_per_worker > 0,
-            resources_per_worker={"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
+            resources_per_worker={"CPU": res.cpus_per_worker,
+                                  **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
         ),
         run_config=RunConfig(
-            name=train_run_name(tune.get_context().get_trial_id()),
+            name=train_run_name(trial_id),
             storage_path=train_run_dir(storage, sweep_cfg.name),
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
         datasets=datasets,
-        # A single worker reads the dataset itself: streaming_split's coordinator actor costs a
-        # whole CPU core on small blocks (measured: 93 % of a core, starving the worker).
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"] if res.workers_per_trial > 1 else []),
+        # Every rank reads its own dataset whole: no streaming_split coordinator (measured: 93 % of a
+        # core on small blocks, starving a single worker), and each rank's rows are fixed by the seed.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
 
 
 def worker_loop(config: dict[str, Any]) -> None:
-    """Runs in every Train worker: DDP training with per-epoch validation and checkpoints."""
+    """Runs in every Train worker: the method's stages in order (``fgray.stages``), DDP training with
+    per-epoch validation and checkpoints; a restarted worker group resumes inside the right stage."""
     import torch
 
-    from fgray.engine import build_method, build_optimizer, build_scheduler, evaluate, train_one_epoch, unwrap
+    from fgray.engine import build_method, evaluate
+    from fgray.stages import StageRunner
 
     experiment = ExperimentConfig.model_validate(config["experiment"])
+    facts = DatasetFacts(**{**config["facts"], "class_names": tuple(config["facts"]["class_names"])})
     train_cfg, ks = experiment.train, experiment.eval.ks
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -111,54 +104,53 @@ def worker_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_worker)))
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
-    device = ray.train.torch.get_device()
-    method = build_method(experiment)
-    model = ray.train.torch.prepare_model(method)
-    method = unwrap(model)
-    full_steps = max(1, config["train_rows"] // (train_cfg.batch_size * world))
+    method = build_method(experiment, facts)
+    full_steps = max(1, config["rank_rows"] // train_cfg.batch_size)
     steps_per_epoch = min(full_steps, train_cfg.steps_per_epoch or full_steps)
-    optimizer = build_optimizer(method.param_groups(), train_cfg, world)
-    scheduler = build_scheduler(optimizer, train_cfg, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and train_cfg.amp != "off"
-                                  and not torch.cuda.is_bf16_supported())
-
-    start_epoch, last_val = 0, {}
+    runner = StageRunner(method, experiment, steps_per_epoch, ray.train.torch.get_device(), rank, world,
+                         wrap=ray.train.torch.prepare_model)
+    state, last_val = None, {}
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
-            start_epoch = ckpt.load(directory, method, optimizer, scheduler, scaler)
+            state = ckpt.load(directory, method)
             last_val = {k: v for k, v in ckpt.read_meta(directory)["metrics"].items() if k.startswith("val/")}
+    start_epoch = state["epoch"] if state else 0
 
-    train_batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=train_cfg.batch_size, drop_last=True,
-        local_shuffle_buffer_size=experiment.data.shuffle_buffer or None))
+    train_batches = iter(ray.train.get_dataset_shard(f"train_{rank}").iter_batches(
+        batch_size=train_cfg.batch_size, drop_last=True, batch_format="numpy"))
+    # The dataset starts at the epoch the driver resumed from; a worker group restarted inside the
+    # same fit() starts later: skip the batches of the epochs it already trained.
+    for _ in range((start_epoch - config["first_epoch"]) * steps_per_epoch):
+        next(train_batches)
     val_batches = ValBatches(ray.train.get_dataset_shard("val"), experiment.eval.batch_size,
                              pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop))
-    for epoch in range(start_epoch, train_cfg.epochs):
-        started = time.perf_counter()
-        stats = train_one_epoch(
-            model, train_batches,
-            optimizer, scheduler, device, epoch=epoch, epochs=train_cfg.epochs, steps_per_epoch=steps_per_epoch,
-            amp=train_cfg.amp, grad_clip=train_cfg.grad_clip, scaler=scaler,
-        )
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, stats, runner: StageRunner) -> None:
+        nonlocal last_val, started
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
             **{f"train/{k}": v for k, v in stats.losses.items()},
             "train/steps": stats.steps,
             "train/images_per_s": stats.images_per_second * world,
             "train/data_wait": stats.data_wait_fraction,
-            "train/lr": optimizer.param_groups[0]["lr"],
+            "train/lr": runner.optimizer.param_groups[0]["lr"],
+            "train/stage": runner.stage_index,
         }
-        is_last = epoch + 1 == train_cfg.epochs
+        is_last = epoch + 1 == runner.plan.epochs
         # Validate when due, after the last epoch, and on the first report (Tune and ASHA need the metric).
         if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last or not last_val):
-            last_val = evaluate(method, val_batches, device, ks)
+            last_val = evaluate(method, val_batches, runner.device, ks)
             if not last_val.get("val/num_queries"):  # every metric NaN: Tune would stop the whole sweep
                 raise ValueError("validation: no query has a relevant image (each validation class has one image); "
                                  "the split needs classes with 2+ images (data.val_fraction)")
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
         metrics["time/epoch_s"] = time.perf_counter() - started
-        _report(metrics, method, experiment, epoch + 1, optimizer, scheduler, scaler, rank)
+        _report(metrics, runner, facts, epoch + 1)
+        started = time.perf_counter()
+
+    runner.run(train_batches, start_epoch, state, on_epoch)
 
 
 class ValBatches:
@@ -187,20 +179,11 @@ class ValBatches:
         self.kept = kept
 
 
-def _report(metrics, method, experiment, epoch, optimizer, scheduler, scaler, rank) -> None:
-    if rank != 0:
+def _report(metrics: dict[str, float], runner, facts: DatasetFacts, epoch: int) -> None:
+    if runner.rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as directory:
-        ckpt.save(directory, method, experiment, epoch, metrics, optimizer, scheduler, scaler)
+        ckpt.save(directory, runner.method, runner.experiment, facts, runner.stage.name, epoch, metrics,
+                  runner.optimizer, runner.scheduler, runner.scaler)
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-
-
-def latest_checkpoint(storage: str, sweep_name: str, trial_id: str) -> str | None:
-    """The newest checkpoint folder of a trial's Train run (local storage), or None."""
-    run_dir = os.path.join(os.path.expanduser(train_run_dir(storage, sweep_name)), train_run_name(trial_id))
-    if not os.path.isdir(run_dir):
-        return None
-    candidates = [os.path.join(run_dir, d) for d in os.listdir(run_dir) if d.startswith("checkpoint_")]
-    candidates = [d for d in candidates if os.path.isfile(os.path.join(d, ckpt.META_FILE))]
-    return max(candidates, key=lambda d: ckpt.read_meta(d)["epoch"], default=None)

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from fgray.methods.registry import method_config_classes
+from fgray.methods.registry import method_configs
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,7 @@ def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict)
     section: Any = model
     parts = loc.split(".")[:-1]
     if parts[:1] == ["method"]:  # a union of the method configs: pick the one the data names
-        section = method_config_classes_by_name().get((data.get("method") or {}).get("name"))
+        section = method_configs().get((data.get("method") or {}).get("name"))
         parts = parts[1:]
     for part in parts:
         fields = getattr(section, "model_fields", {})
@@ -76,10 +76,6 @@ def _unknown_key_hint(model: type[BaseModel], error: dict, loc: str, data: dict)
     names = list(getattr(section, "model_fields", {}))
     close = difflib.get_close_matches(loc.split(".")[-1], names, n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def method_config_classes_by_name() -> dict[str, type[BaseModel]]:
-    return {cls.model_fields["name"].default: cls for cls in method_config_classes()}
 
 
 def validate(model: type[BaseModel], data: Any, deep: bool = True):
@@ -92,7 +88,7 @@ def validate(model: type[BaseModel], data: Any, deep: bool = True):
         validated = model.model_validate(data, context={"schema_only": True})
         return model.model_validate(data) if deep else validated
     except ValidationError as err:
-        tags = set(method_config_classes_by_name())
+        tags = set(method_configs())
         lines = []
         for error in err.errors():
             loc = _loc(error, tags)

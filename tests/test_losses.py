@@ -6,7 +6,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fgray.losses import info_nce
+from fgray.losses import info_nce, negative_cosine
 
 
 def reference_info_nce(q, k, queue, t):
@@ -33,3 +33,26 @@ def test_info_nce_exact_small_case():
     negative = torch.tensor([[0.0, 1.0]])
     expected = -math.log(math.exp(1 / 0.5) / (math.exp(1 / 0.5) + 1.0))
     assert abs(float(info_nce(q, q, negative, 0.5)) - expected) < 1e-6
+
+
+def reference_negative_cosine(p, z):
+    """SimSiam Eq. 1, element by element: -(p/||p||) . (z/||z||), averaged over the batch."""
+    total = 0.0
+    for i in range(p.shape[0]):
+        dot = sum(float(a) * float(b) for a, b in zip(p[i], z[i]))
+        norm_p = math.sqrt(sum(float(a) ** 2 for a in p[i]))
+        norm_z = math.sqrt(sum(float(b) ** 2 for b in z[i]))
+        total += -dot / (norm_p * norm_z)
+    return total / p.shape[0]
+
+
+def test_negative_cosine_matches_reference_and_stops_the_target_gradient():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    loss = negative_cosine(p, z)
+    assert abs(float(loss.detach()) - reference_negative_cosine(p.detach(), z.detach())) < 1e-12
+    loss.backward()
+    assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0  # stopgrad(z), Eq. 3
+    same = torch.randn(3, 5, generator=g)
+    assert abs(float(negative_cosine(same, 2.5 * same)) + 1.0) < 1e-6  # parallel: the minimum, -1

@@ -1,63 +1,85 @@
-"""Registry-wide checks: every registered method trains, and only what should train gets gradients."""
+"""Registry-wide checks, driven by each method's declarations: a batch built from its declared inputs,
+one step, gradients only where they belong, a falling loss, normalised embeddings; every variant of
+a method's inputs (e.g. PP-SSL's cached teacher) is covered by ``VARIANTS``."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from fgray.config import ExperimentConfig
-from fgray.engine import build_optimizer
+from fgray.data.inputs import DatasetFacts
+from fgray.engine import (DeclaredBatch, UndeclaredInputError, build_method, build_optimizer, build_scheduler,
+                          train_one_epoch)
+from fgray.stages import StagePlan, stage_param_groups
 from fgray.methods import method_names
 from fgray.methods.registry import method_class
-from fgray.engine import build_method
+from tests.declared import declared_batch
 
 IMAGE_SIZE = 32
+FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size=IMAGE_SIZE)
+# Config variants whose declared inputs differ from the defaults.
+VARIANTS = {"ppssl": [{"teacher_mode": "cached"}]}
+CASES = [(name, {}) for name in method_names()] + [(n, v) for n, vs in VARIANTS.items() for v in vs]
+IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant in CASES]
 
 
-def make(name: str):
+def make(name: str, variant: dict | None = None):
     torch.manual_seed(0)
-    method_cfg = {"name": name, **method_class(name).smoke_overrides({"name": name})}
+    method_cfg = {"name": name, **method_class(name).smoke_overrides({"name": name}), **(variant or {})}
     experiment = ExperimentConfig(method=method_cfg, backbone={"name": "test_resnet"},
                                   data={"image_size": IMAGE_SIZE}, train={"lr": 0.05})
-    return build_method(experiment), experiment
+    return build_method(experiment, FACTS), experiment
 
 
-def fixed_batch(method, n: int = 8) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    images = torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
-    batch = {"view1": images, "view2": images + 0.05 * torch.randn(images.shape, generator=g)}
-    for column, dim in getattr(method, "extra_column_dims", {}).items():
-        batch[column] = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
-    return batch
+def batch_for(method) -> DeclaredBatch:
+    inputs = method.cfg.inputs
+    return DeclaredBatch(declared_batch(inputs, FACTS), method.name, inputs.keys)
 
 
-@pytest.mark.parametrize("name", method_names())
-def test_step_runs_and_only_trainable_parameters_get_gradients(name):
-    method, _ = make(name)
-    out = method.training_step(fixed_batch(method))
-    assert "loss" in out and torch.isfinite(out["loss"]) and out["loss"].ndim == 0
-    out["loss"].backward()
-    trainable = {id(p) for group in method.param_groups() for p in group["params"]}
-    for pname, param in method.named_parameters():
-        if id(param) in trainable:
-            assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}: no gradient for {pname}"
-        else:
-            assert param.grad is None, f"{name}: frozen/momentum parameter {pname} got a gradient"
-            assert not param.requires_grad, f"{name}: {pname} requires grad but is not optimised"
+def test_every_method_is_covered():
+    assert {"mocov2", "ppssl", "simsiam"} <= set(method_names())
 
 
-@pytest.mark.parametrize("name", method_names())
-def test_embedding_is_l2_normalised(name):
-    method, _ = make(name)
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_declared_batch_holds_exactly_the_declared_keys(name, variant):
+    method, _ = make(name, variant)
+    assert set(batch_for(method)) == set(method.cfg.inputs.keys)
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_step_runs_and_only_trainable_parameters_get_gradients(name, variant):
+    method, experiment = make(name, variant)
+    for stage in StagePlan.of(experiment).stages:
+        method.zero_grad(set_to_none=True)
+        trainable = {id(p) for group in stage_param_groups(method, stage) for p in group["params"]}
+        method.start_stage(stage)
+        out = method.training_step(batch_for(method))
+        assert "loss" in out and torch.isfinite(out["loss"]) and out["loss"].ndim == 0
+        out["loss"].backward()
+        for pname, param in method.named_parameters():
+            if id(param) in trainable:
+                assert param.grad is not None and torch.isfinite(param.grad).all(), f"{name}: no gradient for {pname}"
+            else:
+                assert param.grad is None, f"{name}: frozen/momentum parameter {pname} got a gradient"
+                assert not param.requires_grad, f"{name}: {pname} requires grad but is not optimised"
+        # (timm zero-initialises each residual branch's last BN, so single weights may get exact zeros)
+        assert sum(float(p.grad.abs().sum()) for p in method.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_embedding_is_l2_normalised_of_the_declared_dimension(name, variant):
+    method, _ = make(name, variant)
     method.eval()
     emb = method.embed(torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE))
-    assert emb.shape[0] == 3 and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert emb.shape == (3, method.embed_dim) and torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", method_names())
-def test_loss_falls_on_a_fixed_batch(name):
-    method, experiment = make(name)
-    optimizer = build_optimizer(method.param_groups(), experiment.train)
-    batch = fixed_batch(method)
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_loss_falls_on_a_fixed_batch(name, variant):
+    method, experiment = make(name, variant)
+    stage = StagePlan.of(experiment).stages[-1]
+    optimizer = build_optimizer(stage_param_groups(method, stage), experiment.train, stage=stage)
+    batch = batch_for(method)
     # Negative queues would fill with this very batch's keys and move the target; hold them fixed.
     queues = {n: b.clone() for n, b in method.named_buffers() if "queue" in n}
     losses = []
@@ -72,3 +94,29 @@ def test_loss_falls_on_a_fixed_batch(name):
         method.after_step(step / 8)
         losses.append(float(out["loss"].detach()))
     assert min(losses[-3:]) < losses[0], f"{name}: loss did not fall: {losses}"
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_momentum_and_frozen_parameters_are_in_no_group(name, variant):
+    method, _ = make(name, variant)
+    grouped = [id(p) for group in method.param_groups() for p in group["params"]]
+    assert len(grouped) == len(set(grouped)), f"{name}: a parameter sits in two groups"
+    frozen = {id(p) for n, p in method.named_parameters() if n.startswith(method.ddp_ignore_prefixes)}
+    assert not frozen & set(grouped)
+
+
+def test_reading_an_undeclared_key_fails_the_first_step_with_one_line():
+    method, experiment = make("mocov2")
+
+    def reads_labels(batch):
+        return {"loss": method.moco.query(method.moco.backbone.feature_map(batch["view1"])).sum() * batch["label"]}
+
+    method.training_step = reads_labels
+    stage = StagePlan.of(experiment).stages[0]
+    optimizer = build_optimizer(stage_param_groups(method, stage), experiment.train, stage=stage)
+    batch = {k: v.numpy() if torch.is_tensor(v) else v for k, v in batch_for(method).items()}
+    with pytest.raises(UndeclaredInputError) as err:
+        train_one_epoch(method, [batch], optimizer, build_scheduler(optimizer, experiment.train, 1),
+                        torch.device("cpu"), epoch=0, epochs=1, steps_per_epoch=1)
+    message = str(err.value)
+    assert "\n" not in message and "'label'" in message and "mocov2" in message and "view1, view2" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from fgray.config import ExperimentConfig
+from fgray.data.inputs import DatasetFacts
 from fgray.methods.mocov2 import MoCoV2
 from fgray.methods.parts import KeyQueue, momentum_update
 from fgray.engine import build_method
@@ -12,7 +13,8 @@ from fgray.engine import build_method
 def small_moco(**overrides) -> MoCoV2:
     torch.manual_seed(0)
     method = {"name": "mocov2", "queue_size": 8, "proj_dim": 4, "hidden_dim": 16, **overrides}
-    return build_method(ExperimentConfig(method=method, backbone={"name": "test_resnet"}, data={"image_size": 32}))
+    return build_method(ExperimentConfig(method=method, backbone={"name": "test_resnet"}, data={"image_size": 32}),
+                        DatasetFacts(num_classes=2, image_size=32))
 
 
 def test_queue_is_fifo_and_wraps():

@@ -1,25 +1,92 @@
-"""The trial data path: one multi-pass training dataset, and validation batches kept in memory."""
+"""The trial data path: declared inputs, one multi-epoch training dataset per rank whose batches are
+the same in every run, whole-split shuffling, and validation batches kept in memory."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fgray.config import DataConfig
 from fgray.data import pipeline
+from fgray.data.inputs import Inputs, ViewRecipe
+from fgray.data.pipeline import epoch_order
 from fgray.trial import ValBatches
 
 
-def test_train_dataset_holds_every_pass_of_every_image(ray_local, tmp_path, monkeypatch):
+def _synthetic(tmp_path, monkeypatch, **options):
     monkeypatch.setenv("FGRAY_CACHE", str(tmp_path))
-    data = DataConfig(name="synthetic", image_size=32, synthetic={"num_classes": 4, "images_per_class": 5})
+    data = DataConfig(name="synthetic", image_size=32, synthetic={"num_classes": 4, "images_per_class": 5, **options})
     prepared = pipeline.resolve_dataset(data)
-    ids = pipeline.assign(prepared, data).train
-    rows = 0
-    for batch in pipeline.train_dataset(prepared, ids, data, cpus_per_task=0.25, batch_rows=4, passes=3).iter_batches(
-            batch_size=8, batch_format="numpy"):
-        assert batch["view1"].shape[1:] == batch["view2"].shape[1:] == (3, 32, 32)
-        assert batch["view1"].dtype == np.uint8 and not np.array_equal(batch["view1"], batch["view2"])
-        rows += len(batch["view1"])
-    assert rows == 3 * len(ids)
+    return data, prepared, pipeline.assign(prepared, data)
+
+
+def _batches(ds, size=8):
+    return list(ds.iter_batches(batch_size=size, batch_format="numpy"))
+
+
+def test_train_dataset_holds_the_declared_inputs_of_every_epoch(ray_local, tmp_path, monkeypatch):
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    inputs = Inputs(views=(ViewRecipe("moco_pair"),), columns=("label", "image_id"))
+    split = pipeline.training_split(prepared, splits.train, data, inputs, "test", {})
+    # Labels are the training classes re-indexed 0..C-1 (never test classes).
+    assert split.facts.num_classes == len(split.label_map) and sorted(split.label_map.values()) == list(
+        range(split.facts.num_classes))
+    ds = pipeline.train_dataset(split, inputs, data, seed=0, cpus_per_task=0.25, epochs=range(3), batch_rows=4)
+    batches = _batches(ds)
+    assert all(set(b) == {"view1", "view2", "label", "image_id"} for b in batches)
+    assert batches[0]["view1"].shape[1:] == (3, 32, 32) and batches[0]["view1"].dtype == np.uint8
+    ids = np.concatenate([b["image_id"] for b in batches])
+    labels = np.concatenate([b["label"] for b in batches])
+    assert len(ids) == 3 * len(splits.train) and set(ids) == set(splits.train.astype(str))
+    assert set(labels) == set(range(split.facts.num_classes))
+    first, second = ids[: len(splits.train)], ids[len(splits.train): 2 * len(splits.train)]
+    assert sorted(first) == sorted(second) and list(first) != list(second)  # a new permutation each epoch
+
+
+def test_train_batches_are_identical_across_runs_and_actor_counts(ray_local, tmp_path, monkeypatch):
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    inputs = Inputs(views=(ViewRecipe("moco_pair"),), columns=("image_id",))
+    split = pipeline.training_split(prepared, splits.train, data, inputs, "test", {})
+
+    def run(actors, epochs=range(2)):
+        ds = pipeline.train_dataset(split, inputs, data, seed=7, cpus_per_task=0.25, epochs=epochs,
+                                    batch_rows=4, actors=actors)
+        return _batches(ds)
+
+    one, again, two = run(1), run(1), run(2)
+    for a, b, c in zip(one, again, two):
+        assert list(a["image_id"]) == list(b["image_id"]) == list(c["image_id"])
+        assert np.array_equal(a["view1"], b["view1"]) and np.array_equal(a["view1"], c["view1"])
+    # A resumed trial builds its dataset from a later epoch: it draws what the full run drew there.
+    rows = len(splits.train)
+    resumed = np.concatenate([b["view2"] for b in run(1, range(1, 2))])
+    assert np.array_equal(resumed[:rows], np.concatenate([b["view2"] for b in one])[rows: 2 * rows])
+
+
+def test_epoch_order_mixes_classes_like_a_random_permutation():
+    labels = np.repeat(np.arange(18), 64)  # class-sorted, as the synthetic shards are
+    batch = 64
+    classes = [len(set(labels[epoch_order(len(labels), seed, 0)][i: i + batch]))
+               for seed in range(5) for i in range(0, len(labels) - batch + 1, batch)]
+    rng = np.random.default_rng(123)
+    reference = [len(set(rng.choice(labels, batch, replace=False))) for _ in range(len(classes))]
+    assert abs(np.mean(classes) - np.mean(reference)) < 0.3 and np.mean(classes) > 17
+    # Ranks deal one permutation: disjoint, together the whole split.
+    parts = [epoch_order(10, 3, 1, rank, 3) for rank in range(3)]
+    assert sorted(np.concatenate(parts)) == list(range(10))
+
+
+def test_method_needing_boxes_on_a_dataset_without_boxes_is_one_line(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    inputs = Inputs(views=(ViewRecipe("object_background"),), columns=("label",))
+    table = pipeline.read_rows(prepared, splits.train, ["image", "image_id", "label", "bbox"])
+    no_boxes = table.set_column(table.schema.get_field_index("bbox"), "bbox",
+                                pa.nulls(table.num_rows, table.schema.field("bbox").type))
+    monkeypatch.setattr(pipeline, "read_rows", lambda *a, **k: no_boxes)
+    with pytest.raises(ValueError) as err:
+        pipeline.training_split(prepared, splits.train, data, inputs, "dva", {})
+    assert "\n" not in str(err.value) and "needs boxes" in str(err.value) and "'dva'" in str(err.value)
 
 
 class _Shard:

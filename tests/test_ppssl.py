@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from fgray.config import ConfigError, ExperimentConfig, load_sweep, validate
 from fgray.methods.configs import PPSSLConfig, TeacherConfig, read_corpus
-from fgray.methods.ppssl import PPSSL, attention_map
+from fgray.data.inputs import DatasetFacts
+from fgray.methods.parts import attention_map
+from fgray.methods.ppssl import PPSSL
 from fgray.models import build_backbone
 from fgray.models.clip import TINY_MODEL
 
@@ -25,7 +27,7 @@ TINY = TeacherConfig(model=TINY_MODEL, pretrained="random")
 def make(backbone: str = "test_resnet", **overrides) -> PPSSL:
     torch.manual_seed(0)
     cfg = PPSSLConfig(**{"queue_size": 64, "hidden_dim": 32, "proj_dim": 16, "teacher": TINY, **overrides})
-    return PPSSL(cfg, build_backbone(backbone, image_size=SIZE))
+    return PPSSL(cfg, build_backbone(backbone, image_size=SIZE), DatasetFacts(num_classes=2, image_size=SIZE))
 
 
 def batch(n: int = 4, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -198,7 +200,12 @@ def test_teacher_frozen_eval_and_not_checkpointed(method):
     assert not any(p.requires_grad for p in method.teacher.parameters())
     state = method_state(method)
     assert state and not any(k.startswith("teacher.") or k == "text_embeddings" for k in state)
-    assert all(n.startswith(("teacher.", "text_embeddings")) for n in method._ddp_params_and_buffers_to_ignore)
+    from fgray.methods.parts import ddp_ignore
+
+    ignored = ddp_ignore(method, method.ddp_ignore_prefixes)
+    assert ignored == method._ddp_params_and_buffers_to_ignore  # the attribute DDP reads
+    assert {n for n in ignored if n.startswith(("teacher.", "text_embeddings"))}
+    assert all(n.startswith(("teacher.", "text_embeddings", "moco.key_", "moco.queue.")) for n in ignored)
 
 
 def test_text_embeddings_computed_once():
@@ -272,8 +279,9 @@ def test_switches_skip_the_computation():
 def test_cached_teacher_mode_reads_the_batch():
     m = make(teacher_mode="cached")
     assert not hasattr(m, "teacher") and m.text_embeddings.shape[0] == 8
-    assert m.cfg.required_columns == ("teacher_embedding",)
-    assert make().cfg.required_columns == ()
+    assert m.cfg.inputs.keys == ("view1", "view2", "teacher_embedding")
+    assert make().cfg.inputs.keys == ("view1", "view2")
+    assert dict(m.cfg.inputs.embeddings)["teacher_embedding"] == m.cfg.teacher.encoder()
     b = batch()
     with pytest.raises(KeyError, match="teacher_embedding"):
         m(b)
@@ -372,17 +380,20 @@ def test_sweep_files_validate_with_and_without_smoke(name):
 
 
 # ------------------------------------------------------------------------------------------------
-# Cached teacher embeddings (the Ray Data UDFs, called directly: no Ray cluster needed)
+# Cached teacher embeddings (the embedding cache's actor and reader, called directly: no Ray cluster)
 
 
-def test_teacher_cache_udfs_roundtrip(tmp_path, method):
+def test_cached_teacher_embeddings_roundtrip(tmp_path, method):
+    import functools
     import io
 
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from PIL import Image
 
     from fgray.config import DataConfig
-    from fgray.data.teacher_cache import _AttachEmbeddings, _Embedder, read_cache
+    from fgray.data.embedding_cache import EmbedActor, frozen_encoder
+    from fgray.data.pipeline import lookup_embeddings, read_embeddings
     from fgray.engine import normalize_images
 
     rng = np.random.default_rng(0)
@@ -394,17 +405,19 @@ def test_teacher_cache_udfs_roundtrip(tmp_path, method):
         encoded.append(buffer.getvalue())
         arrays.append(array)
     data = DataConfig(image_size=SIZE, eval_crop=1.0)
-    embedder = _Embedder(TINY.model_dump(), data.image_size, data.eval_crop)
+    factory = functools.partial(frozen_encoder, TINY.encoder().model_dump_json(), data.image_size)
+    actor = EmbedActor([factory], data.image_size, data.eval_crop)
     ids = np.array(["a/1", "a/2", "b/3"])
-    table = embedder({"image": np.array(encoded, dtype=object), "image_id": ids})
-    pq.write_table(table, tmp_path / "part-0.parquet")
-    got_ids, embeddings = read_cache(str(tmp_path))
+    out = actor({"image": np.array(encoded, dtype=object), "image_id": ids})
+    flat = pa.array(out["embedding_0"].reshape(-1), type=pa.float32())
+    pq.write_table(pa.table({"image_id": out["image_id"],
+                             "embedding": pa.FixedSizeListArray.from_arrays(flat, out["embedding_0"].shape[1])}),
+                   tmp_path / "part-0.parquet")
+    got_ids, embeddings = read_embeddings(str(tmp_path))
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
     expected = method.teacher.encode_image(normalize_images(images)).numpy()  # same seed -> same teacher
     np.testing.assert_allclose(embeddings[np.argsort(got_ids)], expected, atol=1e-5)
-    attach = _AttachEmbeddings(str(tmp_path))
-    out = attach({"image": np.array(encoded[:2][::-1], dtype=object), "image_id": ids[:2][::-1]})
-    assert set(out) == {"image", "teacher_embedding"}
-    np.testing.assert_allclose(out["teacher_embedding"], expected[[1, 0]], atol=1e-5)
-    with pytest.raises(KeyError, match="no cached teacher embedding"):
-        attach({"image": np.array(encoded[:1], dtype=object), "image_id": np.array(["zz/9"])})
+    positions, matrix = lookup_embeddings(str(tmp_path), ids[:2][::-1])
+    np.testing.assert_allclose(matrix[[positions[i] for i in ids[:2][::-1]]], expected[[1, 0]], atol=1e-5)
+    with pytest.raises(KeyError, match="no cached embedding"):
+        lookup_embeddings(str(tmp_path), np.array(["zz/9"]))

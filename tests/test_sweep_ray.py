@@ -62,3 +62,32 @@ def test_nan_loss_is_a_recorded_failure(ray_local, tmp_path):
     summary = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())
     assert code == 1 and summary["num_trials"] == summary["num_errors"] == 1
     assert "non-finite loss" in summary["trials"][0]["error"]
+
+
+def test_ddp_trial_of_a_new_method_on_the_declared_data_path(ray_local, tmp_path):
+    # SimSiam with two DDP workers (gloo on CPU): each rank reads its own share of every epoch.
+    sweep = os.path.join(REPO, "sweeps", "simsiam.yaml")
+    code = main([sweep, "--profile", "smoke", "--storage", str(tmp_path), "--set", "search.space={}",
+                 "--set", "search.num_samples=1", "--set", "resources.workers_per_trial=2",
+                 "--set", "resources.cpus_per_worker=0.5", "--set", "resources.max_concurrent_trials=1"])
+    summary = json.loads((tmp_path / "simsiam-smoke" / "summary.json").read_text())
+    assert code == 0 and summary["num_errors"] == 0 and summary["method"] == "simsiam", summary["trials"]
+    trial = summary["trials"][0]
+    assert trial["status"] == "completed" and "train/loss_sim" in trial["metrics"]
+    assert 0.0 < trial["test"]["recall@1"] <= 1.0
+
+
+def test_cached_embeddings_are_computed_once_and_reach_the_batches(ray_local, tmp_path):
+    # PP-SSL's CLIP teacher in cached mode: the embedding cache (a Ray Data actor pool) runs once per
+    # storage; the trial's batches carry each image's embedding, looked up by image id.
+    sweep = os.path.join(REPO, "sweeps", "ppssl_alpha_beta.yaml")
+    args = [sweep, "--profile", "smoke", "--storage", str(tmp_path), "--set", "method.teacher_mode=cached",
+            "--set", "search.num_samples=1", "--set", "train.epochs=1", "--set", "search.points=[]",
+            "--set", "eval.baseline=false"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "ppssl_alpha_beta-smoke" / "summary.json").read_text())
+    assert summary["num_errors"] == 0 and "train/loss_ais" in summary["trials"][0]["metrics"]
+    caches = list((tmp_path / "_embedding_cache").glob("*/*/_COMPLETE"))
+    assert len(caches) == 1
+    assert main([*args, "--set", "name=again"]) == 0  # a later sweep on the same storage reuses it
+    assert list((tmp_path / "_embedding_cache").glob("*/*/_COMPLETE")) == caches

@@ -1,9 +1,10 @@
 """Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
 
 The encoded rows of a split are read once (pyarrow, predicate pushed into the scan) into the
-object store. Training views are decoded and augmented by a Ray Data actor pool, re-executed every
-epoch so each epoch sees new views; block order plus a local buffer shuffle the rows each epoch.
-Evaluation rows stay encoded until the process that embeds them (``EvalViews``): a Train worker
+object store. Training batches hold exactly the inputs a method declares (``fgray.data.inputs``):
+a tiny index dataset lists (row, epoch) in a seeded whole-split permutation per epoch, and a Ray
+Data actor pool turns each index row into that image's views (``fgray.data.views``), columns and
+cached embeddings, under a per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the process that embeds them (``EvalViews``): a Train worker
 for the small validation split, the embedding actors for large test splits.
 
 torchvision (``fgray.data.transforms``) is imported only where images are decoded: the Tune
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -25,6 +26,7 @@ import ray
 import ray.data
 
 from fgray.config import ConfigError, DataConfig
+from fgray.data.inputs import DatasetFacts, Inputs, image_seed
 from fgray.data.protocols import SplitAssignment, assign_splits
 from fgray.data.schema import MANIFEST_NAME, Manifest
 
@@ -80,9 +82,9 @@ def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
                          val_fraction=data.val_fraction, seed=data.split_seed)
 
 
-def read_rows(prepared: PreparedDataset, image_ids: np.ndarray, columns: list[str]) -> pa.Table:
-    """The rows of ``image_ids`` (encoded images, not decoded), filtered inside the Parquet scan."""
-    wanted = pc.field("image_id").isin(pa.array(np.asarray(image_ids).astype(str)))
+def read_rows(prepared: PreparedDataset, image_ids: np.ndarray | None, columns: list[str]) -> pa.Table:
+    """The rows of ``image_ids`` (None: every image), encoded, filtered inside the Parquet scan."""
+    wanted = None if image_ids is None else pc.field("image_id").isin(pa.array(np.asarray(image_ids).astype(str)))
     dataset = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root))
     return dataset.to_table(columns=sorted({*columns, "image_id"}), filter=wanted).select(columns)
 
@@ -98,23 +100,80 @@ def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     return ray.data.from_arrow(blocks or [table])
 
 
-class _TwoViews:
-    """Ray Data actor: decodes and draws two MoCo v2 views per image.
+class _Views:
+    """Ray Data actor: index rows (``row``, ``epoch``) -> the declared inputs of each image.
 
-    An actor lives for the whole trial; plain tasks were each started in a fresh worker process
-    after the first trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
+    It holds the split's encoded rows (one shared copy in the object store) and draws every
+    image's views under its own seed, ``image_seed(train.seed, epoch, image_id)``: the batches are
+    bit-identical whichever actor or worker draws them and however many there are. An actor lives
+    for the whole trial; plain tasks were each started in a fresh worker process after the first
+    trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
     """
 
-    def __init__(self, image_size: int):
-        from fgray.data import transforms
+    def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
+                 label_map: dict[int, int] | None, caches: dict[str, str]):
+        import torch
 
-        self.two_views = transforms.two_views
-        self.augment = transforms.moco_v2_augmentation(image_size)
+        from fgray.data import transforms, views
 
-    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        views = self.two_views(batch["image"], self.augment)
-        # Per-image numeric columns added by an ``attach`` step (e.g. cached teacher embeddings) pass through.
-        return {**views, **{k: np.asarray(v) for k, v in batch.items() if k not in ("image", "image_id")}}
+        self.torch, self.decode = torch, transforms.decode
+        self.table = ray.get(table_ref[0])
+        self.inputs, self.seed = inputs, seed
+        self.recipes = [views.build_recipe(view, image_size) for view in inputs.views]
+        self.label_map = label_map
+        ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+        self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
+
+    def __call__(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = self.table.take(pa.array(index["row"]))
+        ids = rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+        out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
+        boxes = _boxes(rows) if "bbox" in rows.column_names else None
+        for i, (encoded, image_id, epoch) in enumerate(zip(rows.column("image").to_pylist(), ids, index["epoch"])):
+            image = self.decode(encoded)
+            box = None if boxes is None or np.isnan(boxes[i]).any() else self.torch.from_numpy(boxes[i])
+            self.torch.manual_seed(image_seed(self.seed, int(epoch), image_id))
+            for recipe in self.recipes:
+                for key, value in recipe(image, box).items():
+                    out[key].append(value)
+        batch = {key: self.torch.stack(values).numpy() for key, values in out.items()}
+        columns = self.inputs.columns
+        if "label" in columns:
+            labels = rows.column("label").to_numpy()
+            batch["label"] = np.array([self.label_map[int(v)] for v in labels], dtype=np.int64)
+        if "bbox" in columns:
+            batch["bbox"] = boxes
+        if "image_id" in columns:
+            batch["image_id"] = ids
+        for key, (positions, matrix) in self.embeddings.items():
+            batch[key] = matrix[[positions[i] for i in ids]]
+        return batch
+
+
+def _boxes(rows: pa.Table) -> np.ndarray:
+    """(N, 4) float32 x1, y1, x2, y2; NaN rows where an image has no box."""
+    values = rows.column("bbox").to_pylist()
+    return np.array([v if v is not None else [np.nan] * 4 for v in values], dtype=np.float32).reshape(-1, 4)
+
+
+def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids (N,), embeddings (N, d) float32) of an embedding-cache folder (``embedding_cache``)."""
+    fs, local = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    table = pads.dataset(local, filesystem=fs, format="parquet").to_table()  # _COMPLETE is ignored (prefix "_")
+    column = table.column("embedding").combine_chunks()
+    embeddings = np.asarray(column.flatten(), dtype=np.float32).reshape(len(table), -1)
+    return table.column("image_id").to_numpy(zero_copy_only=False).astype(str), embeddings
+
+
+def lookup_embeddings(path: str, image_ids: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
+    """(image id -> row, (N, d) float32) of a cache folder, checked to cover ``image_ids``."""
+    ids, matrix = read_embeddings(path)
+    positions = {image_id: row for row, image_id in enumerate(ids)}
+    missing = [i for i in image_ids if i not in positions]
+    if missing:
+        raise KeyError(f"{len(missing)} images have no cached embedding in {path}, e.g. {missing[0]!r}: "
+                       "delete the cache folder to rebuild it")
+    return positions, matrix
 
 
 class EvalViews:
@@ -131,28 +190,67 @@ class EvalViews:
         return {**batch, "image": self.eval_images(batch["image"], self.transform)}
 
 
-def train_dataset(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig,
-                  cpus_per_task: float, batch_rows: int = 64, passes: int = 1, actors: int = 1,
-                  attach: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None) -> ray.data.Dataset:
-    """Two augmented uint8 views per image, columns ``view1``, ``view2``: (3, S, S).
+@dataclass(frozen=True)
+class TrainingSplit:
+    """A trial's training rows and what the method is built with."""
 
-    ``passes``: that many passes over the images, each in its own random block order with its own
-    views, as one dataset. A trial reads all its epochs through one iterator, so the pipeline
-    keeps prefetching across epoch boundaries instead of restarting cold every epoch (measured
-    in bench/trainer_overhead.py: data wait 18-31 % per-epoch iterators -> 0.2 % one iterator).
-    ``actors``: augmentation actors (each ``cpus_per_task``) feeding this dataset.
-    ``attach``: an optional step on the raw rows (``image``, ``image_id``) that adds per-image numeric
-    columns by id and drops ``image_id`` (e.g. ``teacher_cache.attacher``); they reach the batches as-is.
+    table: pa.Table  # encoded rows: image, image_id, label (+ bbox when the inputs need boxes)
+    facts: DatasetFacts
+    label_map: dict[int, int]  # dataset label -> training class 0..C-1
+    table_ref: Any  # the table in the object store: one copy that every rank's view actors share
+
+
+def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataConfig,
+                  caches: dict[str, str] | None = None) -> tuple[DatasetFacts, dict[int, int]]:
+    """The facts a method is built with, and dataset label -> training class 0..C-1 (sorted labels)."""
+    classes = np.unique(read_rows(prepared, train_ids, ["label"]).column("label").to_numpy())
+    names = prepared.manifest.classes
+    facts = DatasetFacts(num_classes=len(classes), image_size=data.image_size, caches=dict(caches or {}),
+                         class_names=tuple(names[c] if c < len(names) else str(c) for c in classes))
+    return facts, {int(c): i for i, c in enumerate(classes)}
+
+
+def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig, inputs: Inputs,
+                   method: str, caches: dict[str, str]) -> TrainingSplit:
+    """The training rows a method's inputs need, its dataset facts and the re-indexed labels."""
+    table = read_rows(prepared, image_ids, sorted({*inputs.shard_columns, "label"}))
+    if inputs.needs_boxes:
+        missing = table.column("bbox").null_count
+        if missing:
+            raise ValueError(f"data: method {method!r} needs boxes, but {missing} of {table.num_rows} training "
+                             f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
+    facts, label_map = dataset_facts(prepared, image_ids, data, caches)
+    return TrainingSplit(table, facts, label_map, ray.put(table))
+
+
+def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Row positions of one rank in one epoch: a permutation of the whole split (seeded by the trial's
+    seed and the epoch, so every class is spread over every batch), dealt round-robin to the ranks."""
+    return np.random.default_rng([seed, epoch]).permutation(rows)[rank::world]
+
+
+def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, cpus_per_task: float,
+                  epochs: range, rank: int = 0, world: int = 1, batch_rows: int = 64,
+                  actors: int = 1) -> ray.data.Dataset:
+    """The declared inputs of every training image, for each epoch in ``epochs``, as one dataset.
+
+    Each epoch is a fresh permutation of the whole split (``epoch_order``) with fresh views. A
+    trial reads all its epochs through one iterator, so the pipeline keeps prefetching across
+    epoch boundaries instead of restarting cold every epoch (measured in bench/trainer_overhead.py:
+    data wait 18-31 % per-epoch iterators -> 0.2 % one iterator); the order of the rows is kept,
+    so a trial's batches are the same in every run. ``actors``: view actors (each ``cpus_per_task``).
     """
-    columns = ["image", "image_id"] if attach is not None else ["image"]
-    rows = row_blocks(read_rows(prepared, image_ids, columns), batch_rows)
-    shuffled = [rows.randomize_block_order() for _ in range(max(1, passes))]
-    ds = shuffled[0].union(*shuffled[1:]) if len(shuffled) > 1 else shuffled[0]
-    if attach is not None:
-        ds = attach(ds)
+    rows = [epoch_order(split.table.num_rows, seed, e, rank, world) for e in epochs]
+    # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
+    order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
+    index = ray.data.from_arrow(order or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})])
+    index.context.execution_options.preserve_order = True
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
-    return ds.map_batches(_TwoViews, fn_constructor_kwargs={"image_size": data.image_size}, concurrency=actors,
-                          batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
+    return index.map_batches(
+        _Views, fn_constructor_kwargs={"table_ref": [split.table_ref], "inputs": inputs,
+                                       "image_size": data.image_size, "seed": seed,
+                                       "label_map": split.label_map, "caches": split.facts.caches},
+        concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
 
 
 def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, batch_rows: int = 128) -> ray.data.Dataset:

@@ -1,8 +1,9 @@
-"""Distributed evaluation: embeddings extracted by a Ray Data actor pool (one GPU per actor when
-the cluster has GPUs; several models per pass), cached by (checkpoint, dataset, transform) with
+"""Distributed evaluation: embeddings extracted by the shared Ray Data actor pool
+(``embedding_cache.EmbedActor``: one GPU per actor when the cluster has GPUs; several models per pass), cached by (checkpoint, dataset, transform) with
 image ids as keys, then exact search with faiss in a Ray task placed on a GPU when there is one."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import posixpath
@@ -18,54 +19,38 @@ import ray.train
 import torch
 
 from fgray import checkpoint as ckpt
-from fgray.config import ExperimentConfig, SweepConfig
+from fgray.config import ExperimentConfig
 from fgray.data import pipeline
+from fgray.data.embedding_cache import cluster_gpus, embed_rows
+from fgray.data.inputs import DatasetFacts
 from fgray.eval.linear_probe import linear_probe_fractions
 from fgray.eval.metrics import retrieval_metrics
 
 
-class _Embedder:
-    """Ray Data actor: the models of one evaluation, each loaded once; every batch is decoded once
-    and embedded by each model (column ``embedding_<i>`` for the i-th model)."""
+def trained_method(experiment_json: str, checkpoint: str | None, facts: DatasetFacts):
+    """Model factory (runs in ``EmbedActor``): a method from its checkpoint (local or URI) with the
+    dataset facts it was trained with, or the untrained backbone (checkpoint None); returns its ``embed``."""
+    from fgray.engine import build_method
 
-    def __init__(self, models: list[tuple[str, str | None]], image_size: int, eval_crop: float):
-        from fgray.engine import build_method, to_device
-
-        self.methods = []
-        for experiment_json, checkpoint_path in models:
-            experiment = ExperimentConfig.model_validate_json(experiment_json)
-            torch.manual_seed(experiment.train.seed)  # untrained baseline == the trials' initial weights
-            method = build_method(experiment)
-            if checkpoint_path:
-                with ray.train.Checkpoint(checkpoint_path).as_directory() as directory:
-                    ckpt.load(directory, method)
-            self.methods.append(method)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        for method in self.methods:
-            method.to(self.device).eval()
-        self.to_device = to_device
-        # Decoding happens here too: one stage, so a CPU-only cluster never waits on a second pool.
-        self.views = pipeline.EvalViews(image_size, eval_crop)
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = self.to_device({"image": self.views(batch)["image"]}, self.device)["image"]
-        embeddings = {f"embedding_{i}": method.embed(images).float().cpu().numpy()
-                      for i, method in enumerate(self.methods)}
-        return {**embeddings, "label": batch["label"], "image_id": batch["image_id"]}
+    experiment = ExperimentConfig.model_validate_json(experiment_json)
+    torch.manual_seed(experiment.train.seed)  # untrained baseline == the trials' initial weights
+    if checkpoint:
+        with ray.train.Checkpoint(checkpoint).as_directory() as directory:
+            method = build_method(experiment, ckpt.read_facts(directory))
+            ckpt.load(directory, method)
+    else:
+        method = build_method(experiment, facts)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return method.to(device).eval().embed
 
 
 def _metrics(*args, **kwargs) -> dict[str, float]:
     """retrieval_metrics on a GPU of the cluster when it has one (a Ray task), else right here: on a
     CPU-only cluster a task would only add a process start to the same CPU work."""
-    if not _cluster_gpus():
+    if not cluster_gpus():
         return retrieval_metrics(*args, **kwargs)
     search = ray.remote(num_cpus=1, num_gpus=1)(retrieval_metrics)
     return ray.get(search.remote(*args, device="cuda", **kwargs))
-
-
-def _cluster_gpus() -> int:
-    return int(ray.cluster_resources().get("GPU", 0))
 
 
 Model = tuple[ExperimentConfig, "str | None"]  # (experiment, checkpoint path or None for the untrained backbone)
@@ -105,16 +90,10 @@ def embed_images(models: list[Model], prepared: pipeline.PreparedDataset, image_
 def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np.ndarray) -> pa.Table:
     """One Ray Data pass: columns image_id, label, embedding_<i> for each of ``models``."""
     experiment = models[0][0]
-    gpus = _cluster_gpus()
-    ds = pipeline.eval_dataset(prepared, ids, experiment.eval.batch_size)
-    ds = ds.map_batches(_Embedder,
-                        fn_constructor_kwargs={"models": [(e.model_dump_json(), c) for e, c in models],
-                                               "image_size": experiment.data.image_size,
-                                               "eval_crop": experiment.data.eval_crop},
-                        compute=ray.data.ActorPoolStrategy(size=max(1, min(gpus, 8))),
-                        num_gpus=1 if gpus else 0, num_cpus=1 if gpus else experiment.resources.data_cpus,
-                        batch_size=experiment.eval.batch_size, batch_format="numpy")
-    return pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
+    facts, _ = pipeline.dataset_facts(prepared, pipeline.assign(prepared, experiment.data).train, experiment.data)
+    factories = [functools.partial(trained_method, e.model_dump_json(), c, facts) for e, c in models]
+    rows = pipeline.eval_dataset(prepared, ids, experiment.eval.batch_size)
+    return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus)
 
 
 def _cache_key(experiment, checkpoint_path, prepared, image_ids) -> str:
@@ -191,44 +170,3 @@ def _probe(embeddings: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, t
         return {"probe_note": "skipped: no test class occurs in the training images"}
     return linear_probe_fractions(embeddings[train_rows], labels[train_rows], embeddings[test_rows], labels[test_rows],
                                   fractions=fractions, seed=seed)
-
-
-def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """Test metrics of the best ``eval.test_top`` trials (chosen on validation) and of the untrained backbone.
-
-    Models that share their data and eval settings are evaluated together: one decode and one actor
-    start per split.
-    """
-    from fgray.report import rank_trials
-
-    best = rank_trials(trials, sweep.search.metric, sweep.search.mode)[: sweep.eval.test_top]
-    cache_dir = f"{storage}/{sweep.name}/_embeddings"
-    models: list[tuple[str, Model]] = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
-    if best and sweep.eval.baseline:
-        models.append(("baseline", (sweep.experiment(best[0]["overrides"]), None)))
-    groups: dict[str, list[tuple[str, Model]]] = {}
-    for name, model in models:
-        groups.setdefault(model[0].data.model_dump_json() + model[0].eval.model_dump_json(), []).append((name, model))
-    results: dict[str, dict[str, Any]] = {}
-    for group in groups.values():
-        results.update(zip([name for name, _ in group], evaluate_split([model for _, model in group], cache_dir)))
-
-    out: dict[str, Any] = {"trials": {}}
-    for trial in best:
-        result = results[trial["trial_id"]]
-        out["protocol"] = result.pop("split")
-        out["trials"][trial["trial_id"]] = result
-        print(f"test ({trial['trial_id']}): {_headline(result)}", flush=True)
-    if "baseline" in results:
-        experiment = models[-1][1][0]
-        baseline = results["baseline"]
-        baseline.pop("split")
-        baseline["init"] = "pretrained weights" if experiment.backbone.pretrained else "random init"
-        out["baseline"] = baseline
-        print(f"test (untrained {experiment.backbone.name}, {baseline['init']}): {_headline(baseline)}", flush=True)
-    return out
-
-
-def _headline(result: dict[str, Any]) -> str:
-    probe = [k for k in result if k.startswith("probe@") and k.endswith("/top1")]
-    return f"recall@1 {100 * result['recall@1']:.2f}%" + (f", {probe[0]} {100 * result[probe[0]]:.2f}%" if probe else "")

@@ -1,9 +1,11 @@
 """The interface every method implements (DESIGN.md §3).
 
-A batch is a dict of tensors already on the method's device and normalised:
-``view1``, ``view2``: (B, 3, H, W) two augmented views of each image (float, normalised);
-``index``: (B,) int64 row positions (stable per image, for caches keyed by image id);
-methods may declare extra per-image inputs in ``extra_columns`` (e.g. cached teacher embeddings).
+A method is built as ``Method(cfg, backbone, facts)``: its typed config, a timm backbone and the
+dataset's facts (``fgray.data.inputs.DatasetFacts``: training classes, image size, cache folders).
+Its config declares what a training batch holds (``cfg.inputs``) and its stages
+(``cfg.stages(epochs)``). A batch is a dict of tensors already on the method's device: images
+(uint8 in the pipeline) arrive as normalised float (B, 3, H, W), or (B, M, 3, H, W) for a
+recipe's crops; ``label`` (B,) int64 in 0..num_classes-1; cached embeddings (B, d) float32.
 """
 from __future__ import annotations
 
@@ -11,11 +13,22 @@ from abc import ABC, abstractmethod
 
 from torch import Tensor, nn
 
+from fgray.data.inputs import DatasetFacts
+from fgray.methods.configs import MethodConfig, Stage
+
 
 class Method(nn.Module, ABC):
     name: str  # set by @register_method
-    extra_columns: tuple[str, ...] = ()  # per-image columns it can read; its config's required_columns says which
     state_exclude: tuple[str, ...] = ()  # state_dict prefixes not checkpointed (frozen pretrained teachers)
+    # Parameter/buffer prefixes DDP neither synchronises nor broadcasts: momentum copies, queues and
+    # frozen teachers that every rank updates identically by itself (parts.ddp_ignore).
+    ddp_ignore_prefixes: tuple[str, ...] = ()
+    embed_dim: int  # width D of ``embed``'s output, set by each method
+
+    def __init__(self, cfg: MethodConfig, facts: DatasetFacts):
+        super().__init__()
+        self.cfg = cfg
+        self.facts = facts
 
     @classmethod
     def preflight(cls, config) -> None:
@@ -37,10 +50,14 @@ class Method(nn.Module, ABC):
     def after_step(self, progress: float) -> None:
         """Called after every optimiser step with training progress in [0, 1] (EMA, schedules)."""
 
+    def start_stage(self, stage: Stage) -> None:
+        """Called when a stage starts (also when a resumed trial re-enters it)."""
+
     @abstractmethod
     def embed(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, D) L2-normalised retrieval embedding."""
 
     def param_groups(self) -> list[dict]:
-        """What the optimiser trains; frozen and momentum parameters are excluded."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """What the optimiser trains, as named groups ``{"name", "params", "lr_scale"?}``; a stage's
+        ``groups`` picks among the names. Frozen and momentum parameters are in no group."""
+        return [{"name": "all", "params": [p for p in self.parameters() if p.requires_grad]}]

@@ -8,7 +8,63 @@ from __future__ import annotations
 import os
 from typing import Literal
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fgray.data.inputs import EncoderSpec, Inputs, ViewRecipe
+
+# name -> config class: the one registration point of a method's name (``@method_config``); the
+# method's module ``fgray.methods.<name>`` registers its class against it (registry.register_method).
+METHOD_CONFIGS: dict[str, type["MethodConfig"]] = {}
+
+
+def method_config(cls: type["MethodConfig"]) -> type["MethodConfig"]:
+    """Class decorator: make ``cls`` (whose ``name`` field defaults to the method's name) a method config."""
+    name = cls.model_fields["name"].default
+    if name in METHOD_CONFIGS:
+        raise ValueError(f"method config {name!r} registered twice")
+    METHOD_CONFIGS[name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a method (DESIGN.md §3): a trial runs its stages in order.
+
+    ``groups``: names of the method's parameter groups (``Method.param_groups``) trained in the
+    stage, the others frozen for it (None: all). ``lr`` / ``optimizer``: the stage's own base
+    learning rate and optimiser (None: ``train.lr`` / ``train.optimizer``); a group's ``lr_scale``
+    multiplies the base rate.
+    """
+
+    name: str
+    epochs: int
+    groups: tuple[str, ...] | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's config: the declarations the trial builds the data path from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+
+    @property
+    def inputs(self) -> Inputs:
+        """What a training batch holds (views, columns, cached embeddings)."""
+        raise NotImplementedError
+
+    @property
+    def supervised(self) -> bool:
+        """Reads training labels (so needs a training split with classes)."""
+        return "label" in self.inputs.columns
+
+    def stages(self, epochs: int) -> tuple[Stage, ...]:
+        """Ordered stages of a trial of ``epochs`` training epochs (``train.epochs``); one by default."""
+        return (Stage("train", epochs),)
 
 
 class TeacherConfig(BaseModel):
@@ -20,10 +76,14 @@ class TeacherConfig(BaseModel):
     image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
     seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
 
+    def encoder(self) -> EncoderSpec:
+        """The image tower as a cached-embedding encoder."""
+        return EncoderSpec(kind="open_clip", model=self.model, pretrained=self.pretrained,
+                           image_size=self.image_size, seed=self.seed)
 
-class MocoV2Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
+@method_config
+class MocoV2Config(MethodConfig):
     name: Literal["mocov2"] = "mocov2"
     temperature: float = Field(0.2, gt=0)  # T of InfoNCE (MoCo v2: 0.2)
     momentum: float = Field(0.999, ge=0, lt=1)  # key-encoder EMA ratio m
@@ -33,9 +93,24 @@ class MocoV2Config(BaseModel):
     hidden_dim: int = Field(2048, ge=1)  # hidden width of the MLP head
 
     @property
-    def required_columns(self) -> tuple[str, ...]:
-        """Per-image columns the data pipeline must add to this method's batches (its ``extra_columns``)."""
-        return ()
+    def inputs(self) -> Inputs:
+        return Inputs(views=(ViewRecipe("moco_pair"),))
+
+
+@method_config
+class SimSiamConfig(MethodConfig):
+    """SimSiam (Chen & He 2021): no negatives, no momentum encoder; a predictor and a stop-gradient."""
+
+    name: Literal["simsiam"] = "simsiam"
+    proj_dim: int = Field(2048, ge=1)  # projector output (paper: 2048)
+    proj_layers: int = Field(3, ge=2)  # projector depth (paper: 3 for ImageNet, 2 for CIFAR)
+    hidden_dim: int = Field(2048, ge=1)  # projector hidden width
+    pred_hidden_dim: int = Field(512, ge=1)  # predictor bottleneck (paper: 512)
+    fix_pred_lr: bool = True  # the predictor keeps the base lr (paper Sec. 4.4): its own group, no decay
+
+    @property
+    def inputs(self) -> Inputs:
+        return Inputs(views=(ViewRecipe("moco_pair"),))
 
 
 # The eight fine-grained descriptions of the PP-SSL code (DESIGN.md §5); the first is CUB's relevant one.
@@ -52,6 +127,7 @@ DEFAULT_CORPUS = (
 GUIDANCE_SOURCES = ("image", "layer1", "layer2", "layer3", "layer4")
 
 
+@method_config
 class PPSSLConfig(MocoV2Config):
     """MoCo v2's fields (temperature, momentum, queue_size, proj_dim, hidden_dim) plus PP-SSL's."""
 
@@ -94,9 +170,11 @@ class PPSSLConfig(MocoV2Config):
         return self
 
     @property
-    def required_columns(self) -> tuple[str, ...]:
-        """teacher_mode cached: the teacher's embedding of each image comes with the batch."""
-        return ("teacher_embedding",) if self.teacher_mode == "cached" and self.ais and self.alpha > 0 else ()
+    def inputs(self) -> Inputs:
+        """MoCo's pair; with teacher_mode cached, CLIP's embedding of each (un-augmented) image too."""
+        cached = self.teacher_mode == "cached" and self.ais and self.alpha > 0
+        return Inputs(views=(ViewRecipe("moco_pair"),),
+                      embeddings=(("teacher_embedding", self.teacher.encoder()),) if cached else ())
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -113,7 +191,3 @@ def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     with open(path, encoding="utf-8") as f:
         return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
 
-
-
-# Every method's config; registry.register_method checks a method names one of these.
-METHOD_CONFIGS: tuple[type[BaseModel], ...] = (MocoV2Config, PPSSLConfig)

@@ -6,7 +6,7 @@ One training step, in named stages (B images, C channels and h x w grid of the l
           l_s, l_t = logit_scale * u T^T against the N prompt embeddings T; L_AIS (Eq. 4).
           Teacher u_t: the frozen CLIP image encoder on x (teacher_mode online, as the paper) or the
           batch's ``teacher_embedding`` column, CLIP on the un-augmented image, computed once by
-          fgray.data.teacher_cache (teacher_mode cached: Train workers load CLIP once, on the CPU, to
+          the embedding cache (teacher_mode cached: Train workers load CLIP once, on the CPU, to
           embed the prompts, then drop it; no CLIP runs per step or sits on the GPU).
   _iadm   Grad-Img = ReLU(sum_c g * dL_CL/dg) for the guidance input g (the image: Eqs. 5-6; or a
           stage's feature map: Table 4), a constant target; w = A(psi_g(g)) (Eq. 7); both max-pooled
@@ -23,32 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgray.data.inputs import DatasetFacts
 from fgray.losses import attention_kl, distillation_kl
 from fgray.methods.base import Method
 from fgray.methods.configs import PPSSLConfig
-from fgray.methods.mocov2 import MoCoEncoders
+from fgray.methods.parts import MoCoEncoders, attention_map, grad_cam_target
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.clip import TINY_MODEL, CLIPTeacher, check_weights
-
-def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
-    """Eqs. 2 / 7: max over channels of norm(relu(x)); (B, K, h, w) -> (B, 1, h, w) in [0, 1].
-
-    norm is the paper's min-max over each channel's h x w map, (a - min) / (max - min + 1e-7):
-    the paper prints the denominator as 1e-7 + max(alpha), the max of the already shifted map
-    (as Grad-CAM code writes it: ``a -= a.min(); a /= 1e-7 + a.max()``). A constant map (e.g. a 1 x 1
-    grid) has no range: it becomes 1 where positive, 0 where zero (a / max), not 0 everywhere.
-    """
-    a = F.relu(x.float()).flatten(2)  # (B, K, h*w)
-    low, high = a.amin(dim=2, keepdim=True), a.amax(dim=2, keepdim=True)
-    span = high - low
-    normed = torch.where(span > eps, (a - low) / (span + eps), a / (high + eps))
-    return normed.amax(dim=1, keepdim=True).view(x.shape[0], 1, *x.shape[2:])
-
-
-def grad_cam_target(inputs: Tensor, grad: Tensor) -> Tensor:
-    """Eq. 6: Grad-Img = ReLU(sum over channels of input * dL_CL/dinput); (B, C, H, W) -> (B, H, W), no grad."""
-    return F.relu((inputs.detach().float() * grad.detach().float()).sum(dim=1))
 
 
 def _psi(in_channels: int, out_channels: int) -> nn.Module:
@@ -65,14 +47,15 @@ def stage_feature_index(backbone: Backbone, stage: int) -> int:
     return math.ceil(stage * count / 4) - 1
 
 
-@register_method("ppssl", PPSSLConfig)
+@register_method("ppssl")
 class PPSSL(Method):
-    extra_columns = ("teacher_embedding",)  # (B, d) float32, only with teacher_mode: cached (see PPSSLConfig.required_columns)
     state_exclude = ("teacher.",)  # the frozen CLIP is rebuilt from its own weights, never checkpointed
+    # Frozen or identical on every rank by construction: DDP neither broadcasts nor tracks them.
+    ddp_ignore_prefixes = (*(f"moco.{p}" for p in MoCoEncoders.IGNORED), "teacher.", "text_embeddings")
 
-    def __init__(self, cfg: PPSSLConfig, backbone: Backbone):
-        super().__init__()
-        self.cfg = cfg
+    def __init__(self, cfg: PPSSLConfig, backbone: Backbone, facts: DatasetFacts):
+        super().__init__(cfg, facts)
+        self.embed_dim = backbone.num_features  # embed(): the pooled backbone feature
         self.moco = MoCoEncoders(backbone, cfg, last_bn=True)  # PP-SSL's head: ... a linear layer with BN
         self.use_ais = cfg.ais and cfg.alpha > 0
         self.sources = tuple(cfg.guidance.split("+")) if cfg.iadm and cfg.beta > 0 else ()
@@ -88,15 +71,6 @@ class PPSSL(Method):
             src: _psi(3 if src == "image" else self._stage_info(int(src[-1]))["num_chs"], cfg.psi_channels)
             for src in self.sources
         })
-        # Frozen, identical on every rank: DDP neither broadcasts nor tracks them.
-        named = (*self.named_parameters(), *self.named_buffers())
-        self._ddp_params_and_buffers_to_ignore = [n for n, _ in named if n.startswith(("teacher.", "text_embeddings"))]
-
-    @property
-    def extra_column_dims(self) -> dict[str, int]:
-        """Widths of the per-image columns this instance reads from the batch (tests build batches from it)."""
-        cached = self.use_ais and self.cfg.teacher_mode == "cached"
-        return {"teacher_embedding": int(self.text_embeddings.shape[1])} if cached else {}
 
     # ---------------------------------------------------------------------------------------- hooks
 
@@ -120,10 +94,8 @@ class PPSSL(Method):
         loss_cl, key = self._contrastive(f, batch["view2"])
         loss, parts = loss_cl, {"loss_cl": loss_cl.detach()}
         if self.use_ais:
-            if self.cfg.teacher_mode == "cached" and "teacher_embedding" not in batch:
-                raise KeyError("teacher_mode cached: the batch has no 'teacher_embedding' column "
-                               "(trial.py attaches it with fgray.data.teacher_cache)")
-            loss_ais = self._ais(f, x, batch.get("teacher_embedding"))
+            cached = batch["teacher_embedding"] if self.cfg.teacher_mode == "cached" else None
+            loss_ais = self._ais(f, x, cached)
             loss, parts["loss_ais"] = loss + self.cfg.alpha * loss_ais, loss_ais.detach()
         if self.sources:
             loss_iadm = self._iadm(loss_cl, x, stage_outputs, f.shape[-2:])
@@ -171,8 +143,8 @@ class PPSSL(Method):
         losses = []
         for src, inp, grad in zip(self.sources, inputs, grads):
             if inp.ndim == 3:  # ViT tokens (B, T, C): Grad-CAM per token, laid on the patch grid
-                target = self.moco.backbone._as_map(F.relu((inp.detach() * grad).float().sum(-1, keepdim=True)))[:, 0]
-                guide = self.moco.backbone._as_map(inp)
+                target = self.moco.backbone.tokens_to_map(F.relu((inp.detach() * grad).float().sum(-1, keepdim=True)))[:, 0]
+                guide = self.moco.backbone.tokens_to_map(inp)
             else:
                 target, guide = grad_cam_target(inp, grad), inp
             target = F.adaptive_max_pool2d(target.unsqueeze(1), grid)[:, 0]  # (B, h, w)

@@ -26,13 +26,13 @@ class Backbone(nn.Module):
     def feature_map(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, C, h, w)."""
         features = self.model.forward_features(images)
-        return self._as_map(features) if features.ndim == 3 else features
+        return self.tokens_to_map(features) if features.ndim == 3 else features
 
     def stage_maps(self, images: Tensor, stages: list[int]) -> list[Tensor]:
         """Feature maps after the given stages (1-based: 1 = first stage, timm's indices)."""
         maps = self.model.forward_intermediates(images, indices=[s - 1 for s in stages] if self.is_token_model else stages,
                                                 intermediates_only=True)
-        return [self._as_map(m) if m.ndim == 3 else m for m in maps]
+        return [self.tokens_to_map(m) if m.ndim == 3 else m for m in maps]
 
     def pool(self, feature_map: Tensor) -> Tensor:
         """(B, C, h, w) -> (B, C): global average pooling (ViTs: over patch tokens)."""
@@ -41,7 +41,8 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.pool(self.feature_map(images))
 
-    def _as_map(self, tokens: Tensor) -> Tensor:
+    def tokens_to_map(self, tokens: Tensor) -> Tensor:
+        """(B, T, C) ViT tokens -> (B, C, h, w): the prefix (class/register) tokens dropped, patches on their grid."""
         patches = tokens[:, self.num_prefix_tokens:]
         batch, count, channels = patches.shape
         side = int(round(count ** 0.5))

@@ -1,0 +1,156 @@
+"""Embeddings of frozen encoders, computed once per (encoder, weights, dataset, transform).
+
+``EmbedActor`` is the one Ray Data actor that embeds images anywhere in fgray: it decodes the
+eval view of each encoded row once and runs every model it was given (frozen encoders of a
+method's declared ``embeddings`` here; trained methods from checkpoints in ``fgray.eval``).
+
+``ensure_cache`` embeds every image of a prepared dataset with a frozen encoder
+(``EncoderSpec``: open_clip image tower or timm model; hub, file or seeded random weights)
+through a pool of those actors (one GPU per actor when the cluster has GPUs) and writes Parquet
+(``image_id``, ``embedding`` (d,) float32) under ``<storage>/_embedding_cache/<address>/<writer>/``,
+``_COMPLETE`` written last. The address hashes the encoder spec, a digest of its weights file,
+the dataset's content hash and the eval transform, so every trial and every later sweep on the
+same storage reuses it, whatever its split protocol. Trials that start together may each build it
+once (each in its own writer folder; readers take any complete one). Rows are keyed by image id:
+``map_batches`` does not keep row order.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import uuid
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray
+
+from fgray.config import DataConfig
+from fgray.data.inputs import EncoderSpec
+from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows
+
+COMPLETE_MARKER = "_COMPLETE"
+CACHE_FOLDER = "_embedding_cache"
+
+# A model factory: called once in each actor, returns images (B, 3, S, S) normalised -> (B, d).
+ModelFactory = Callable[[], Callable]
+
+
+class EmbedActor:
+    """Ray Data actor: encoded rows -> eval views -> column ``embedding_<i>`` per model factory;
+    ``image_id`` (and ``label`` when the rows have it) pass through."""
+
+    def __init__(self, factories: list[ModelFactory], image_size: int, eval_crop: float):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.models = [factory() for factory in factories]
+        self.views = EvalViews(image_size, eval_crop)  # decoding here too: one stage, one pool
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from fgray.engine import normalize_images
+
+        with self.torch.no_grad():
+            images = normalize_images(self.torch.from_numpy(self.views(batch)["image"]).to(self.device))
+            out = {f"embedding_{i}": model(images).float().cpu().numpy() for i, model in enumerate(self.models)}
+        out["image_id"] = np.asarray(batch["image_id"]).astype(str)
+        if "label" in batch:
+            out["label"] = np.asarray(batch["label"])
+        return out
+
+
+def cluster_gpus() -> int:
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def embed_rows(factories: list[ModelFactory], rows: ray.data.Dataset, data: DataConfig, batch_rows: int,
+               cpus_per_actor: float, use_gpu: bool | None = None, max_actors: int = 8) -> pa.Table:
+    """One pass of ``EmbedActor`` over encoded ``rows``: ``image_id`` (, ``label``), ``embedding_<i>``."""
+    gpus = cluster_gpus()
+    use_gpu = gpus > 0 if use_gpu is None else use_gpu
+    slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
+    ds = rows.map_batches(EmbedActor,
+                          fn_constructor_kwargs={"factories": factories, "image_size": data.image_size,
+                                                 "eval_crop": data.eval_crop},
+                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
+                          num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
+                          batch_size=batch_rows, batch_format="numpy")
+    return pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def frozen_encoder(spec_json: str, image_size: int):
+    """Model factory of a frozen encoder (runs inside the actor: model code loads there only)."""
+    import torch
+
+    from fgray.models.encoders import build_encoder
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return build_encoder(EncoderSpec.model_validate_json(spec_json), image_size).to(device)
+
+
+def weights_digest(pretrained: str) -> str:
+    """Content digest of a local weights file; hub tags and ``random`` stand for themselves."""
+    path = os.path.expanduser(pretrained)
+    if not os.path.isfile(path):
+        return pretrained
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(functools.partial(f.read, 2**22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_address(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig) -> str:
+    parts = {"encoder": spec.model_dump(mode="json"), "weights": weights_digest(spec.pretrained),
+             "dataset": prepared.manifest.content_hash, "transform": [data.image_size, data.eval_crop]}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+
+
+def find_complete(base: str) -> str | None:
+    """A finished writer folder under ``base`` (one cache address), or None."""
+    fs, path = _filesystem(base)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        marker = posixpath.join(info.path, COMPLETE_MARKER)
+        if info.type == pafs.FileType.Directory and fs.get_file_info(marker).type == pafs.FileType.File:
+            return base.rstrip("/") + "/" + info.base_name
+    return None
+
+
+def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig, storage: str,
+                 cpus_per_actor: float = 1.0, use_gpu: bool | None = None, batch_rows: int = 64) -> str:
+    """Path of a complete cache of ``spec``'s embeddings of every image of ``prepared``, computing it
+    if there is none."""
+    base = f"{storage.rstrip('/')}/{CACHE_FOLDER}/{cache_address(spec, prepared, data)}"
+    found = find_complete(base)
+    if found is not None:
+        return found
+    rows = read_rows(prepared, None, ["image", "image_id"])
+    blocks = [rows.slice(start, 4 * batch_rows) for start in range(0, rows.num_rows, 4 * batch_rows)] or [rows]
+    factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
+    table = embed_rows([factory], ray.data.from_arrow(blocks), data, batch_rows, cpus_per_actor, use_gpu, 4)
+    out = f"{base}/{uuid.uuid4().hex[:8]}"
+    fs, path = _filesystem(out)
+    fs.create_dir(path, recursive=True)
+    embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+    written = pa.table({"image_id": table["image_id"].cast(pa.string()),
+                        "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
+    pq.write_table(written, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
+    with fs.open_output_stream(posixpath.join(path, COMPLETE_MARKER)) as stream:
+        stream.write(b"ok\n")
+    return out

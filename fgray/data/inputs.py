@@ -1,0 +1,135 @@
+"""What a method reads per training step, declared in its torch-free config (DESIGN.md §3).
+
+A method's config has an ``inputs`` property returning :class:`Inputs`:
+
+- ``views``: view recipes from the library below (implemented in ``fgray.data.views``); each
+  recipe decodes an image once and emits a fixed set of named arrays;
+- ``columns``: plain per-image columns of the shards: ``label`` (training classes re-indexed
+  0..C-1 under the split protocol), ``bbox`` (x1, y1, x2, y2 in stored-image pixels), ``image_id``;
+- ``embeddings``: batch key -> frozen encoder whose embedding of each image is computed once
+  through the shared embedding cache (``fgray.data.embedding_cache``) and looked up by image id.
+
+The trial builds exactly what is declared, so ``trial.py``, ``engine.py`` and the pipelines
+never name a method, and a step that reads a key it did not declare fails with a one-line error.
+Nothing here imports torch or Ray: sweep validation stays fast.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A view recipe's contract: the batch keys it emits and whether it needs the image's box."""
+
+    keys: tuple[str, ...]
+    needs_boxes: bool = False
+    doc: str = ""
+
+
+# Shapes per image: S = data.image_size; M = the ``count`` option of grid_crops.
+RECIPES: dict[str, Recipe] = {
+    "moco_pair": Recipe(("view1", "view2"), doc="two MoCo v2 views: (3, S, S) uint8 each"),
+    "crop_flip": Recipe(("image",), doc="one random-resized crop + horizontal flip: (3, S, S) uint8"),
+    "clean_augmented": Recipe(("clean", "view1", "view2"),
+                              doc="the un-augmented eval view (3, S, S) and two MoCo v2 views"),
+    "object_background": Recipe(
+        ("image", "object", "background", "has_background"), needs_boxes=True,
+        doc="crop+flip image; the box's shape-preserving crop; the image with the box region "
+            "mean-blurred; has_background: the box covers < half the image (bool)"),
+    "grid_crops": Recipe(
+        ("image", "crops", "crop_boxes"),
+        doc="crop+flip image; M crops (M, 3, S, S) of boxes drawn from the grids' cells, resized to "
+            "S; their boxes (M, 4) float32 x1, y1, x2, y2 in the image's pixels"),
+}
+COLUMNS = ("label", "bbox", "image_id")
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One recipe and its options (e.g. ``ViewRecipe("grid_crops", (("count", 4),))``)."""
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.name not in RECIPES:
+            raise ValueError(f"unknown view recipe {self.name!r}; known: {sorted(RECIPES)}")
+        # Lists (from YAML) become tuples: a recipe is hashable and compares by value.
+        options = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.options).items())
+        object.__setattr__(self, "options", options)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return RECIPES[self.name].keys
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+class EncoderSpec(BaseModel):
+    """A frozen image encoder whose embeddings are cached once per (weights, dataset, transform).
+
+    ``pretrained``: a hub tag (open_clip: ``openai``; timm: true), a local weights file, or
+    ``random`` (seeded: every actor builds the same encoder; smoke runs and tests).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    kind: Literal["open_clip", "timm"] = "open_clip"
+    model: str = "ViT-B-32"  # open_clip architecture or timm model name
+    pretrained: str = "openai"
+    image_size: int | None = Field(None, ge=16)  # input side; None: the data's image size (timm) / CLIP's own
+    seed: int = 0  # init seed when pretrained is random
+
+
+@dataclass(frozen=True)
+class Inputs:
+    views: tuple[ViewRecipe, ...] = ()
+    columns: tuple[str, ...] = ()
+    embeddings: tuple[tuple[str, EncoderSpec], ...] = ()  # (batch key, encoder), in a fixed order
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.columns if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; known: {list(COLUMNS)}")
+        keys = [k for view in self.views for k in view.keys] + list(self.columns) + [k for k, _ in self.embeddings]
+        duplicated = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicated:
+            raise ValueError(f"batch keys declared twice: {duplicated}")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key a training batch holds, in declaration order."""
+        return (*[k for view in self.views for k in view.keys], *self.columns, *[k for k, _ in self.embeddings])
+
+    @property
+    def needs_boxes(self) -> bool:
+        return "bbox" in self.columns or any(RECIPES[v.name].needs_boxes for v in self.views)
+
+    @property
+    def shard_columns(self) -> tuple[str, ...]:
+        """The shard columns the pipeline must read for these inputs."""
+        wanted = {"image", "image_id"} | set(self.columns) | ({"bbox"} if self.needs_boxes else set())
+        return tuple(sorted(wanted))
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a method is built with besides its config and backbone."""
+
+    num_classes: int  # training classes under the split protocol (labels are 0..num_classes-1)
+    class_names: tuple[str, ...] = ()  # names of the training classes, by re-indexed label
+    image_size: int = 64
+    caches: dict[str, str] = field(default_factory=dict)  # embedding key -> cache folder (URI or path)
+
+
+def image_seed(seed: int, epoch: int, image_id: str) -> int:
+    """The seed of one image's random draws in one epoch: the same whichever actor or worker draws them."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)

@@ -1,0 +1,149 @@
+"""Trial bookkeeping, without Ray: where a trial's Train run and checkpoints live, which trials
+finished, with what metrics and checkpoint, and which are best.
+
+The sweep (``fgray.sweep``), the trial driver (``fgray.trial``) and the test evaluation all read
+these records; ``fgray.report`` only renders them. A Tune ``ResultGrid`` is accepted as it is:
+``collect_trials`` reads four attributes of each result and never imports Ray.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
+
+import pyarrow.fs as pafs
+
+if TYPE_CHECKING:  # annotations only: importing config would pull the method registry in
+    from fgray.config import SweepConfig
+
+POINT_KEY = "point"  # param-space key of a ``search.points`` row index
+# The name fgray.checkpoint.save gives its meta file; read here through pyarrow (checkpoints may
+# sit in cloud storage), and repeated so bookkeeping needs no torch (tests keep the two equal).
+META_FILE = "meta.json"
+
+
+class TrialResult(Protocol):
+    """What ``collect_trials`` reads of a trial's outcome (a ``ray.tune.Result`` has these)."""
+
+    metrics: dict[str, Any] | None  # last reported metrics (Tune adds ``trial_id``)
+    path: str | None  # the trial's folder in the experiment
+    config: dict[str, Any] | None  # the sampled params
+    error: BaseException | None  # why it failed, or None
+
+
+def overrides_from(params: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
+    """Tune's sampled params (dotted keys, maybe a table-row index) -> dotted overrides."""
+    return _overrides(params, sweep.search.points)
+
+
+def _overrides(params: dict[str, Any], points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    overrides = {k: v for k, v in params.items() if k != POINT_KEY}
+    if POINT_KEY in params:
+        overrides.update(points[int(params[POINT_KEY])])
+    return overrides
+
+
+def train_run_dir(storage: str, sweep_name: str) -> str:
+    """Where the Train runs (and so the checkpoints) of a sweep's trials live."""
+    return f"{storage.rstrip('/')}/{sweep_name}"
+
+
+def train_run_name(trial_id: str) -> str:
+    return f"train-{trial_id}"
+
+
+def latest_checkpoint(storage: str, sweep_name: str, trial_id: str) -> str | None:
+    """The newest checkpoint folder of a trial's Train run, or None.
+
+    ``storage`` is a local folder or a URI (``s3://...``, ``gs://...``, ``file:///...``); a
+    checkpoint in a URI storage is returned as a URI, which ``ray.train.Checkpoint`` opens.
+    """
+    run_dir = f"{train_run_dir(storage, sweep_name)}/{train_run_name(trial_id)}"
+    if "://" not in run_dir:
+        run_dir = os.path.abspath(os.path.expanduser(run_dir))  # LocalFileSystem wants absolute
+    filesystem, base = _filesystem(run_dir)
+    entries = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    folders = [e for e in entries
+               if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
+    # Ray may be mid-way through writing the newest folder: only those with a meta file count.
+    metas = filesystem.get_file_info([posixpath.join(f.path, META_FILE) for f in folders])
+    epochs = {folder.base_name: _read_json(filesystem, meta.path)["epoch"]
+              for folder, meta in zip(folders, metas) if meta.type == pafs.FileType.File}
+    if not epochs:
+        return None
+    return posixpath.join(run_dir, max(epochs, key=epochs.__getitem__))
+
+
+def checkpoint_epoch(checkpoint: str | None) -> int:
+    """How many epochs the checkpoint (a folder or URI from ``latest_checkpoint``) has finished;
+    0 for None, so a trial without one starts from the beginning."""
+    if checkpoint is None:
+        return 0
+    filesystem, base = _filesystem(checkpoint)
+    return int(_read_json(filesystem, posixpath.join(base, META_FILE))["epoch"])
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+
+
+def _read_json(filesystem: pafs.FileSystem, path: str) -> dict[str, Any]:
+    with filesystem.open_input_stream(path) as stream:
+        return json.loads(stream.read())
+
+
+def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str, epochs: int,
+                   points: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One record per trial: the params it ran, status, last metrics and checkpoint.
+
+    ``epochs`` is the last epoch a full trial reports (all its stages): a trial that reported it
+    is ``completed``, one stopped earlier (ASHA) is ``stopped``. ``points`` are the sweep's
+    ``search.points`` rows that a ``POINT_KEY`` param indexes.
+    """
+    trials = []
+    for result in results:
+        metrics = dict(result.metrics or {})
+        # Tune puts trial_id in every result; the folder name is only a last resort (it holds the
+        # id, but the params after it may contain underscores too).
+        trial_id = metrics.get("trial_id") or posixpath.basename(str(result.path).rstrip("/"))
+        params = dict(result.config or {})
+        status = ("error" if result.error
+                  else "completed" if metrics.get("epoch") == epochs else "stopped")
+        trials.append({
+            "trial_id": trial_id,
+            "params": params,
+            "overrides": _overrides(params, points),
+            "status": status,
+            "error": _error_line(result.error),
+            "epochs": metrics.get("epoch"),
+            "metrics": {k: v for k, v in metrics.items()
+                        if k.startswith(("val/", "train/")) and finite(v)},
+            "checkpoint": latest_checkpoint(storage, sweep_name, trial_id),
+        })
+    return trials
+
+
+def _error_line(error: BaseException | None) -> str | None:
+    """The root cause of a trial failure in one line (Ray wraps it in several tracebacks)."""
+    if error is None:
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    causes = [line for line in lines
+              if "Error: " in line and not line.startswith(("ray.", "File "))]
+    return (causes or lines or [type(error).__name__])[-1]
+
+
+def finite(value: Any) -> bool:
+    """A real number that is not NaN/inf (what JSON, tables and rankings can use)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Trials with ``metric`` and a checkpoint, best first (``mode`` "max" or "min")."""
+    scored = [t for t in trials if metric in t["metrics"] and t["checkpoint"]]
+    return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
+
