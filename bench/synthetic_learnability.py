@@ -1,14 +1,24 @@
-"""Is the synthetic dataset learnable? Plain PyTorch (no Ray), CPU-sized.
+"""Does self-supervised training learn the synthetic birds? Plain PyTorch (no Ray), CPU-sized.
 
-Measures test-class Recall@1 (leave-one-out, cosine, query excluded by index) of
-  * chance (random features) and raw pixels,
-  * randomly initialised timm backbones (global-pooled features),
-  * a quick self-supervised model (MoCo v2 or SimCLR, MoCo v2 augmentations) trained on the
-    training classes only, before and after training,
-  * optionally a supervised classifier on the training classes (an upper-bound sanity check).
+For each seed, on fgray's built-in synthetic dataset and the demo's setup (sweeps/demo.yaml:
+narrow resnet10t, AdamW, batch 64, 6 epochs over the 18 training classes the open protocol keeps
+after carving 6 validation classes), it trains from the seed's random init
 
-    python bench/synthetic_learnability.py --epochs 8 --supervised
-    python bench/synthetic_learnability.py --method simclr --backbone resnet10t --json out.json
+  * MoCo v2 (momentum key encoder + queue, InfoNCE; fgray's ProjectionHead and ``info_nce``),
+  * SimSiam (3-layer projector, predictor, negative cosine with stop-gradient; fgray's loss),
+  * a supervised upper bound (cross-entropy on the training classes, crop + flip views),
+
+and reports test-class Recall@1 (leave-one-out, cosine, whole 64 px image, as fgray's test
+evaluation) of each next to the same seed's *untrained* backbone, with the paired difference
+(trained - untrained) per seed: its mean +- std and its minimum.
+
+    python bench/synthetic_learnability.py --seeds 5                       # the demo's recipe
+    python bench/synthetic_learnability.py --seeds 5 --methods moco --crop-scale 0.6 1
+    python bench/synthetic_learnability.py --view-stats --methods none     # what two views share
+    python bench/synthetic_learnability.py --spec '{"clutter": 30}' --json out.json
+
+The SSL views are ``fgray.data.transforms.moco_v2_augmentation`` (what the demo's ``moco_pair``
+recipe draws), with its crop scale / jitter strength / probabilities exposed as flags.
 """
 from __future__ import annotations
 
@@ -16,11 +26,13 @@ import argparse
 import copy
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
@@ -28,10 +40,15 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # run from a checkout
+from fgray.data.protocols import assign_splits  # noqa: E402
 from fgray.data.synthetic import PARTS, SyntheticSpec, class_parts, render_arrays  # noqa: E402
+from fgray.data.transforms import moco_v2_augmentation  # noqa: E402
+from fgray.losses import info_nce, negative_cosine  # noqa: E402
+from fgray.models.heads import ProjectionHead  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+DEMO_BACKBONE_KWARGS = {"channels": [32, 64, 128, 256], "stem_width": 16}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -41,7 +58,7 @@ def recall_at_1(features: Tensor, labels: Tensor) -> float:
     """Leave-one-out Recall@1 under cosine similarity; the query is excluded by its index."""
     f = F.normalize(features.float(), dim=1)
     sim = f @ f.T
-    sim.fill_diagonal_(-float("inf"))  # exclude the query itself (by index, not by rank)
+    sim.fill_diagonal_(-float("inf"))
     return (labels[sim.argmax(dim=1)] == labels).float().mean().item()
 
 
@@ -55,13 +72,13 @@ def part_recalls(features: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def to_input(images: Tensor) -> Tensor:
-    """uint8 (B, 3, H, W) -> ImageNet-normalised float."""
+    """uint8 (B, 3, H, W) -> ImageNet-normalised float (fgray.engine.normalize_images)."""
     return (images.float() / 255.0 - MEAN) / STD
 
 
 @torch.no_grad()
 def embed(backbone: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Pooled backbone features of un-augmented images (eval-mode BatchNorm)."""
+    """Pooled backbone features of the whole un-augmented images (eval-mode BatchNorm)."""
     was_training = backbone.training
     backbone.eval()
     out = torch.cat([backbone(to_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)])
@@ -69,149 +86,142 @@ def embed(backbone: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
     return out
 
 
-# ----------------------------------------------------------------------------- augmentation
+# ----------------------------------------------------------------------------- views
 
 
-def mocov2_augment(size: int) -> v2.Compose:
-    """MoCo v2 views (no blur: at 64 px it would erase the parts), on uint8 tensors."""
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomHorizontalFlip(),
-    ])
+@dataclass(frozen=True)
+class ViewParams:
+    """``moco_v2_augmentation``'s knobs (defaults: MoCo v2's published recipe)."""
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    jitter: float = 0.4
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+    p_blur: float = 0.5
 
 
-def augment_batch(aug: v2.Compose, images: Tensor) -> Tensor:
-    """Per-sample random views (a v2 transform on a batch would share one draw)."""
-    return torch.stack([aug(img) for img in images])
+def batch_views(aug: v2.Compose) -> Callable[[Tensor], Tensor]:
+    """uint8 batch -> normalised float views, one independent draw per image (torch's global RNG)."""
+    return lambda images: to_input(torch.stack([aug(img) for img in images]))
 
 
-_GRAY = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+def view_stats(boxes: np.ndarray, size: int, scale, pairs_per_image: int = 20, seed: int = 0) -> dict[str, float]:
+    """What two RandomResizedCrop views of one image share, over the given bird boxes.
 
-
-class FastMoCoV2Augment:
-    """The same MoCo v2 views with per-sample parameters, as a few batched tensor ops.
-
-    ~20x cheaper than a per-image v2 loop on CPU (augmentation otherwise dominates a small
-    model's step). Differences from v2: jitter order is fixed (brightness, contrast,
-    saturation, hue) and hue is a YIQ rotation; crops that do not fit are clamped.
+    iou: crop-box IoU of the two views; bird_in_view: fraction of the bird box inside one view;
+    bird_in_both: fraction inside both views' intersection; both_see_80: pairs where both views
+    hold >= 80 % of the bird; bird_share_of_overlap: the bird box's share of the overlap area.
     """
+    torch.manual_seed(seed)
+    crop = v2.RandomResizedCrop(size, scale=tuple(scale))
+    dummy = torch.zeros(1, size, size)
 
-    def __init__(self, size: int, scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), p_jitter=0.8, p_gray=0.2):
-        self.size, self.scale, self.jitter, self.p_jitter, self.p_gray = size, scale, jitter, p_jitter, p_gray
+    def params() -> np.ndarray:
+        p = crop.make_params([dummy])  # the same draw as the transform's (torch's global RNG)
+        return np.array([p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"]], dtype=float)
 
-    def __call__(self, images: Tensor, g: torch.Generator) -> Tensor:
-        b = len(images)
-        u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=g)  # noqa: E731
-        x = self._crop_flip(images.float() / 255.0, u)
-        on = torch.rand(b, generator=g) < self.p_jitter  # identity factors where jitter is off
-        bj, cj, sj, hj = self.jitter
-        bright = torch.where(on, u(1 - bj, 1 + bj), torch.ones(b)).view(b, 1, 1, 1)
-        contrast = torch.where(on, u(1 - cj, 1 + cj), torch.ones(b)).view(b, 1, 1, 1)
-        sat = torch.where(on, u(1 - sj, 1 + sj), torch.ones(b)).view(b, 1, 1, 1)
-        hue = torch.where(on, u(-hj, hj), torch.zeros(b))
-        x = (x * bright).clamp(0, 1)
-        mean = (x * _GRAY).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        x = ((x - mean) * contrast + mean).clamp(0, 1)
-        gray = (x * _GRAY).sum(1, keepdim=True)
-        x = ((x - gray) * sat + gray).clamp(0, 1)
-        x = self._hue(x, hue).clamp(0, 1)
-        to_gray = (torch.rand(b, generator=g) < self.p_gray).view(b, 1, 1, 1)
-        x = torch.where(to_gray, (x * _GRAY).sum(1, keepdim=True).expand_as(x), x)
-        return (x - MEAN) / STD
+    def inter(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
 
-    def _crop_flip(self, x: Tensor, u) -> Tensor:
-        """RandomResizedCrop(scale, ratio 3/4..4/3) + horizontal flip via one grid_sample."""
-        b = len(x)
-        area, log_r = u(*self.scale), u(math.log(3 / 4), math.log(4 / 3))
-        w = (area * log_r.exp()).sqrt().clamp(max=1.0)  # half-extent in [-1, 1] coordinates
-        h = (area / log_r.exp()).sqrt().clamp(max=1.0)
-        cx, cy = u(-1, 1) * (1 - w), u(-1, 1) * (1 - h)
-        flip = torch.where(u(0, 1) < 0.5, -1.0, 1.0)
-        theta = torch.zeros(b, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
-        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    def area(a: np.ndarray) -> float:
+        return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
 
-    @staticmethod
-    def _hue(x: Tensor, shift: Tensor) -> Tensor:
-        """Rotate chroma in YIQ space by shift * 2pi (a linear stand-in for an HSV hue shift)."""
-        yiq = torch.einsum("ij,bjhw->bihw", _RGB2YIQ, x)
-        a = shift * 2 * math.pi
-        cos, sin = a.cos().view(-1, 1, 1), a.sin().view(-1, 1, 1)
-        i, q = yiq[:, 1], yiq[:, 2]
-        yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
-        return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB2YIQ), yiq)
+    rows = []
+    for box in boxes.astype(float):
+        bird = area(box)
+        for _ in range(pairs_per_image):
+            a, b = params(), params()
+            ab = inter(a, b)
+            seen_a, seen_b = area(inter(box, a)) / bird, area(inter(box, b)) / bird
+            rows.append((area(ab) / (area(a) + area(b) - area(ab)), (seen_a + seen_b) / 2,
+                         area(inter(box, ab)) / bird, float(min(seen_a, seen_b) >= 0.8),
+                         area(inter(box, ab)) / max(area(ab), 1e-9), bird / size**2))
+    keys = ("iou", "bird_in_view", "bird_in_both", "both_see_80", "bird_share_of_overlap", "bird_box_area")
+    return dict(zip(keys, np.mean(rows, axis=0).round(3).tolist()))
 
 
-def make_views(kind: str, size: int) -> Callable[[Tensor, torch.Generator], Tensor]:
-    """A function uint8 batch -> normalised float views: ``v2`` (per image) or ``fast`` (batched)."""
-    if kind == "fast":
-        return FastMoCoV2Augment(size)
-    aug = mocov2_augment(size)
-    return lambda images, g: to_input(augment_batch(aug, images))  # v2 draws from torch's global RNG
-
-
-# ----------------------------------------------------------------------------- SSL methods
-
-
-def mlp_head(in_dim: int, out_dim: int = 128) -> nn.Module:
-    """MoCo v2 / SimCLR projection head."""
-    return nn.Sequential(nn.Linear(in_dim, in_dim), nn.ReLU(inplace=True), nn.Linear(in_dim, out_dim))
+# ----------------------------------------------------------------------------- methods
 
 
 class MoCoV2(nn.Module):
-    """Minimal MoCo v2: momentum key encoder + FIFO queue of negatives, InfoNCE."""
+    """MoCo v2 as fgray's: query = head(f(v1)), key = momentum copy (own BN statistics), queue."""
 
-    def __init__(self, backbone: nn.Module, queue: int = 1024, momentum: float = 0.99, temperature: float = 0.2):
+    def __init__(self, backbone: nn.Module, queue: int, momentum: float, temperature: float,
+                 hidden_dim: int = 256, proj_dim: int = 128):
         super().__init__()
-        self.q = nn.Sequential(backbone, mlp_head(backbone.num_features))
-        self.k = copy.deepcopy(self.q).requires_grad_(False)
+        self.backbone = backbone
+        self.head = ProjectionHead(backbone.num_features, hidden_dim, proj_dim)
+        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.key_head = copy.deepcopy(self.head).requires_grad_(False)
         self.momentum, self.temperature = momentum, temperature
-        self.register_buffer("queue", F.normalize(torch.randn(queue, 128), dim=1))
+        self.register_buffer("queue", F.normalize(torch.randn(queue, proj_dim), dim=1))
         self.ptr = 0
 
     def loss(self, v1: Tensor, v2_: Tensor) -> Tensor:
-        q = F.normalize(self.q(v1), dim=1)  # (B, 128)
+        q = F.normalize(self.head(self.backbone(v1)), dim=1)
         with torch.no_grad():
-            k = F.normalize(self.k(v2_), dim=1)
-        pos = (q * k).sum(1, keepdim=True)  # (B, 1)
-        neg = q @ self.queue.clone().T  # (B, K); cloned: the queue is updated before backward
-        logits = torch.cat([pos, neg], dim=1) / self.temperature
-        self._enqueue(k)
-        return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
-
-    @torch.no_grad()
-    def _enqueue(self, k: Tensor) -> None:
+            k = F.normalize(self.key_head(self.key_backbone(v2_)), dim=1)
+        loss = info_nce(q, k, self.queue.clone(), self.temperature)
         idx = (self.ptr + torch.arange(len(k))) % len(self.queue)
         self.queue[idx] = k
         self.ptr = int(idx[-1] + 1) % len(self.queue)
+        return loss
 
     @torch.no_grad()
     def after_step(self) -> None:
-        for pk, pq in zip(self.k.parameters(), self.q.parameters()):
-            pk.mul_(self.momentum).add_(pq.detach(), alpha=1 - self.momentum)
-        for bk, bq in zip(self.k.buffers(), self.q.buffers()):  # BN running stats follow q
-            bk.copy_(bq)
+        for online, target in ((self.backbone, self.key_backbone), (self.head, self.key_head)):
+            for p_o, p_t in zip(online.parameters(), target.parameters()):
+                p_t.mul_(self.momentum).add_(p_o.detach(), alpha=1 - self.momentum)
+
+
+class SimSiam(nn.Module):
+    """SimSiam as fgray's: 3-layer projector (last BN), 2-layer predictor, symmetric negative cosine."""
+
+    def __init__(self, backbone: nn.Module, hidden_dim: int = 256, proj_dim: int = 256, pred_hidden_dim: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = ProjectionHead(backbone.num_features, hidden_dim, proj_dim, layers=3, last_bn=True)
+        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, layers=2)
+
+    def loss(self, v1: Tensor, v2_: Tensor) -> Tensor:
+        z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2_))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+
+    def after_step(self) -> None:
+        pass
 
 
 class SimCLR(nn.Module):
-    """Minimal SimCLR: NT-Xent over the 2B views of a batch."""
+    """SimCLR: NT-Xent over the 2B views of a batch."""
 
-    def __init__(self, backbone: nn.Module, temperature: float = 0.2):
+    def __init__(self, backbone: nn.Module, temperature: float, hidden_dim: int = 256, proj_dim: int = 128):
         super().__init__()
-        self.q = nn.Sequential(backbone, mlp_head(backbone.num_features))
+        self.backbone = backbone
+        self.head = ProjectionHead(backbone.num_features, hidden_dim, proj_dim)
         self.temperature = temperature
 
     def loss(self, v1: Tensor, v2_: Tensor) -> Tensor:
-        z = F.normalize(self.q(torch.cat([v1, v2_])), dim=1)
+        z = F.normalize(self.head(self.backbone(torch.cat([v1, v2_]))), dim=1)
         sim = z @ z.T / self.temperature
         sim.fill_diagonal_(-float("inf"))
         b = len(v1)
-        target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
-        return F.cross_entropy(sim, target)
+        return F.cross_entropy(sim, torch.cat([torch.arange(b, 2 * b), torch.arange(b)]))
+
+    def after_step(self) -> None:
+        pass
+
+
+class Supervised(nn.Module):
+    """Cross-entropy on the training classes (the upper bound); ``loss`` takes images and targets."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+
+    def loss(self, x: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(self.fc(self.backbone(x)), targets)
 
     def after_step(self) -> None:
         pass
@@ -221,165 +231,180 @@ class SimCLR(nn.Module):
 
 
 @dataclass
-class TrainResult:
+class TrainLog:
     steps: int
-    epochs: float
-    seconds: float  # wall clock
-    cpu_seconds: float  # process CPU time (all threads): robust to other load on the machine
-    final_loss: float
+    seconds: float
+    first_loss: float  # mean of the first epoch's steps
+    last_loss: float  # mean of the last epoch's steps
 
 
-def _optimizer(params, lr: float, steps: int, kind: str = "sgd") -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD + momentum (the MoCo v2 recipe) or AdamW, with cosine decay over ``steps``."""
-    if kind == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+def train(model: nn.Module, images: Tensor, labels: Tensor | None, views: Callable[[Tensor], Tensor],
+          args: argparse.Namespace, lr: float) -> TrainLog:
+    """``args.epochs`` shuffled passes over ``images`` (drop_last, as a Ray Data epoch), AdamW or SGD
+    with a per-step cosine schedule; two views per image (SSL) or one view + label (supervised)."""
+    steps_per_epoch = len(images) // args.batch_size
+    total = args.epochs * steps_per_epoch
+    params = [p for p in model.parameters() if p.requires_grad]
+    if args.optim == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=args.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    return opt, sched
-
-
-def train_ssl(model: nn.Module, images: Tensor, epochs: float, batch_size: int, lr: float, seed: int,
-              aug: str = "v2", optim: str = "sgd", probe: Callable[[], float] | None = None, probe_every: int = 0) -> TrainResult:
-    """Contrastive pre-training on ``images`` (uint8, N x 3 x H x W) for ``epochs``.
-
-    ``probe`` (e.g. test Recall@1 of the backbone) is printed every ``probe_every`` steps.
-    """
-    g = torch.Generator().manual_seed(seed)
-    views = make_views(aug, images.shape[-1])
-    steps = max(1, int(epochs * len(images) / batch_size))
-    opt, sched = _optimizer([p for p in model.parameters() if p.requires_grad], lr, steps, optim)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     model.train()
-    start, cpu0, loss = time.time(), time.process_time(), torch.tensor(float("nan"))
-    for step in range(steps):
-        batch = images[torch.randint(len(images), (batch_size,), generator=g)]
-        loss = model.loss(views(batch, g), views(batch, g))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        model.after_step()
-        if step % 20 == 0:
-            print(f"  step {step}/{steps} loss {loss.item():.3f} ({time.time() - start:.0f}s wall, "
-                  f"{time.process_time() - cpu0:.0f}s cpu)", flush=True)
-        if probe is not None and probe_every and (step + 1) % probe_every == 0:
-            print(f"  step {step + 1}: probe {probe():.3f}", flush=True)
-            model.train()
-    return TrainResult(steps, steps * batch_size / len(images), time.time() - start, time.process_time() - cpu0, loss.item())
+    start, losses = time.time(), []
+    for _ in range(args.epochs):
+        order = torch.randperm(len(images))
+        for s in range(steps_per_epoch):
+            idx = order[s * args.batch_size : (s + 1) * args.batch_size]
+            batch = images[idx]
+            if labels is None:
+                loss = model.loss(views(batch), views(batch))
+            else:
+                loss = model.loss(views(batch), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            model.after_step()
+            losses.append(loss.item())
+    first, last = losses[:steps_per_epoch], losses[-steps_per_epoch:]
+    return TrainLog(total, round(time.time() - start, 1), round(sum(first) / len(first), 3), round(sum(last) / len(last), 3))
 
 
-def train_supervised(backbone: nn.Module, images: Tensor, labels: Tensor, epochs: float, batch_size: int, lr: float,
-                     seed: int, aug: str = "v2", optim: str = "sgd") -> TrainResult:
-    """Cross-entropy on the training classes with the same augmentations (upper bound)."""
-    g = torch.Generator().manual_seed(seed)
-    views = make_views(aug, images.shape[-1])
-    classes, targets = torch.unique(labels, return_inverse=True)
-    model = nn.Sequential(backbone, nn.Linear(backbone.num_features, len(classes)))
-    steps = max(1, int(epochs * len(images) / batch_size))
-    opt, sched = _optimizer(model.parameters(), lr, steps, optim)
-    model.train()
-    start, cpu0, loss = time.time(), time.process_time(), torch.tensor(float("nan"))
-    for _ in range(steps):
-        idx = torch.randint(len(images), (batch_size,), generator=g)
-        loss = F.cross_entropy(model(views(images[idx], g)), targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return TrainResult(steps, steps * batch_size / len(images), time.time() - start, time.process_time() - cpu0, loss.item())
+# ----------------------------------------------------------------------------- data
+
+
+def load(spec: SyntheticSpec, val_fraction: float) -> dict[str, Tensor]:
+    """The open protocol as fgray's: test = unseen classes; validation classes carved from the
+    training classes (``assign_splits``, split seed 0) are left out of training."""
+    images, labels, boxes = render_arrays(spec)
+    ids = np.array([f"synthetic/{c:03d}/{i:04d}" for c in range(spec.num_classes) for i in range(spec.images_per_class)])
+    official = np.where(labels < spec.train_classes, "train", "test")
+    split = assign_splits("synthetic", "open", ids, labels, official, val_fraction=val_fraction, seed=0)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(labels)
+    train, test = np.isin(ids, split.train), np.isin(ids, split.test)
+    return {"xtr": x[train], "ytr": y[train], "btr": torch.from_numpy(boxes[train]), "xte": x[test], "yte": y[test]}
+
+
+def new_backbone(name: str, seed: int, kwargs: dict) -> nn.Module:
+    """The seed's random-init timm model with pooled features (as fgray.models.backbone)."""
+    torch.manual_seed(seed)
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def load(spec: SyntheticSpec) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Train / test images (uint8 N x 3 x H x W) and labels, by the open class split."""
-    images, labels, _ = render_arrays(spec)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(labels)
-    train = y < spec.train_classes
-    return x[train], y[train], x[~train], y[~train]
+def run_seed(seed: int, data: dict[str, Tensor], args: argparse.Namespace, vp: ViewParams) -> dict:
+    size = data["xtr"].shape[-1]
+    out: dict = {"seed": seed}
+    untrained = new_backbone(args.backbone, seed, args.backbone_kwargs)
+    out["untrained"] = recall_at_1(embed(untrained, data["xte"]), data["yte"])
+    ssl_views = batch_views(moco_v2_augmentation(size, vp.scale, vp.jitter, vp.p_jitter, vp.p_gray, vp.p_blur))
+    for method in args.methods:
+        backbone = new_backbone(args.backbone, seed, args.backbone_kwargs)  # the same init as "untrained"
+        torch.manual_seed(1000 + seed)  # data order and view draws
+        labels = None
+        if method == "moco":
+            model, lr, views = MoCoV2(backbone, args.queue, args.momentum, args.temperature, args.hidden_dim), args.lr, ssl_views
+        elif method == "simsiam":
+            model, lr, views = SimSiam(backbone, args.hidden_dim), args.simsiam_lr or args.lr, ssl_views
+        elif method == "simclr":
+            model, lr, views = SimCLR(backbone, args.temperature, args.hidden_dim), args.lr, ssl_views
+        else:
+            classes, labels = torch.unique(data["ytr"], return_inverse=True)
+            model, lr = Supervised(backbone, len(classes)), args.lr
+            views = batch_views(v2.Compose([v2.RandomResizedCrop(size, scale=tuple(args.sup_crop_scale), antialias=True),
+                                            v2.RandomHorizontalFlip()]))
+        log = train(model, data["xtr"], labels, views, args, lr)
+        feats = embed(backbone, data["xte"])
+        out[method] = recall_at_1(feats, data["yte"])
+        out[f"{method}_log"] = asdict(log)
+        if args.parts:
+            out[f"{method}_parts"] = part_recalls(feats, data["yte"])
+        print(f"  seed {seed} {method:10s} R@1 {100 * out[method]:5.1f} (untrained {100 * out['untrained']:5.1f}) "
+              f"loss {log.first_loss:.3f} -> {log.last_loss:.3f}, {log.steps} steps, {log.seconds:.0f}s", flush=True)
+    return out
 
 
-def new_backbone(name: str, seed: int, stem_pool: bool = True, **kwargs) -> nn.Module:
-    """A random-init timm model with pooled features; ``stem_pool=False`` drops a ResNet's stem
-    max-pool (the usual small-image tweak: 2x finer feature maps for 2-3 px parts)."""
-    torch.manual_seed(seed)
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
-    if not stem_pool and hasattr(model, "maxpool"):
-        model.maxpool = nn.Identity()
-    return model
+def summarise(runs: list[dict], methods: list[str]) -> list[tuple[str, str]]:
+    def ms(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{100 * statistics.mean(values):5.1f} +- {100 * sd:4.1f}"
+
+    rows = [("untrained backbone", ms([r["untrained"] for r in runs]))]
+    for m in methods:
+        diffs = [r[m] - r["untrained"] for r in runs]
+        rows.append((f"{m} trained", ms([r[m] for r in runs])))
+        rows.append((f"{m} - untrained (paired)", f"{ms(diffs)}   min {100 * min(diffs):+5.1f}   "
+                                                   f"per seed {' '.join(f'{100 * d:+.1f}' for d in diffs)}"))
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-classes", type=int, default=48)
-    p.add_argument("--images-per-class", type=int, default=40)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--spec", type=json.loads, default={}, help="extra SyntheticSpec fields as JSON")
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--backbone-kwargs", type=json.loads, default={},
-                   help='timm.create_model kwargs, e.g. \'{"channels": [32, 64, 128, 256], "stem_width": 32}\'')
-    p.add_argument("--no-stem-pool", action="store_true", help="drop the ResNet stem max-pool")
-    p.add_argument("--aug", choices=("v2", "fast"), default="v2", help="per-image torchvision v2 or batched")
-    p.add_argument("--optim", choices=("sgd", "adamw"), default="sgd")
-    p.add_argument("--baselines", default="resnet18,resnet10t", help="random-init backbones to score ('' = none)")
-    p.add_argument("--method", choices=("moco", "simclr", "none"), default="moco")
-    p.add_argument("--epochs", type=float, default=8)
+    p.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 (init, data order, views)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--methods", default="moco,simsiam,supervised", help="of moco, simsiam, simclr, supervised; 'none'")
+    # data (the demo's synthetic dataset; --spec adds SyntheticSpec fields)
+    p.add_argument("--spec", type=json.loads, default={}, help='SyntheticSpec fields as JSON, e.g. \'{"clutter": 30}\'')
+    p.add_argument("--val-fraction", type=float, default=0.25, help="training classes held out (not trained on)")
+    # model
+    p.add_argument("--backbone", default="resnet10t")
+    p.add_argument("--backbone-kwargs", type=json.loads, default=DEMO_BACKBONE_KWARGS)
+    p.add_argument("--hidden-dim", type=int, default=256)
+    # recipe (demo.yaml)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.06)
-    p.add_argument("--queue", type=int, default=1024)
-    p.add_argument("--probe-every", type=int, default=0, help="print test Recall@1 every N steps (0: never)")
-    p.add_argument("--supervised", action="store_true", help="also train a supervised upper bound")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (1 = one Ray trial's CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the results here")
+    p.add_argument("--optim", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--simsiam-lr", type=float, default=None, help="SimSiam's own lr (default: --lr)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--queue", type=int, default=256)
+    p.add_argument("--momentum", type=float, default=0.99)
+    # SSL views: moco_v2_augmentation's parameters (defaults: the published MoCo v2 recipe)
+    p.add_argument("--crop-scale", type=float, nargs=2, default=(0.2, 1.0))
+    p.add_argument("--jitter", type=float, default=0.4, help="ColorJitter strength s: (s, s, s, s/4)")
+    p.add_argument("--p-jitter", type=float, default=0.8)
+    p.add_argument("--p-gray", type=float, default=0.2)
+    p.add_argument("--p-blur", type=float, default=0.5)
+    p.add_argument("--sup-crop-scale", type=float, nargs=2, default=(0.2, 1.0), help="the supervised bound's crop")
+    # diagnostics
+    p.add_argument("--view-stats", action="store_true", help="print what two SSL crops share (IoU, bird in both)")
+    p.add_argument("--parts", action="store_true", help="also record per-part Recall@1 (what features see)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = one Ray trial's CPU)")
+    p.add_argument("--json", help="write per-seed results and the summary here")
     args = p.parse_args()
+    args.methods = [] if args.methods == "none" else args.methods.split(",")
     torch.set_num_threads(args.threads)
 
-    spec = SyntheticSpec(num_classes=args.num_classes, images_per_class=args.images_per_class,
-                         image_size=args.image_size, **args.spec)
+    spec = SyntheticSpec(**{"num_classes": 48, "images_per_class": 40, "image_size": 64, **args.spec})
+    vp = ViewParams(tuple(args.crop_scale), args.jitter, args.p_jitter, args.p_gray, args.p_blur)
     t0 = time.time()
-    xtr, ytr, xte, yte = load(spec)
-    results: dict = {"spec": spec.to_dict(), "args": vars(args), "render_s": round(time.time() - t0, 1)}
-    n_test_classes = spec.num_classes - spec.train_classes
-    print(f"rendered {len(xtr)} train / {len(xte)} test images ({n_test_classes} test classes) in {results['render_s']}s")
+    data = load(spec, args.val_fraction)
+    print(f"rendered: {len(data['xtr'])} training images ({len(data['ytr'].unique())} classes), "
+          f"{len(data['xte'])} test images ({len(data['yte'].unique())} classes) in {time.time() - t0:.1f}s; "
+          f"chance R@1 {100 * (spec.images_per_class - 1) / (len(data['xte']) - 1):.1f} %")
+    print(f"views: {vp}")
+    results: dict = {"spec": spec.to_dict(), "args": vars(args), "views": asdict(vp)}
+    if args.view_stats:
+        results["view_stats"] = view_stats(data["btr"].numpy(), spec.image_size, vp.scale)
+        print(f"two SSL views share: {results['view_stats']}")
 
-    r = results["recall@1"] = {}
-    r["chance (expected)"] = (spec.images_per_class - 1) / (len(xte) - 1)
-    r["random features"] = recall_at_1(torch.randn(len(xte), 128, generator=torch.Generator().manual_seed(0)), yte)
-    r["raw pixels"] = recall_at_1(xte.flatten(1).float() - xte.flatten(1).float().mean(0), yte)
-    for name in filter(None, args.baselines.split(",")):
-        r[f"random-init {name}"] = recall_at_1(embed(new_backbone(name, args.seed), xte), yte)
-        print(f"  {name}: {r[f'random-init {name}']:.3f}", flush=True)
-
-    if args.method != "none":
-        backbone = new_backbone(args.backbone, args.seed, not args.no_stem_pool, **args.backbone_kwargs)
-        feats = embed(backbone, xte)
-        r[f"{args.backbone} before SSL"] = recall_at_1(feats, yte)
-        results["part_recall_before_ssl"] = part_recalls(feats, yte)
-        results["part_recall_raw_pixels"] = part_recalls(xte.flatten(1).float() - xte.flatten(1).float().mean(0), yte)
-        model = MoCoV2(backbone, queue=args.queue) if args.method == "moco" else SimCLR(backbone)
-        res = train_ssl(model, xtr, args.epochs, args.batch_size, args.lr, args.seed, args.aug, args.optim,
-                        probe=lambda: recall_at_1(embed(backbone, xte), yte), probe_every=args.probe_every)
-        results["ssl"] = asdict(res)
-        feats = embed(backbone, xte)
-        r[f"{args.backbone} after {args.method}"] = recall_at_1(feats, yte)
-        results["part_recall_after_ssl"] = part_recalls(feats, yte)
-        r[f"{args.backbone} after {args.method} (train classes)"] = recall_at_1(embed(backbone, xtr), ytr)
-    if args.supervised:
-        backbone = new_backbone(args.backbone, args.seed, not args.no_stem_pool, **args.backbone_kwargs)
-        res = train_supervised(backbone, xtr, ytr, args.epochs, args.batch_size, args.lr, args.seed, args.aug, args.optim)
-        results["supervised"] = asdict(res)
-        r[f"{args.backbone} supervised (train classes only)"] = recall_at_1(embed(backbone, xte), yte)
-
-    for k, v in results.items():
-        if k not in ("recall@1", "spec", "args"):
-            print(f"{k}: {v}")
-    print("test-class Recall@1:")
-    for k, v in r.items():
-        print(f"  {k:45s} {100 * v:5.1f}%")
+    runs = [run_seed(s, data, args, vp) for s in range(args.first_seed, args.first_seed + args.seeds)]
+    results["runs"] = runs
+    rows = summarise(runs, args.methods)
+    results["summary"] = dict(rows)
+    print(f"\ntest-class Recall@1 (%), {args.seeds} seeds, mean +- std:")
+    for name, value in rows:
+        print(f"  {name:28s} {value}")
+    if args.parts and args.methods:
+        for m in args.methods:
+            mean = {k: round(100 * statistics.mean(r[f"{m}_parts"][k] for r in runs), 1) for k in PARTS}
+            print(f"  {m} per-part R@1: {mean}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

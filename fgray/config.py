@@ -205,7 +205,11 @@ class SearchConfig(Strict):
     num_samples: int | None = Field(None, ge=1)  # default: grid size, else 8
     metric: str = "val/recall@1"
     mode: Literal["max", "min"] = "max"
-    seed: int = 0
+    seed: int = 0  # the searcher's seed (TPE / grid order), not the trials'
+    # Seed repeats: every row / sampled configuration runs with train.seed, train.seed + 1, ...; the
+    # report shows mean +- std per row. Grids enumerate the seeds as one more axis; sampled searches
+    # repeat each suggestion (Tune's Repeater), and the searcher sees the mean over the repeats.
+    seeds: int = Field(1, ge=1)
     scheduler: SchedulerConfig = SchedulerConfig()
 
     @property
@@ -315,6 +319,9 @@ def check_search(sweep: SweepConfig, deep: bool = True) -> None:
     if search.scheduler.name == "asha" and search.scheduler.grace_period > sweep.train.epochs:
         raise ConfigError(f"search.scheduler.grace_period: must be <= train.epochs ({sweep.train.epochs}), "
                           f"got {search.scheduler.grace_period}")
+    if search.seeds > 1 and "train.seed" in search.space:
+        raise ConfigError("search.space.train.seed: search.seeds repeats every row with its own seeds; "
+                          "search train.seed or set search.seeds, not both")
     for key, dist in search.space.items():
         if key.split(".")[0] in ("search", "paper", "storage", "name"):
             raise ConfigError(f"search.space.{key}: only experiment keys can be searched")

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from fgray.config import SweepConfig
-from fgray.results import finite, rank_trials
+from fgray.results import finite, rank_trials, seed_table
 
 PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
 
@@ -41,11 +41,15 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
                   tests: dict[str, Any]) -> dict[str, Any]:
     """Write summary.json, results.parquet, report.md and plots; return the summary."""
     out_dir = f"{storage}/{sweep.name}"
-    ranked = rank_trials(trials, sweep.search.metric, sweep.search.mode)
+    metric, mode = sweep.search.metric, sweep.search.mode
     for trial in trials:
         trial["test"] = tests.get("trials", {}).get(trial["trial_id"])
         row = _paper_row(sweep, trial["overrides"])
         trial["paper"] = dict(row.metrics) if row else None
+    rows = seed_table(trials, tests.get("baseline"), metric, mode)
+    # The best trial: the best seed of the best row (the best trial itself without seed repeats).
+    best_row = [t for t in trials if rows and t["trial_id"] in rows[0]["trials"] and t["checkpoint"]]
+    ranked = rank_trials(best_row, metric, mode)
     summary = {
         "name": sweep.name,
         "method": sweep.method.name,
@@ -57,6 +61,8 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         "num_errors": sum(t["status"] == "error" for t in trials),
         "best": ranked[0]["trial_id"] if ranked else None,
         "baseline": tests.get("baseline"),
+        "seeds": sweep.search.seeds,
+        "rows": rows,  # per configuration over its seeds: mean +- std, paired gain, within noise of the best
         "trials": trials,
         "paper_source": sweep.paper.source,
         "report": f"{out_dir}/report.md",
@@ -122,6 +128,7 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     if baseline:
         lines += ["", f"**Untrained backbone** (same architecture, {baseline.get('init', 'random init')}) on the same "
                   f"test split: " + ", ".join(f"{m} {_pct(baseline.get(m))}" for m in shown)]
+    lines += _seed_lines(summary, sweep)
     lines += _probe_lines(summary)
     if sweep.paper.source:
         lines += ["", f"Paper values: {sweep.paper.source}. They were measured on the paper's data and schedule; "
@@ -131,6 +138,34 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
         lines += ["", "## Failed trials", *[f"- {t['trial_id']}: {t['error']}" for t in errors]]
     lines += ["", f"![{metric}](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
+    """The seed-repeat table: each configuration's mean +- std over its seeds, beside the paper."""
+    if summary.get("seeds", 1) < 2:
+        return []
+    metric = summary["metric"]
+    keys = sorted({k for r in summary["rows"] for k in r["overrides"]})
+    header = ["row", *keys, "seeds", f"val {metric.removeprefix('val/')}", "test recall@1", "untrained recall@1",
+              "gain (min)", "paper"]
+    lines = ["", f"**Seed repeats** ({summary['seeds']} seeds per row; mean ± std in %, std over seeds; "
+             "gain = test minus the untrained backbone of the same seed). ≈ marks rows whose validation "
+             "metric is within noise of the best row (Welch's t-test, p >= 0.05).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(summary["rows"]):
+        paper = _paper_row(sweep, row["overrides"])
+        paper_text = ", ".join(f"{k} {v:.2f}" for k, v in paper.metrics.items()) if paper else "-"
+        mark = " **best**" if i == 0 else (" ≈" if row["within_noise_of_best"] else "")
+        gain = row["gain"]
+        cells = [f"{i + 1}{mark}", *[format_value("", row["overrides"].get(k, "")) for k in keys],
+                 str(len(row["seeds"])), _pm(row["val"]), _pm(row["test"]), _pm(row["untrained"]),
+                 f"{_pm(gain)} ({_pct(gain['min'])})" if gain["values"] else "-", paper_text]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pm(stats: dict[str, Any]) -> str:
+    return f"{_pct(stats['mean'])} ± {_pct(stats['std'])}" if finite(stats.get("mean")) else "-"
 
 
 def _probe_lines(summary: dict[str, Any]) -> list[str]:

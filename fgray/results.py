@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # annotations only: importing config would pull the method re
     from fgray.config import SweepConfig
 
 POINT_KEY = "point"  # param-space key of a ``search.points`` row index
+# Param a seed-repeating searcher sets to the repeat's index (ray.tune.search.repeater.TRIAL_INDEX,
+# repeated so bookkeeping needs no Ray; a test keeps the two equal). It becomes ``train.seed``.
+REPEAT_KEY = "__trial_index__"
+SEED_KEY = "train.seed"
 # The name fgray.checkpoint.save gives its meta file; read here through pyarrow (checkpoints may
 # sit in cloud storage), and repeated so bookkeeping needs no torch (tests keep the two equal).
 META_FILE = "meta.json"
@@ -34,14 +38,16 @@ class TrialResult(Protocol):
 
 
 def overrides_from(params: dict[str, Any], sweep: SweepConfig) -> dict[str, Any]:
-    """Tune's sampled params (dotted keys, maybe a table-row index) -> dotted overrides."""
-    return _overrides(params, sweep.search.points)
+    """Tune's sampled params (dotted keys, maybe a table-row index or a repeat index) -> dotted overrides."""
+    return _overrides(params, sweep.search.points, sweep.train.seed)
 
 
-def _overrides(params: dict[str, Any], points: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    overrides = {k: v for k, v in params.items() if k != POINT_KEY}
+def _overrides(params: dict[str, Any], points: Sequence[dict[str, Any]], base_seed: int = 0) -> dict[str, Any]:
+    overrides = {k: v for k, v in params.items() if k not in (POINT_KEY, REPEAT_KEY)}
     if POINT_KEY in params:
         overrides.update(points[int(params[POINT_KEY])])
+    if REPEAT_KEY in params:  # the i-th repeat of a sampled configuration runs seed train.seed + i
+        overrides[SEED_KEY] = base_seed + int(params[REPEAT_KEY])
     return overrides
 
 
@@ -97,12 +103,12 @@ def _read_json(filesystem: pafs.FileSystem, path: str) -> dict[str, Any]:
 
 
 def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str, epochs: int,
-                   points: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+                   points: Sequence[dict[str, Any]] = (), base_seed: int = 0) -> list[dict[str, Any]]:
     """One record per trial: the params it ran, status, last metrics and checkpoint.
 
     ``epochs`` is the last epoch a full trial reports (all its stages): a trial that reported it
     is ``completed``, one stopped earlier (ASHA) is ``stopped``. ``points`` are the sweep's
-    ``search.points`` rows that a ``POINT_KEY`` param indexes.
+    ``search.points`` rows that a ``POINT_KEY`` param indexes; ``base_seed`` its ``train.seed``.
     """
     trials = []
     for result in results:
@@ -116,7 +122,7 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
         trials.append({
             "trial_id": trial_id,
             "params": params,
-            "overrides": _overrides(params, points),
+            "overrides": _overrides(params, points, base_seed),
             "status": status,
             "error": _error_line(result.error),
             "epochs": metrics.get("epoch"),
@@ -147,3 +153,83 @@ def rank_trials(trials: list[dict[str, Any]], metric: str, mode: str) -> list[di
     scored = [t for t in trials if metric in t["metrics"] and t["checkpoint"]]
     return sorted(scored, key=lambda t: t["metrics"][metric], reverse=mode == "max")
 
+
+
+# ------------------------------------------------------------------------------------------ seeds
+
+
+def row_key(overrides: dict[str, Any]) -> str:
+    """The configuration a trial ran, without its seed: trials of one row differ only by seed."""
+    return json.dumps({k: v for k, v in overrides.items() if k != SEED_KEY}, sort_keys=True, default=str)
+
+
+def seed_rows(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[str, Any]]:
+    """Trials grouped into rows (same configuration, different seeds), best row first by the mean of
+    ``metric`` over its seeds that reported it. Each row: ``key``, ``overrides`` (without the seed),
+    ``trials``, ``seeds``, ``values`` (per seed), ``mean``, ``std`` (sample std; 0 for one seed)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for trial in trials:
+        groups.setdefault(row_key(trial["overrides"]), []).append(trial)
+    rows = []
+    for key, members in groups.items():
+        values = [t["metrics"][metric] for t in members if metric in t["metrics"]]
+        rows.append({"key": key, "overrides": json.loads(key), "trials": members,
+                     "seeds": [t["overrides"].get(SEED_KEY) for t in members], "values": values,
+                     **mean_std(values)})
+    scored = sorted((r for r in rows if r["values"]), key=lambda r: r["mean"], reverse=mode == "max")
+    return scored + [r for r in rows if not r["values"]]
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "std"} of ``values``: the sample standard deviation (n - 1), 0 for one value, NaN for none."""
+    n = len(values)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan}
+    mean = sum(values) / n
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0}
+
+
+def within_noise(row: dict[str, Any], best: dict[str, Any], alpha: float = 0.05) -> bool:
+    """True when ``row``'s seeds do not differ from ``best``'s at level ``alpha`` (Welch's t-test);
+    rows with fewer than two seeds on either side cannot be told apart, so they count as within noise."""
+    if row is best:
+        return True
+    if len(row["values"]) < 2 or len(best["values"]) < 2:
+        return True
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    if row["std"] == 0 and best["std"] == 0:
+        return row["mean"] == best["mean"]
+    with warnings.catch_warnings():  # identical seeds in one row: scipy warns, the test still holds
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return bool(ttest_ind(row["values"], best["values"], equal_var=False).pvalue >= alpha)
+
+
+def seed_table(trials: list[dict[str, Any]], baseline: dict[str, Any] | None, metric: str, mode: str,
+               test_metric: str = "recall@1") -> list[dict[str, Any]]:
+    """One entry per row (configuration over its seeds), best first: validation ``metric`` and test
+    ``test_metric`` mean +- std, the untrained backbone of the same seeds, the paired gain (trained
+    minus untrained, seed by seed) and whether the row is within noise of the best one.
+    ``trials`` carry their ``test`` metrics; ``baseline`` is ``evaluate_best``'s (per seed in "seeds")."""
+    rows = seed_rows(trials, metric, mode)
+    per_seed = {int(s): b for s, b in (baseline or {}).get("seeds", {}).items()}
+    table = []
+    for row in rows:
+        tested = [t for t in row["trials"] if t.get("test")]
+        seeds = [t["overrides"].get(SEED_KEY) for t in tested]
+        tests = [t["test"][test_metric] for t in tested]
+        untrained = [per_seed[s][test_metric] if s in per_seed else (baseline or {}).get(test_metric)
+                     for s in seeds]
+        paired = [a - b for a, b in zip(tests, untrained) if b is not None]
+        table.append({
+            "overrides": row["overrides"], "seeds": row["seeds"], "trials": [t["trial_id"] for t in row["trials"]],
+            "val": {"values": row["values"], **mean_std(row["values"])},
+            "test": {"seeds": seeds, "values": tests, **mean_std(tests)},
+            "untrained": {"values": [u for u in untrained if u is not None],
+                          **mean_std([u for u in untrained if u is not None])},
+            "gain": {"values": paired, **mean_std(paired), "min": min(paired) if paired else math.nan},
+            "within_noise_of_best": bool(rows[0]["values"]) and within_noise(row, rows[0]) if row["values"] else False,
+        })
+    return table

@@ -41,9 +41,9 @@ def planned_trials(sweep: SweepConfig) -> tuple[list[dict[str, Any]] | None, int
     if search.space or search.points:
         if search.is_grid and search.algorithm in ("auto", "grid"):
             rows = grid_points(search)
-            return rows, len(rows) * (search.num_samples or 1)
-        return None, search.num_samples or DEFAULT_RANDOM_SAMPLES
-    return [{}], search.num_samples or 1
+            return rows, len(rows) * (search.num_samples or 1) * search.seeds
+        return None, (search.num_samples or DEFAULT_RANDOM_SAMPLES) * search.seeds
+    return [{}], (search.num_samples or 1) * search.seeds
 
 
 def describe_plan(sweep: SweepConfig, storage: str) -> str:
@@ -120,7 +120,7 @@ def build_search(sweep: SweepConfig):
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from fgray.results import POINT_KEY
+    from fgray.results import POINT_KEY, SEED_KEY
 
     search = sweep.search
     rows, num_samples = planned_trials(sweep)
@@ -129,16 +129,21 @@ def build_search(sweep: SweepConfig):
         grid = {k: list(d.grid) for k, d in search.space.items()}
         if search.points:
             grid[POINT_KEY] = list(range(len(search.points)))
+        if search.seeds > 1:  # seed repeats: one more grid axis
+            grid[SEED_KEY] = [sweep.train.seed + i for i in range(search.seeds)]
         if not grid:
             return {}, None, num_samples
         space = {k: tune.choice(v) for k, v in grid.items()}
-        sampler = optuna.samplers.GridSampler(grid, seed=search.seed)
-    else:
-        makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": lambda lo, hi: tune.randint(lo, hi + 1)}
-        for key, dist in search.space.items():
-            space[key] = tune.choice(dist.choice) if dist.kind == "choice" else makers[dist.kind](*getattr(dist, dist.kind))
-        sampler = optuna.samplers.TPESampler(seed=search.seed)
-    return space, OptunaSearch(sampler=sampler), num_samples
+        return space, OptunaSearch(sampler=optuna.samplers.GridSampler(grid, seed=search.seed)), num_samples
+    makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": lambda lo, hi: tune.randint(lo, hi + 1)}
+    for key, dist in search.space.items():
+        space[key] = tune.choice(dist.choice) if dist.kind == "choice" else makers[dist.kind](*getattr(dist, dist.kind))
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed))
+    if search.seeds > 1:  # each suggestion runs with every seed; TPE sees the mean over them
+        from ray.tune.search import Repeater
+
+        searcher = Repeater(searcher, repeat=search.seeds, set_index=True)
+    return space, searcher, num_samples
 
 
 def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
@@ -183,22 +188,27 @@ EvaluateSplit = Callable[[list[tuple[ExperimentConfig, str | None]], str | None]
 
 def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]],
                   evaluate: EvaluateSplit | None = None) -> dict[str, Any]:
-    """Test metrics of the best ``eval.test_top`` trials (chosen on validation) and of the
-    untrained backbone, each printed as one line.
+    """Test metrics of every seed of the best ``eval.test_top`` rows (chosen on the mean validation
+    metric over their seeds; a row is one trial without seed repeats) and of the untrained backbone
+    of each of those seeds, each printed as one line.
 
     Models that share their data and eval settings are evaluated together: one decode and one
     actor start per split. ``evaluate(models, cache_dir)`` scores a group (default:
     ``fgray.eval.distributed.evaluate_split``; tests pass a fake one and need no Ray).
     """
-    from fgray.results import rank_trials
+    from fgray.results import SEED_KEY, mean_std, seed_rows
 
     if evaluate is None:
         from fgray.eval.distributed import evaluate_split as evaluate
-    best = rank_trials(trials, sweep.search.metric, sweep.search.mode)[: sweep.eval.test_top]
+    metric = sweep.search.metric
+    rows = [r for r in seed_rows(trials, metric, sweep.search.mode) if r["values"]][: sweep.eval.test_top]
+    best = [t for r in rows for t in r["trials"] if t["checkpoint"] and metric in t["metrics"]]
     cache_dir = f"{storage}/{sweep.name}/_embeddings"
     models = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
-    if best and sweep.eval.baseline:
-        models.append(("baseline", (sweep.experiment(best[0]["overrides"]), None)))
+    seeds = sorted({t["overrides"].get(SEED_KEY, sweep.train.seed) for t in best})
+    if best and sweep.eval.baseline:  # the untrained backbone of every evaluated seed: paired gains
+        models += [(f"baseline@{seed}", (sweep.experiment({**rows[0]["overrides"], SEED_KEY: seed}), None))
+                   for seed in seeds]
     groups: dict[str, list] = {}
     for name, model in models:
         key = model[0].data.model_dump_json() + model[0].eval.model_dump_json()
@@ -214,14 +224,24 @@ def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         out["protocol"] = result.pop("split")
         out["trials"][trial["trial_id"]] = result
         print(f"test ({trial['trial_id']}): {_headline(result)}", flush=True)
-    if "baseline" in results:
+    baselines = {seed: results[f"baseline@{seed}"] for seed in seeds if f"baseline@{seed}" in results}
+    if baselines:
         experiment = models[-1][1][0]
-        baseline = results["baseline"]
-        baseline.pop("split")
-        baseline["init"] = "pretrained weights" if experiment.backbone.pretrained else "random init"
+        init = "pretrained weights" if experiment.backbone.pretrained else "random init"
+        for result in baselines.values():
+            result.pop("split")
+        first = baselines[seeds[0]]
+        # One seed: that seed's metrics; several: the mean over seeds, per seed in "seeds".
+        baseline = dict(first) if len(baselines) == 1 else {
+            k: mean_std([b[k] for b in baselines.values()])["mean"] for k, v in first.items()
+            if isinstance(v, (int, float))}
+        baseline["init"] = init
+        if len(baselines) > 1:
+            baseline["seeds"] = {str(seed): b for seed, b in baselines.items()}
         out["baseline"] = baseline
-        print(f"test (untrained {experiment.backbone.name}, {baseline['init']}): "
-              f"{_headline(baseline)}", flush=True)
+        print(f"test (untrained {experiment.backbone.name}, {init}"
+              f"{f', mean of {len(baselines)} seeds' if len(baselines) > 1 else ''}): {_headline(baseline)}",
+              flush=True)
     return out
 
 
@@ -241,7 +261,7 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[st
     pipeline.resolve_dataset(sweep.data)  # generate/verify the data once, before trials race for it
     results = build_tuner(sweep, storage, resume).fit()
     trials = collect_trials(results, storage, sweep.name, epochs=sweep.experiment().total_epochs,
-                            points=sweep.search.points)
+                            points=sweep.search.points, base_seed=sweep.train.seed)
     tests = evaluate_best(sweep, storage, trials)
     return write_outputs(sweep, storage, trials, tests)
 

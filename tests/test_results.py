@@ -81,7 +81,7 @@ def test_collect_trials_from_duck_typed_results(tmp_path):
 
 
 def test_overrides_from_reads_the_sweeps_points():
-    sweep = SimpleNamespace(search=SimpleNamespace(points=[{"a.b": 1}, {"a.b": 2}]))
+    sweep = SimpleNamespace(search=SimpleNamespace(points=[{"a.b": 1}, {"a.b": 2}]), train=SimpleNamespace(seed=0))
     assert overrides_from({POINT_KEY: 1, "c": 3}, sweep) == {"a.b": 2, "c": 3}
 
 

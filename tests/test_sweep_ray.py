@@ -91,3 +91,35 @@ def test_cached_embeddings_are_computed_once_and_reach_the_batches(ray_local, tm
     assert len(caches) == 1
     assert main([*args, "--set", "name=again"]) == 0  # a later sweep on the same storage reuses it
     assert list((tmp_path / "_embedding_cache").glob("*/*/_COMPLETE")) == caches
+    # ... and the same trial run twice on CPU gives bit-identical metrics (data order, views, init).
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert _learned(again["trials"][0]["metrics"]) == _learned(summary["trials"][0]["metrics"])
+
+
+def _learned(metrics: dict) -> dict:
+    """What a trial learned (losses, validation metrics), without its timings."""
+    return {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}
+
+
+def test_seed_repeats_are_reproducible_and_reported(ray_local, tmp_path):
+    args = [DEMO, "--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
+            "--set", "search.seeds=2", "--set", "eval.test_top=1"]
+    runs = []
+    for storage in ("first", "second"):
+        assert main([*args, "--storage", str(tmp_path / storage)]) == 0
+        runs.append(json.loads((tmp_path / storage / "demo-smoke" / "summary.json").read_text()))
+
+    def by_seed(summary, key):
+        return {t["overrides"]["train.seed"]: t[key] for t in summary["trials"]}
+
+    first, second = runs
+    assert sorted(by_seed(first, "metrics")) == [0, 1]
+    val = {seed: _learned(m) for seed, m in by_seed(first, "metrics").items()}
+    assert val == {seed: _learned(m) for seed, m in by_seed(second, "metrics").items()}
+    assert by_seed(first, "test") == by_seed(second, "test")  # every seed of the best row, bit-identical
+    assert val[0] != val[1]  # the seed changes init, data order and views
+    row = first["rows"][0]
+    assert sorted(row["seeds"]) == [0, 1]
+    assert len(row["test"]["values"]) == 2 and len(row["untrained"]["values"]) == 2
+    report = (tmp_path / "first" / "demo-smoke" / "report.md").read_text()
+    assert "Seed repeats" in report and "±" in report

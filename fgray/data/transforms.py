@@ -20,17 +20,22 @@ def decode(encoded: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def moco_v2_augmentation(image_size: int) -> v2.Compose:
-    """MoCo v2's view augmentation: crop 0.2-1, colour jitter p=0.8, grey p=0.2, blur p=0.5, flip."""
+def moco_v2_augmentation(image_size: int, scale: tuple[float, float] = (0.2, 1.0), jitter: float = 0.4,
+                         p_jitter: float = 0.8, p_gray: float = 0.2, p_blur: float = 0.5) -> v2.Compose:
+    """MoCo v2's view augmentation: crop 0.2-1, colour jitter p=0.8, grey p=0.2, blur p=0.5, flip.
+
+    The defaults are the published recipe. ``scale``: RandomResizedCrop's area range;
+    ``jitter``: ColorJitter strength s as (s, s, s, s / 4) (MoCo v2: 0.4); ``p_*``: probabilities.
+    """
     blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # ~10% of the side, odd
     # MoCo v2's sigma range (0.1, 2.0) is in pixels of a 224 px view; scaled with the side so a
     # small view is blurred as much relative to its content (sigma 2 at 64 px erases small parts).
     sigma = (0.1 * image_size / 224, 2.0 * image_size / 224)
     return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-        v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=sigma)], p=0.5),
+        v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
+        v2.RandomApply([v2.ColorJitter(jitter, jitter, jitter, jitter / 4)], p=p_jitter),
+        v2.RandomGrayscale(p=p_gray),
+        v2.RandomApply([v2.GaussianBlur(blur_kernel, sigma=sigma)], p=p_blur),
         v2.RandomHorizontalFlip(),
     ])
 
