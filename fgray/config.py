@@ -116,7 +116,10 @@ class TrainConfig(Strict):
     warmup_epochs: float = Field(0.0, ge=0)
     amp: Literal["auto", "on", "off"] = "auto"  # auto: bf16/fp16 autocast when a GPU is present
     grad_clip: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = 0  # initial weights, data order, every view and in-model draw derive from it
+    # GPU only (CPU trials are bit-reproducible as they are): deterministic CUDA kernels and cuDNN
+    # algorithms (torch.use_deterministic_algorithms); slower, and an op without one fails the trial.
+    deterministic: bool = False
 
 
 class EvalConfig(Strict):

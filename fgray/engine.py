@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -129,6 +130,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         return main
     ramp = sched.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic CUDA kernels for ``train.deterministic``: what stays non-deterministic on a GPU
+    otherwise is atomics-based reductions (scatter/index_add backward, some convolution backward
+    algorithms) and cuDNN's autotuned algorithm choice."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

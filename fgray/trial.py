@@ -91,7 +91,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     per-epoch validation and checkpoints; a restarted worker group resumes inside the right stage."""
     import torch
 
-    from fgray.engine import build_method, evaluate
+    from fgray.engine import build_method, evaluate, use_deterministic_kernels
     from fgray.stages import StageRunner
 
     experiment = ExperimentConfig.model_validate(config["experiment"])
@@ -103,6 +103,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     # same cores made steps 4x slower (measured: 1.5 CPUs, 2 threads: 17-29 s/epoch; 1 thread: 5-7 s).
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_worker)))
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+    if train_cfg.deterministic:
+        use_deterministic_kernels()
 
     method = build_method(experiment, facts)
     full_steps = max(1, config["rank_rows"] // train_cfg.batch_size)

@@ -123,3 +123,40 @@ def test_seed_repeats_are_reproducible_and_reported(ray_local, tmp_path):
     assert len(row["test"]["values"]) == 2 and len(row["untrained"]["values"]) == 2
     report = (tmp_path / "first" / "demo-smoke" / "report.md").read_text()
     assert "Seed repeats" in report and "±" in report
+
+
+def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(ray_local, tmp_path):
+    # The Train worker is SIGKILLed once its trial has checkpointed an epoch: the worker group restarts
+    # from that checkpoint (resources.max_failures) and, with every random stream derived from the
+    # seed, the epoch and the image, ends with the metrics of a run that was never interrupted.
+    import signal
+    import threading
+    import time
+
+    from ray.util.state import list_actors
+
+    args = [DEMO, "--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
+            "--set", "train.epochs=4", "--set", "train.steps_per_epoch=4", "--set", "search.scheduler.name=none",
+            "--set", "eval.baseline=false"]
+    assert main([*args, "--storage", str(tmp_path / "whole")]) == 0
+    killed: list[int] = []
+
+    def kill_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            if list((tmp_path / "killed").glob("demo-smoke/train-*/checkpoint_*/meta.json")):
+                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                    os.kill(actor.pid, signal.SIGKILL)
+                    killed.append(actor.pid)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    assert main([*args, "--storage", str(tmp_path / "killed")]) == 0
+    watcher.join()
+    assert killed, "no Train worker was found to kill"
+    whole, resumed = (json.loads((tmp_path / run / "demo-smoke" / "summary.json").read_text())["trials"][0]
+                      for run in ("whole", "killed"))
+    assert resumed["status"] == "completed" and resumed["epochs"] == 4
+    assert _learned(resumed["metrics"]) == _learned(whole["metrics"])
+    assert resumed["test"] == whole["test"]
