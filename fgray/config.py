@@ -44,7 +44,9 @@ class DataConfig(Strict):
     root: str | None = None  # folder of prepared shards (local or s3://); synthetic: cache folder
     protocol: Literal["open", "closed"] = "open"  # open: disjoint test classes; closed: official image split
     image_size: int = Field(64, ge=16)  # network input side (pixels)
-    val_fraction: float = Field(0.25, gt=0, lt=1)  # of training classes (open) / images (closed)
+    # Of training classes (open) / images (closed). 0: no validation split, for sweeps of fixed rows
+    # (a paper's table): every trial trains on the whole training split and its final model is tested.
+    val_fraction: float = Field(0.25, ge=0, lt=1)
     split_seed: int = 0  # which training classes/images become validation
     eval_crop: float = Field(0.875, gt=0, le=1)  # eval view: resize to image_size / eval_crop, centre-crop
     synthetic: SyntheticOptions = SyntheticOptions()
@@ -254,6 +256,10 @@ class ExperimentConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
 
     @property
+    def has_validation(self) -> bool:
+        return self.data.val_fraction > 0
+
+    @property
     def total_epochs(self) -> int:
         """Epochs of a whole trial, over all the method's stages (what ASHA's time axis counts)."""
         return sum(stage.epochs for stage in self.method.stages(self.train.epochs))
@@ -322,6 +328,13 @@ def check_search(sweep: SweepConfig, deep: bool = True) -> None:
     if search.scheduler.name == "asha" and search.scheduler.grace_period > sweep.train.epochs:
         raise ConfigError(f"search.scheduler.grace_period: must be <= train.epochs ({sweep.train.epochs}), "
                           f"got {search.scheduler.grace_period}")
+    searched = search.space.get("data.val_fraction")
+    if searched is not None and 0 in searched.values_to_check():
+        raise ConfigError("search.space.data.val_fraction: 0 (no validation split) is a setting of the whole "
+                          "sweep, not a value to search")
+    if not sweep.has_validation and search.space and not search.is_grid:
+        raise ConfigError("data.val_fraction: 0 leaves no validation split, and a sampled search chooses its "
+                          "trials on validation: give fixed rows (grid / points) or a validation fraction > 0")
     if search.seeds > 1 and "train.seed" in search.space:
         raise ConfigError("search.space.train.seed: search.seeds repeats every row with its own seeds; "
                           "search train.seed or set search.seeds, not both")

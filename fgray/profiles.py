@@ -17,8 +17,9 @@ def _smoke(data: dict[str, Any]) -> dict[str, Any]:
     out["name"] = f"{out.get('name', 'sweep')}-smoke"
     backbone = str(out.get("backbone", {}).get("name", "resnet18"))
     out["backbone"] = {"name": "test_vit" if "vit" in backbone else "test_resnet", "pretrained": False}
+    kept = {k: v for k, v in (out.get("data") or {}).items() if k == "val_fraction"}  # 0: no validation
     out["data"] = {"name": "synthetic", "image_size": 64, "eval_crop": 1.0, "protocol": "open",
-                   "synthetic": {"num_classes": 16, "images_per_class": 12}}
+                   "synthetic": {"num_classes": 16, "images_per_class": 12}, **kept}
     out["train"] = {**out.get("train", {}), "epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "amp": "off",
                     "warmup_epochs": 0}
     out["eval"] = {**out.get("eval", {}), "batch_size": 64, "test_top": 1}

@@ -107,6 +107,9 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
              "Training stages (one epoch counter): " + " -> ".join(
                  f"{stage.name} ({stage.epochs} epochs)" for stage in sweep.method.stages(sweep.train.epochs)) + ".",
              ""]
+    if not sweep.has_validation:
+        lines += ["No validation split (`data.val_fraction: 0`): every row trained on the whole training split, "
+                  "nothing was stopped early, and each row's final-epoch model was tested.", ""]
     keys = sorted({k for t in summary["trials"] for k in t["overrides"]})
     header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in shown], *[f"test {m}" for m in shown]]
     has_paper = any(t["paper"] for t in summary["trials"])

@@ -60,6 +60,8 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
         f"concurrent -> needs {gpus * res.max_concurrent_trials:g} GPU(s) at full concurrency",
         f"results: {storage}/{sweep.name}",
     ]
+    if not sweep.has_validation:
+        lines.insert(2, "no validation split (data.val_fraction 0): no early stopping; every row's final model is tested")
     if rows is not None:
         lines += [f"  trial {i + 1}: " + (", ".join(f"{k}={_short(v)}" for k, v in row.items()) or "(base config)")
                   for i, row in enumerate(rows)]
@@ -163,13 +165,17 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     space, search_alg, num_samples = build_search(sweep)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.experiment().total_epochs, grace_period=search.scheduler.grace_period,
+    # Without a validation split nothing can be compared while trials run: no early stopping, and
+    # the searcher (a grid) is handed the epoch count.
+    metric, mode = (search.metric, search.mode) if sweep.has_validation else ("epoch", "max")
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.experiment().total_epochs,
+                               grace_period=search.scheduler.grace_period,
                                reduction_factor=search.scheduler.reduction_factor)
-                 if search.scheduler.name == "asha" else FIFOScheduler())
+                 if search.scheduler.name == "asha" and sweep.has_validation else FIFOScheduler())
     return tune.Tuner(
         trainable,
         param_space=space,
-        tune_config=tune.TuneConfig(metric=search.metric, mode=search.mode, search_alg=search_alg, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=res.max_concurrent_trials,
                                     # A fresh driver per trial: a reused one keeps its finished TorchTrainer's
                                     # controller alive, and with it the workers' placement group (CPUs/GPUs).
@@ -201,8 +207,12 @@ def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
     if evaluate is None:
         from fgray.eval.distributed import evaluate_split as evaluate
     metric = sweep.search.metric
-    rows = [r for r in seed_rows(trials, metric, sweep.search.mode) if r["values"]][: sweep.eval.test_top]
-    best = [t for r in rows for t in r["trials"] if t["checkpoint"] and metric in t["metrics"]]
+    if sweep.has_validation:
+        rows = [r for r in seed_rows(trials, metric, sweep.search.mode) if r["values"]][: sweep.eval.test_top]
+        best = [t for r in rows for t in r["trials"] if t["checkpoint"] and metric in t["metrics"]]
+    else:  # nothing to choose by: every row's final model is tested
+        rows = seed_rows(trials, metric, sweep.search.mode)
+        best = [t for r in rows for t in r["trials"] if t["checkpoint"] and t["status"] == "completed"]
     cache_dir = f"{storage}/{sweep.name}/_embeddings"
     models = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
     seeds = sorted({t["overrides"].get(SEED_KEY, sweep.train.seed) for t in best})

@@ -44,7 +44,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
     prepared = pipeline.resolve_dataset(data)
     splits = pipeline.assign(prepared, data)
-    empty = [name for name in ("train", "val") if len(getattr(splits, name)) == 0]
+    needed = ("train", "val") if experiment.has_validation else ("train",)
+    empty = [name for name in needed if len(getattr(splits, name)) == 0]
     if empty:  # fail before any worker starts, with the reason, rather than after an epoch
         raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
                          f"more images per class or another data.val_fraction (now {data.val_fraction})")
@@ -60,7 +61,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     datasets = {f"train_{rank}": pipeline.train_dataset(split, inputs, data, seed, res.data_cpus, epochs, rank,
                                                         world, actors=res.data_actors)
                 for rank in range(world)}
-    datasets["val"] = pipeline.eval_dataset(prepared, splits.val)  # decoded once, in the worker (ValBatches)
+    if experiment.has_validation:  # decoded once, in the worker (ValBatches)
+        datasets["val"] = pipeline.eval_dataset(prepared, splits.val)
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
         train_loop_config={"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
@@ -126,7 +128,8 @@ def worker_loop(config: dict[str, Any]) -> None:
     for _ in range((start_epoch - config["first_epoch"]) * steps_per_epoch):
         next(train_batches)
     val_batches = ValBatches(ray.train.get_dataset_shard("val"), experiment.eval.batch_size,
-                             pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop))
+                             pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop)
+                             ) if experiment.has_validation else None
     started = time.perf_counter()
 
     def on_epoch(epoch: int, stats, runner: StageRunner) -> None:
@@ -142,7 +145,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         }
         is_last = epoch + 1 == runner.plan.epochs
         # Validate when due, after the last epoch, and on the first report (Tune and ASHA need the metric).
-        if rank == 0 and ((epoch + 1) % experiment.eval.every == 0 or is_last or not last_val):
+        due = (epoch + 1) % experiment.eval.every == 0 or is_last or not last_val
+        if rank == 0 and val_batches is not None and due:
             last_val = evaluate(method, val_batches, runner.device, ks)
             if not last_val.get("val/num_queries"):  # every metric NaN: Tune would stop the whole sweep
                 raise ValueError("validation: no query has a relevant image (each validation class has one image); "

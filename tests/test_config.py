@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from fgray.config import ConfigError, grid_points, load_sweep
@@ -125,3 +126,24 @@ def test_cli_dry_run_lists_trials(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "trials: 2 (exhaustive grid" in proc.stdout and "trial 2: train.lr=0.2" in proc.stdout
+
+
+def test_no_validation_split_needs_fixed_rows(tmp_path):
+    from fgray.data.protocols import assign_splits
+
+    path = write(tmp_path, BASE)
+    sampled = ["data.val_fraction=0", "search.space={train.lr: {loguniform: [0.001, 0.1]}}"]
+    with pytest.raises(ConfigError, match="data.val_fraction: 0 leaves no validation split"):
+        load_sweep(path, sampled)
+    with pytest.raises(ConfigError, match="search.space.data.val_fraction"):
+        load_sweep(path, ["search.space={data.val_fraction: {grid: [0, 0.2]}}"])
+    fixed = load_sweep(path, ["data.val_fraction=0", "search.space={train.lr: {grid: [0.01, 0.1]}}"])
+    assert not fixed.has_validation
+    assert not load_sweep(path, ["data.val_fraction=0"], profile="smoke").has_validation  # smoke keeps it
+    labels = np.repeat(np.arange(4), 5)
+    ids = np.array([f"x/{i}" for i in range(20)])
+    for protocol, splits in (("open", np.where(labels < 2, "train", "test")), ("closed", np.tile(
+            ["train"] * 4 + ["test"], 4))):
+        out = assign_splits("generic", protocol, ids, labels, splits, val_fraction=0.0)
+        assert len(out.val) == 0 and len(out.train) == int((splits == "train").sum()), protocol
+        assert "no validation split" in out.description

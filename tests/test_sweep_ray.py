@@ -160,3 +160,16 @@ def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(ray_local
     assert resumed["status"] == "completed" and resumed["epochs"] == 4
     assert _learned(resumed["metrics"]) == _learned(whole["metrics"])
     assert resumed["test"] == whole["test"]
+
+
+def test_fixed_rows_without_a_validation_split_test_every_final_model(ray_local, tmp_path):
+    # data.val_fraction 0 (a paper table's fixed rows): the whole training split trains, no early stopping,
+    # and each row's final model is tested.
+    code = main([DEMO, "--profile", "smoke", "--storage", str(tmp_path), "--set", "data.val_fraction=0",
+                 "--set", "search.space={train.lr: {grid: [0.001, 0.002]}}", "--set", "search.num_samples=1"])
+    summary = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())
+    assert code == 0 and summary["num_errors"] == 0
+    assert all(t["status"] == "completed" and t["test"]["recall@1"] > 0 for t in summary["trials"])
+    assert not any(k.startswith("val/") for t in summary["trials"] for k in t["metrics"])
+    assert "no validation split" in summary["data"]["split"]
+    assert "No validation split" in (tmp_path / "demo-smoke" / "report.md").read_text()

@@ -101,18 +101,21 @@ def assign_splits(
             rule = f"first half of the classes ({n_classes // 2}) train, the rest test"
         val_classes = _carve_classes(np.unique(labels[is_train]), val_fraction, rng)
         is_val = is_train & np.isin(labels, val_classes)
-        desc = f"open: {rule}; val = {len(val_classes)} training classes held out"
+        desc = f"open: {rule}; " + (f"val = {len(val_classes)} training classes held out" if val_fraction > 0
+                                   else "no validation split (every training class trains)")
     else:
         is_train = official_splits == "train"
         is_val = np.zeros_like(is_train)
-        for label in np.unique(labels[is_train]):
+        for label in np.unique(labels[is_train]) if val_fraction > 0 else ():
             idx = np.flatnonzero(is_train & (labels == label))
             # Validation is leave-one-out retrieval among the val images: a class needs 2 there to be
             # scored, so a class's share rounds up to 2, and a class with < 3 images stays in training.
             n_val = max(2, int(round(len(idx) * val_fraction)))
             if n_val < len(idx):
                 is_val[rng.choice(idx, size=n_val, replace=False)] = True
-        desc = f"closed: official image split; val = {val_fraction:.0%} of training images per class (at least 2)"
+        desc = "closed: official image split; " + (
+            f"val = {val_fraction:.0%} of training images per class (at least 2)" if val_fraction > 0
+            else "no validation split (the whole official training split trains)")
 
     is_test = ~is_train
     if spec.query_gallery:
