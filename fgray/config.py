@@ -268,7 +268,8 @@ class ExperimentConfig(Strict):
     @classmethod
     def _dataset_ks(cls, values: Any) -> Any:
         """eval.ks defaults to the dataset's published K list (SOP 1/10/100/1000, In-Shop 1/10/.../50)."""
-        if not isinstance(values, dict) or not isinstance(values.get("eval", {}), dict) or "ks" in values.get("eval", {}):
+        eval_section = values.get("eval", {}) if isinstance(values, dict) else None
+        if not isinstance(eval_section, dict) or "ks" in eval_section:
             return values
         data = values.get("data") or {}
         name = data.get("name", "synthetic") if isinstance(data, dict) else getattr(data, "name", "synthetic")
@@ -291,7 +292,8 @@ class SweepConfig(ExperimentConfig):
 # Loading a sweep file
 
 
-def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), profile: str | None = None) -> SweepConfig:
+def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (),
+               profile: str | None = None) -> SweepConfig:
     """Read, override, profile and fully validate a sweep file (including every searched value)."""
     path = Path(path)
     if not path.is_file():
@@ -303,7 +305,8 @@ def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (), 
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (name, method, data, ...), got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections (name, method, data, ...), "
+                          f"got {type(data).__name__}")
     data.setdefault("name", path.stem)
     if profile is not None:  # the profile first, so that explicit --set values win over it
         data = apply_profile(profile, data)

@@ -90,7 +90,8 @@ def results_frame(trials: list[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for t in trials:
         row = {"trial_id": t["trial_id"], "status": t["status"], "epochs": t["epochs"], "checkpoint": t["checkpoint"]}
-        row.update({f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in t["overrides"].items()})
+        row.update({f"config/{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                    for k, v in t["overrides"].items()})
         row.update(t["metrics"])
         row.update({f"test/{k}": v for k, v in (t.get("test") or {}).items()})
         rows.append(row)
@@ -207,7 +208,8 @@ def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None
     for path in glob.glob(os.path.join(out_dir, "*", "progress.csv")):
         progress = pd.read_csv(path)
         if metric in progress and "epoch" in progress:
-            trial_id = progress["trial_id"].iloc[0] if "trial_id" in progress else os.path.basename(os.path.dirname(path))
+            trial_id = (progress["trial_id"].iloc[0] if "trial_id" in progress
+                        else os.path.basename(os.path.dirname(path)))
             ax.plot(progress["epoch"], 100 * progress[metric], marker="o", label=str(trial_id))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (%)")

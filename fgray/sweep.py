@@ -61,7 +61,8 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
         f"results: {storage}/{sweep.name}",
     ]
     if not sweep.has_validation:
-        lines.insert(2, "no validation split (data.val_fraction 0): no early stopping; every row's final model is tested")
+        lines.insert(2, "no validation split (data.val_fraction 0): no early stopping; "
+                        "every row's final model is tested")
     if rows is not None:
         lines += [f"  trial {i + 1}: " + (", ".join(f"{k}={_short(v)}" for k, v in row.items()) or "(base config)")
                   for i, row in enumerate(rows)]
@@ -137,7 +138,8 @@ def build_search(sweep: SweepConfig):
             return {}, None, num_samples
         space = {k: tune.choice(v) for k, v in grid.items()}
         return space, OptunaSearch(sampler=optuna.samplers.GridSampler(grid, seed=search.seed)), num_samples
-    makers = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": lambda lo, hi: tune.randint(lo, hi + 1)}
+    makers = {"uniform": tune.uniform, "loguniform": tune.loguniform,
+              "randint": lambda lo, hi: tune.randint(lo, hi + 1)}
     for key, dist in search.space.items():
         space[key] = tune.choice(dist.choice) if dist.kind == "choice" else makers[dist.kind](*getattr(dist, dist.kind))
     searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed))

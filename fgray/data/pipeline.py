@@ -4,7 +4,8 @@ The encoded rows of a split are read once (pyarrow, predicate pushed into the sc
 object store. Training batches hold exactly the inputs a method declares (``fgray.data.inputs``):
 a tiny index dataset lists (row, epoch) in a seeded whole-split permutation per epoch, and a Ray
 Data actor pool turns each index row into that image's views (``fgray.data.views``), columns and
-cached embeddings, under a per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the process that embeds them (``EvalViews``): a Train worker
+cached embeddings, under a per-image seed, so a trial's batches are reproducible. Evaluation rows
+stay encoded until the process that embeds them (``EvalViews``): a Train worker
 for the small validation split, the embedding actors for large test splits.
 
 torchvision (``fgray.data.transforms``) is imported only where images are decoded: the Tune
@@ -76,7 +77,8 @@ def read_manifest(root: str, expected: str | None = None) -> Manifest:
 
 def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
     """Image ids per role under the config's protocol (reads only the small index columns)."""
-    index = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root)).to_table(columns=["image_id", "label", "split"])
+    dataset = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root))
+    index = dataset.to_table(columns=["image_id", "label", "split"])
     return assign_splits(prepared.name, data.protocol, index["image_id"].to_numpy(zero_copy_only=False),
                          index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
                          val_fraction=data.val_fraction, seed=data.split_seed)

@@ -1,5 +1,6 @@
 """Distributed evaluation: embeddings extracted by the shared Ray Data actor pool
-(``embedding_cache.EmbedActor``: one GPU per actor when the cluster has GPUs; several models per pass), cached by (checkpoint, dataset, transform) with
+(``embedding_cache.EmbedActor``: one GPU per actor when the cluster has GPUs; several models per
+pass), cached by (checkpoint, dataset, transform) with
 image ids as keys, then exact search with faiss in a Ray task placed on a GPU when there is one."""
 from __future__ import annotations
 

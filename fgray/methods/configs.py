@@ -90,7 +90,12 @@ class MocoV2Config(MethodConfig):
     momentum_schedule: Literal["constant", "cosine"] = "constant"  # cosine: m -> 1 over training (BYOL style)
     queue_size: int = Field(65536, ge=1)  # K negatives
     proj_dim: int = Field(128, ge=1)  # output of the MLP head
-    hidden_dim: int = Field(2048, ge=1)  # hidden width of the MLP head
+    hidden_dim: int = Field(2048, ge=1)  # hidden width of the MLP head (MoCo v2: Linear-ReLU-Linear)
+    # Shuffle-BN on a single worker: the key batch runs through the key encoder in this many random
+    # sub-batches, BN statistics per sub-batch (MoCo's single-GPU emulation of its 8 GPUs; 4 gives
+    # MoCo's 32 images per BN at PP-SSL's batch of 128). 1: off. Several DDP ranks shuffle across
+    # ranks as MoCo does and ignore it.
+    shuffle_bn_splits: int = Field(4, ge=1)
 
     @property
     def inputs(self) -> Inputs:
@@ -134,16 +139,20 @@ class PPSSLConfig(MocoV2Config):
     name: Literal["ppssl"] = "ppssl"  # type: ignore[assignment]
     alpha: float = Field(1.2, ge=0)  # weight of L_AIS (Eq. 9); 0 skips AIS
     beta: float = Field(0.01, ge=0)  # weight of L_IADM (Eq. 9); 0 skips IADM
-    ais: bool = True  # AIS on/off (Table 4's "AIS" row); off: no teacher and no psi, embedding = AvgPool(f)
-    iadm: bool = True  # Image-Aided Distinction Module on/off
+    # AIS on/off (Table 4's "AIS" row); off: no teacher. psi and z' stay while IADM is on (its w is
+    # z'), and so does the embedding AvgPool(z' * f) (Eq. 10); both off: embedding AvgPool(f).
+    ais: bool = True
+    iadm: bool = True  # Image-Aided Distinction Module on/off (Eqs. 5-8)
     kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
     logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T: CLIP's zero-shot scale (the paper writes 1)
     corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
     corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
     teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
     teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
-    guidance: str = "image"  # IADM input: image | layer1..layer4, or several joined by "+" (e.g. image+layer4)
-    psi_channels: int = Field(32, ge=1)  # output channels of the 1x1 convs psi / psi_g
+    # Where IADM's Grad-CAM target is taken: image | layer1..layer4, or several joined by "+"
+    # (e.g. image+layer4; Table 4); w is the network's attention map z' for every source.
+    guidance: str = "image"
+    psi_channels: int = Field(32, ge=1)  # output channels of psi, the 1x1 conv of Eq. 2 (LCR: 32)
 
     @field_validator("corpus")
     @classmethod

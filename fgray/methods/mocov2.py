@@ -1,8 +1,11 @@
 """MoCo v2 (Chen et al. 2020): the contrastive base of PP-SSL and OLDFS, and fgray's baseline.
 
 One step: q = head(f(view1)), k = momentum encoder(view2), InfoNCE of q against k and the
-queue (``fgray.losses.info_nce``), then k enters the queue. The encoder pair and queue are
-``parts.MoCoEncoders``, shared with the MoCo-based methods.
+queue (``fgray.losses.info_nce``), then k enters the queue. As published (MoCo v2's code, the
+``mlp`` option of ``moco/builder.py``): the head is Linear-ReLU-Linear, without BN, and the key
+encoder runs with shuffle-BN (across DDP ranks; on one worker over random sub-batches,
+``shuffle_bn_splits``). The encoder pair and queue are ``parts.MoCoEncoders``, shared with the
+MoCo-based methods.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ class MoCoV2(Method):
 
     def __init__(self, cfg: MocoV2Config, backbone: Backbone, facts: DatasetFacts):
         super().__init__(cfg, facts)
-        self.moco = MoCoEncoders(backbone, cfg)
+        self.moco = MoCoEncoders(backbone, cfg)  # MoCo v2's head: Linear-ReLU-Linear
         self.embed_dim = backbone.num_features  # embed(): the pooled backbone feature
 
     @classmethod

@@ -1,5 +1,6 @@
 """Parts several methods share (DESIGN.md §3): momentum (EMA) encoders, the negative-key queue,
-MoCo's encoder pair, all_gather, Grad-CAM / attention-map helpers and the DDP ignore list."""
+MoCo's encoder pair with its shuffle-BN, all_gather, Grad-CAM / attention-map helpers and the DDP
+ignore list."""
 from __future__ import annotations
 
 import copy
@@ -72,17 +73,23 @@ class MoCoEncoders(nn.Module):
     Query encoder f = backbone + MLP head; key encoder = momentum copy of f (no gradients, so
     outside DDP's gradient bookkeeping); negatives from a FIFO queue of past keys that every DDP
     rank fills with the keys all-gathered from all ranks. ``cfg``: temperature, momentum,
-    momentum_schedule, queue_size, proj_dim, hidden_dim (MocoV2Config's fields).
+    momentum_schedule, queue_size, proj_dim, hidden_dim, shuffle_bn_splits (MocoV2Config's fields).
+    ``head``: the query head; default MoCo v2's Linear-ReLU-Linear (no BN, as MoCo v2's code).
+
+    The key encoder runs with MoCo's shuffle-BN (``key``): its BatchNorm must not compute the
+    statistics of the very samples the query encoder normalises together, or the pair can "cheat"
+    through the batch statistics (MoCo Sec. 3.3) instead of learning features.
     """
 
     # Identical on every rank by construction: DDP need not broadcast them (``ddp_ignore``).
     IGNORED = ("key_backbone.", "key_head.", "queue.")
 
-    def __init__(self, backbone: Backbone, cfg, last_bn: bool = False):
+    def __init__(self, backbone: Backbone, cfg, head: nn.Module | None = None):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.head = ProjectionHead(backbone.num_features, cfg.hidden_dim, cfg.proj_dim, last_bn=last_bn)
+        self.head = head if head is not None else ProjectionHead(
+            backbone.num_features, cfg.hidden_dim, cfg.proj_dim, hidden_bn=False)
         self.key_backbone = frozen_copy(backbone)
         self.key_head = frozen_copy(self.head)
         self.queue = KeyQueue(cfg.proj_dim, cfg.queue_size)
@@ -94,7 +101,20 @@ class MoCoEncoders(nn.Module):
 
     @torch.no_grad()
     def key(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, proj_dim) L2-normalised keys from the momentum encoder."""
+        """(B, 3, H, W) -> (B, proj_dim) L2-normalised keys from the momentum encoder, shuffle-BN.
+
+        Several DDP ranks: MoCo's batch shuffle (``batch_shuffle_ddp``): each rank encodes a random
+        slice of the all-gathered batch, then gets its own keys back. One worker (no other rank to
+        trade samples with): the substitute ``split_shuffle_forward``, the batch in
+        ``shuffle_bn_splits`` random sub-batches, each with its own BN statistics (MoCo's
+        single-GPU SplitBatchNorm emulation does the same); the query's BN sees the whole batch.
+        """
+        if _world_size() > 1:
+            shuffled, unshuffle = batch_shuffle_ddp(images)
+            return batch_unshuffle_ddp(self._encode_key(shuffled), unshuffle)
+        return split_shuffle_forward(self._encode_key, images, self.cfg.shuffle_bn_splits)
+
+    def _encode_key(self, images: Tensor) -> Tensor:
         return F.normalize(self.key_head(self.key_backbone(images)), dim=1)
 
     def contrastive_loss(self, query: Tensor, key: Tensor) -> Tensor:
@@ -111,6 +131,52 @@ class MoCoEncoders(nn.Module):
         momentum_update(self.head, self.key_head, self.current_momentum)
 
 
+# ------------------------------------------------------------------------------ shuffle-BN
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def batch_shuffle_ddp(x: Tensor) -> tuple[Tensor, Tensor]:
+    """MoCo's batch shuffle across DDP ranks: (B, ...) local batch -> this rank's B samples of a
+    random permutation of the all-gathered (W*B, ...) batch, and the inverse permutation (W*B,).
+
+    Rank 0 draws the permutation and broadcasts it, so every rank takes a disjoint slice.
+    Every rank must hold the same B (the trial's batches drop the last, short one).
+    """
+    gathered = all_gather_cat(x)  # (W*B, ...)
+    permutation = torch.randperm(gathered.shape[0], device=x.device)
+    dist.broadcast(permutation, src=0)
+    mine = permutation.view(dist.get_world_size(), -1)[dist.get_rank()]  # (B,)
+    return gathered[mine], torch.argsort(permutation)
+
+
+@torch.no_grad()
+def batch_unshuffle_ddp(x: Tensor, unshuffle: Tensor) -> Tensor:
+    """Undo ``batch_shuffle_ddp``: (B, ...) outputs of this rank's shuffled slice -> (B, ...)
+    outputs of this rank's own samples, in their order."""
+    gathered = all_gather_cat(x)  # (W*B, ...) in shuffled order
+    return gathered[unshuffle.view(dist.get_world_size(), -1)[dist.get_rank()]]
+
+
+@torch.no_grad()
+def split_shuffle_forward(encode, x: Tensor, splits: int) -> Tensor:
+    """Shuffle-BN on one worker: ``encode`` over ``splits`` random sub-batches of ``x`` (B, ...),
+    outputs returned in ``x``'s order. BN's statistics are per sub-batch, as on ``splits`` GPUs.
+
+    A sub-batch keeps at least two samples (BN's training statistics need two); with one sub-batch
+    the permutation would change nothing (BN is permutation-invariant), so none is drawn.
+    """
+    groups = max(1, min(splits, x.shape[0] // 2))
+    if groups == 1:
+        return encode(x)
+    permutation = torch.randperm(x.shape[0], device=x.device)
+    out = torch.cat([encode(chunk) for chunk in x[permutation].tensor_split(groups)])
+    return out[torch.argsort(permutation)]
+
+
 def momentum_at(momentum: float, schedule: str, progress: float) -> float:
     """The EMA ratio at ``progress`` in [0, 1]: constant, or cosine from ``momentum`` to 1 (BYOL)."""
     if schedule == "cosine":
@@ -122,18 +188,21 @@ def momentum_at(momentum: float, schedule: str, progress: float) -> float:
 
 
 def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
-    """PP-SSL Eqs. 2 / 7: max over channels of norm(relu(x)); (B, K, h, w) -> (B, 1, h, w) in [0, 1].
+    """A(.) of PP-SSL Eqs. 2 / 7: ReLU, max over channels, min-max over the map; (B, K, h, w) ->
+    (B, 1, h, w) in [0, 1].
 
-    norm is the paper's min-max over each channel's h x w map, (a - min) / (max - min + 1e-7):
-    the paper prints the denominator as 1e-7 + max(alpha), the max of the already shifted map
-    (as Grad-CAM code writes it: ``a -= a.min(); a /= 1e-7 + a.max()``). A constant map (e.g. a
-    1 x 1 grid) has no range: it becomes 1 where positive, 0 where zero (a / max), not 0 everywhere.
+    The order is the authors' (LCR's ``max_mask``, which PP-SSL's AIS reuses): channel max first,
+    then one min-max, (m - min) / (max - min + 1e-7); the paper's denominator 1e-7 + max(alpha) is
+    the max of the already shifted map (``img -= img.min(); img /= 1e-7 + img.max()``). The min and
+    max are over each image's h x w map (LCR's code takes them over the whole batch, which would
+    make an image's embedding depend on its batch-mates). A constant map (e.g. a 1 x 1 grid) has
+    no range: it becomes 1 where positive, 0 where zero (m / max), not 0 everywhere.
     """
-    a = F.relu(x.float()).flatten(2)  # (B, K, h*w)
-    low, high = a.amin(dim=2, keepdim=True), a.amax(dim=2, keepdim=True)
+    peak = F.relu(x.float()).amax(dim=1).flatten(1)  # (B, h*w): ReLU, then max over channels
+    low, high = peak.amin(dim=1, keepdim=True), peak.amax(dim=1, keepdim=True)
     span = high - low
-    normed = torch.where(span > eps, (a - low) / (span + eps), a / (high + eps))
-    return normed.amax(dim=1, keepdim=True).view(x.shape[0], 1, *x.shape[2:])
+    normed = torch.where(span > eps, (peak - low) / (span + eps), peak / (high + eps))
+    return normed.view(x.shape[0], 1, *x.shape[2:])
 
 
 def grad_cam_target(inputs: Tensor, grad: Tensor) -> Tensor:

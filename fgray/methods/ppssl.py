@@ -1,18 +1,40 @@
 """PP-SSL (Li et al., paper 001): MoCo v2 + Anti-Interference Strategy + Image-Aided Distinction.
 
 One training step, in named stages (B images, C channels and h x w grid of the last feature map):
-  _features / _contrastive  x = view1 -> f (B, C, h, w) -> q; k = momentum encoder(view2); L_CL (Eq. 1)
-  _ais    z' = A(psi(f)) (B, 1, h, w) (Eq. 2); u_s = Projector(AvgPool(f * z')) (Eq. 3);
-          l_s, l_t = logit_scale * u T^T against the N prompt embeddings T; L_AIS (Eq. 4).
-          Teacher u_t: the frozen CLIP image encoder on x (teacher_mode online, as the paper) or the
-          batch's ``teacher_embedding`` column, CLIP on the un-augmented image, computed once by
-          the embedding cache (teacher_mode cached: Train workers load CLIP once, on the CPU, to
-          embed the prompts, then drop it; no CLIP runs per step or sits on the GPU).
+  _features / _contrastive  x = view1 -> f (B, C, h, w) -> q; k = momentum encoder(view2);
+          L_CL (Eq. 1)
+  _attention  z' = A(psi(f)) (B, 1, h, w) (Eq. 2); A = ReLU, channel max, min-max (``attention_map``)
+  _ais    u_s = Projector(AvgPool(f * z')) (Eq. 3); l_s, l_t = logit_scale * u T^T against the N
+          prompt embeddings T; L_AIS (Eq. 4). Teacher u_t: the frozen CLIP image encoder on x
+          (teacher_mode online, as the paper) or the batch's ``teacher_embedding`` column, CLIP on
+          the un-augmented image, computed once by the embedding cache (teacher_mode cached: Train
+          workers load CLIP once, on the CPU, to embed the prompts, then drop it).
   _iadm   Grad-Img = ReLU(sum_c g * dL_CL/dg) for the guidance input g (the image: Eqs. 5-6; or a
-          stage's feature map: Table 4), a constant target; w = A(psi_g(g)) (Eq. 7); both max-pooled
-          to h x w; L_IADM = KL(Grad-Img || w) (Eq. 8).
+          stage's feature map: Table 4), max-pooled to h x w, a constant target; w = z' (Eq. 7, see
+          below); L_IADM = KL(Grad-Img || w) (Eq. 8), averaged over the guidance sources.
   L = L_CL + alpha L_AIS + beta L_IADM (Eq. 9); embedding v = normalize(AvgPool(z' * f)) (Eq. 10).
-A(.) = channel max of per-channel min-max-normalised ReLU maps (``attention_map``).
+
+What w is (Eq. 7). The paper prints w = max(norm(relu(psi(x)))) and says it applies "the same series
+of operations on the original image x as in the AIS framework", i.e. those of Eq. 2, which run on
+f(x): w is the network's own attention map of x, z'. Read literally (a 1x1 conv psi_g on the RGB
+image, as fgray first did) w depends on the image and psi_g alone, Grad-Img is a constant target,
+and beta * L_IADM has no path into the encoder: beta would train a 3->32 conv that the embedding
+never uses, contradicting the text (Grad-Img "guiding the network to focus on subtle details") and
+Fig. 5 (the network's Grad-CAM changes with IADM). PP-SSL builds on LCR (Shu et al. 2023,
+GANPerf/LCR), whose ``moco/builder.py`` settles it: ``max_mask`` (lines 125-148) is Eq. 2 and
+Eq. 10 (conv16 + bn16 = psi, ReLU, channel max, min-max, f * att_max, average pool, the retrieval
+feature of ``inference``, lines 293-318); ``forward`` returns that same ``att_max`` as the map the
+Grad-CAM supervises (lines 231, 277-291) and ``main_moco.py`` (lines 360-364) adds
+nu * KL(gradcam || att_max) to the contrastive loss, nu = 0.01 (PP-SSL's beta). So w = z', from the
+same psi as AIS: L_IADM trains psi and, through f, the backbone, whatever the guidance source, and
+it shapes the attention the embedding (Eq. 10) pools with. What PP-SSL changes is where Grad-CAM is
+taken: LCR differentiates L_CL w.r.t. the last feature map (fgray's guidance ``layer4``), PP-SSL
+w.r.t. the input image (Eqs. 5-6, guidance ``image``; Table 4 compares the stages). Two departures
+from LCR's code, both from PP-SSL's text: LCR leaves ``gradcam`` attached to the feature map (the
+KL also pushes the target); fgray detaches it, the paper's "pseudo-label", which is what the image
+source gives anyway. LCR turns both maps into distributions with a softmax along each map row;
+fgray normalises each map to sum 1 (Eq. 8 on the maps themselves, ``losses.attention_kl``).
+Without AIS (``ais: false``) psi and z' remain for IADM, and v is still Eq. 10.
 """
 from __future__ import annotations
 
@@ -31,10 +53,11 @@ from fgray.methods.parts import MoCoEncoders, attention_map, grad_cam_target
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.clip import TINY_MODEL, CLIPTeacher, check_weights
+from fgray.models.heads import ProjectionHead
 
 
 def _psi(in_channels: int, out_channels: int) -> nn.Module:
-    """psi: 1x1 conv + BN (the ReLU is part of ``attention_map``)."""
+    """psi: 1x1 conv + BN (LCR's conv16 + bn16; the ReLU is part of ``attention_map``)."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
 
 
@@ -56,21 +79,21 @@ class PPSSL(Method):
     def __init__(self, cfg: PPSSLConfig, backbone: Backbone, facts: DatasetFacts):
         super().__init__(cfg, facts)
         self.embed_dim = backbone.num_features  # embed(): the pooled backbone feature
-        self.moco = MoCoEncoders(backbone, cfg, last_bn=True)  # PP-SSL's head: ... a linear layer with BN
+        channels = backbone.num_features
+        # PP-SSL's own head ("two fully connected layers with ReLU and a linear layer with BN"),
+        # not MoCo v2's Linear-ReLU-Linear.
+        head = ProjectionHead(channels, cfg.hidden_dim, cfg.proj_dim, last_bn=True)
+        self.moco = MoCoEncoders(backbone, cfg, head=head)
         self.use_ais = cfg.ais and cfg.alpha > 0
         self.sources = tuple(cfg.guidance.split("+")) if cfg.iadm and cfg.beta > 0 else ()
-        channels = backbone.num_features
+        if self.use_ais or self.sources:
+            self.psi = _psi(channels, cfg.psi_channels)  # Eq. 2; IADM's w (Eq. 7) is the same z'
         if self.use_ais:
             teacher = CLIPTeacher(cfg.teacher)
             self.register_buffer("text_embeddings", teacher.encode_text(cfg.prompts).clone(), persistent=False)
             if cfg.teacher_mode == "online":
                 self.teacher = teacher  # cached mode: CLIP is dropped here, u_t comes with the batch
-            self.psi = _psi(channels, cfg.psi_channels)
             self.projector = nn.Linear(channels, teacher.embed_dim)
-        self.psi_guidance = nn.ModuleDict({
-            src: _psi(3 if src == "image" else self._stage_info(int(src[-1]))["num_chs"], cfg.psi_channels)
-            for src in self.sources
-        })
 
     # ---------------------------------------------------------------------------------------- hooks
 
@@ -93,12 +116,13 @@ class PPSSL(Method):
         f, stage_outputs = self._features(x)
         loss_cl, key = self._contrastive(f, batch["view2"])
         loss, parts = loss_cl, {"loss_cl": loss_cl.detach()}
+        z = self._attention(f) if hasattr(self, "psi") else None
         if self.use_ais:
             cached = batch["teacher_embedding"] if self.cfg.teacher_mode == "cached" else None
-            loss_ais = self._ais(f, x, cached)
+            loss_ais = self._ais(f, z, x, cached)
             loss, parts["loss_ais"] = loss + self.cfg.alpha * loss_ais, loss_ais.detach()
         if self.sources:
-            loss_iadm = self._iadm(loss_cl, x, stage_outputs, f.shape[-2:])
+            loss_iadm = self._iadm(loss_cl, x, stage_outputs, z)
             loss, parts["loss_iadm"] = loss + self.cfg.beta * loss_iadm, loss_iadm.detach()
         self.moco.enqueue(key)
         return {"loss": loss, **parts}
@@ -122,33 +146,39 @@ class PPSSL(Method):
         key = self.moco.key(view2)
         return self.moco.contrastive_loss(query, key), key
 
-    def _ais(self, f: Tensor, x: Tensor, cached_teacher: Tensor | None) -> Tensor:
-        """Eqs. 2-4: distil CLIP's distribution over the N prompts into the student's attended features."""
-        z = attention_map(self.psi(f))  # (B, 1, h, w), Eq. 2
-        u_s = F.normalize(self.projector(self.moco.backbone.pool(f * z)).float(), dim=1)  # (B, d), Eq. 3
+    def _attention(self, f: Tensor) -> Tensor:
+        """Eq. 2: z' = A(psi(f)), (B, C, h, w) -> (B, 1, h, w) in [0, 1]: AIS's mask, IADM's w."""
+        return attention_map(self.psi(f))
+
+    def _ais(self, f: Tensor, z: Tensor, x: Tensor, cached_teacher: Tensor | None) -> Tensor:
+        """Eqs. 3-4: distil CLIP's distribution over the N prompts into the attended features f * z'."""
+        u_s = self.projector(self.moco.backbone.pool(f * z))  # (B, d), Eq. 3
+        u_s = F.normalize(u_s.float(), dim=1)
         u_t = cached_teacher if self.cfg.teacher_mode == "cached" else self.teacher.encode_image(x)
         u_t = F.normalize(u_t.detach().float(), dim=1)
         text = self.text_embeddings  # (N, d), L2-normalised, computed once at construction
         scale = self.cfg.logit_scale
         return distillation_kl(scale * u_t @ text.t(), scale * u_s @ text.t(), self.cfg.kd_temperature)
 
-    def _iadm(self, loss_cl: Tensor, x: Tensor, stage_outputs: dict[str, Tensor], grid: tuple[int, int]) -> Tensor:
-        """Eqs. 5-8 for each guidance source, averaged; the Grad-CAM target is a constant.
+    def _iadm(self, loss_cl: Tensor, x: Tensor, stage_outputs: dict[str, Tensor],
+              z: Tensor) -> Tensor:
+        """Eqs. 5-8 for each guidance source, averaged: KL(Grad-Img || w) with w = z' (B, 1, h, w).
 
+        Grad-Img is a constant target; the gradient reaches the backbone through w = A(psi(f)).
         ``autograd.grad`` w.r.t. the inputs only (no parameter .grad is written, so DDP's reducer
-        hooks do not fire); ``retain_graph`` keeps the graph for the real backward of the total loss.
+        hooks do not fire); ``retain_graph`` keeps the graph for the backward of the total loss.
         """
         inputs = [x if src == "image" else stage_outputs[src] for src in self.sources]
-        grads = torch.autograd.grad(loss_cl, inputs, retain_graph=True)
+        grads = torch.autograd.grad(loss_cl, inputs, retain_graph=True)  # Eq. 5
+        w = z[:, 0]  # (B, h, w), Eq. 7: already on the last feature map's grid
         losses = []
-        for src, inp, grad in zip(self.sources, inputs, grads):
+        for inp, grad in zip(inputs, grads):
             if inp.ndim == 3:  # ViT tokens (B, T, C): Grad-CAM per token, laid on the patch grid
-                target = self.moco.backbone.tokens_to_map(F.relu((inp.detach() * grad).float().sum(-1, keepdim=True)))[:, 0]
-                guide = self.moco.backbone.tokens_to_map(inp)
+                cam = F.relu((inp.detach() * grad).float().sum(-1, keepdim=True))  # (B, T, 1)
+                target = self.moco.backbone.tokens_to_map(cam)[:, 0]
             else:
-                target, guide = grad_cam_target(inp, grad), inp
-            target = F.adaptive_max_pool2d(target.unsqueeze(1), grid)[:, 0]  # (B, h, w)
-            w = F.adaptive_max_pool2d(attention_map(self.psi_guidance[src](guide)), grid)[:, 0]  # Eq. 7
+                target = grad_cam_target(inp, grad)  # (B, H', W'), Eq. 6
+            target = F.adaptive_max_pool2d(target.unsqueeze(1), w.shape[-2:])[:, 0]  # (B, h, w)
             losses.append(attention_kl(target, w))  # Eq. 8
         return torch.stack(losses).mean()
 
@@ -162,8 +192,9 @@ class PPSSL(Method):
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
-        """Eq. 10: v = normalize(AvgPool(z' * f)); without AIS (no psi) v = normalize(AvgPool(f))."""
+        """Eq. 10: v = normalize(AvgPool(z' * f)); with neither AIS nor IADM (no psi, no z'):
+        v = normalize(AvgPool(f))."""
         f = self.moco.backbone.feature_map(images)
-        if self.use_ais:
-            f = f * attention_map(self.psi(f))
+        if hasattr(self, "psi"):
+            f = f * self._attention(f)
         return F.normalize(self.moco.backbone.pool(f).float(), dim=1)

@@ -30,7 +30,8 @@ class Backbone(nn.Module):
 
     def stage_maps(self, images: Tensor, stages: list[int]) -> list[Tensor]:
         """Feature maps after the given stages (1-based: 1 = first stage, timm's indices)."""
-        maps = self.model.forward_intermediates(images, indices=[s - 1 for s in stages] if self.is_token_model else stages,
+        indices = [s - 1 for s in stages] if self.is_token_model else stages
+        maps = self.model.forward_intermediates(images, indices=indices,
                                                 intermediates_only=True)
         return [self.tokens_to_map(m) if m.ndim == 3 else m for m in maps]
 
