@@ -29,20 +29,23 @@ class Recipe:
     keys: tuple[str, ...]
     needs_boxes: bool = False
     doc: str = ""
+    options: tuple[str, ...] = ()  # the option names its implementation takes (checked at config time)
 
 
 # Shapes per image: S = data.image_size; M = the ``count`` option of grid_crops.
 RECIPES: dict[str, Recipe] = {
     "moco_pair": Recipe(("view1", "view2"), doc="two MoCo v2 views: (3, S, S) uint8 each"),
-    "crop_flip": Recipe(("image",), doc="one random-resized crop + horizontal flip: (3, S, S) uint8"),
-    "clean_augmented": Recipe(("clean", "view1", "view2"),
+    "crop_flip": Recipe(("image",), doc="one random-resized crop + horizontal flip: (3, S, S) uint8",
+                        options=("scale",)),
+    "clean_augmented": Recipe(("clean", "view1", "view2"), options=("eval_crop",),
                               doc="the un-augmented eval view (3, S, S) and two MoCo v2 views"),
     "object_background": Recipe(
         ("image", "object", "background", "has_background"), needs_boxes=True,
+        options=("scale", "box_scale", "background_max_cover", "blur_kernel", "object_fill", "min_object_side"),
         doc="crop+flip image; the box's shape-preserving crop; the image with the box region "
             "mean-blurred; has_background: the box covers < half the image (bool)"),
     "grid_crops": Recipe(
-        ("image", "crops", "crop_boxes"),
+        ("image", "crops", "crop_boxes"), options=("count", "grids", "scale", "sampling"),
         doc="crop+flip image; M crops (M, 3, S, S) of boxes drawn from the grids' cells, resized to "
             "S; their boxes (M, 4) float32 x1, y1, x2, y2 in the image's pixels"),
 }
@@ -59,6 +62,10 @@ class ViewRecipe:
     def __post_init__(self) -> None:
         if self.name not in RECIPES:
             raise ValueError(f"unknown view recipe {self.name!r}; known: {sorted(RECIPES)}")
+        unknown = sorted(set(dict(self.options)) - set(RECIPES[self.name].options))
+        if unknown:
+            raise ValueError(f"view recipe {self.name!r}: unknown options {unknown}; "
+                             f"known: {list(RECIPES[self.name].options)}")
         # Lists (from YAML) become tuples: a recipe is hashable and compares by value.
         options = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(self.options).items())
         object.__setattr__(self, "options", options)

@@ -287,3 +287,7 @@ class GridCrops:
 
 if set(_BUILDERS) != set(RECIPES):  # a recipe declared in inputs.py must have its implementation here
     raise ImportError(f"view recipes without an implementation: {sorted(set(RECIPES) - set(_BUILDERS))}")
+for _name, _cls in _BUILDERS.items():  # ... and inputs.py lists the options it takes
+    if set(RECIPES[_name].options) != set(inspect.signature(_cls).parameters) - {"size"}:
+        raise ImportError(f"view recipe {_name!r}: inputs.RECIPES lists options {RECIPES[_name].options}, "
+                          f"its implementation takes {list(inspect.signature(_cls).parameters)[1:]}")
