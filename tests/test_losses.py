@@ -6,7 +6,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from fgray.losses import info_nce, negative_cosine
+import pytest
+
+from fgray.losses import distillation_kl, info_nce, negative_cosine
 
 
 def reference_info_nce(q, k, queue, t):
@@ -56,3 +58,31 @@ def test_negative_cosine_matches_reference_and_stops_the_target_gradient():
     assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0  # stopgrad(z), Eq. 3
     same = torch.randn(3, 5, generator=g)
     assert abs(float(negative_cosine(same, 2.5 * same)) + 1.0) < 1e-6  # parallel: the minimum, -1
+
+
+def reference_distillation_kl(teacher, student, tau):
+    """PP-SSL Eq. 4 term by term: tau^2 * KL(sigma(l_t / tau) || sigma(l_s / tau)), batch mean."""
+    total = 0.0
+    for l_t, l_s in zip(teacher.tolist(), student.tolist()):
+        z_t = sum(math.exp(v / tau) for v in l_t)
+        z_s = sum(math.exp(v / tau) for v in l_s)
+        p_t = [math.exp(v / tau) / z_t for v in l_t]
+        p_s = [math.exp(v / tau) / z_s for v in l_s]
+        total += tau**2 * sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    return total / len(teacher)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 4.0])
+def test_distillation_kl_matches_eq_4(tau):
+    g = torch.Generator().manual_seed(0)
+    teacher = 3 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    student = 3 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    got = float(distillation_kl(teacher, student, tau))
+    assert got == pytest.approx(reference_distillation_kl(teacher, student, tau), rel=1e-10)
+    # tau divides the logits and tau^2 scales the KL: neither can be dropped or swapped.
+    plain = reference_distillation_kl(teacher, student, 1.0)
+    if tau != 1.0:
+        assert got != pytest.approx(plain, rel=1e-3)
+        scaled = reference_distillation_kl(teacher / tau, student / tau, 1.0)  # no tau^2
+        assert got != pytest.approx(scaled, rel=1e-3) and got == pytest.approx(tau**2 * scaled)
+    assert float(distillation_kl(teacher, teacher, tau)) == pytest.approx(0.0, abs=1e-12)

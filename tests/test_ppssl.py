@@ -45,17 +45,23 @@ def method() -> PPSSL:
 
 
 def ref_attention(x: np.ndarray) -> np.ndarray:
-    """Eqs. 2/7: relu, per-channel min-max over the h x w map, max over channels. (B, K, h, w) -> (B, h, w)."""
+    """Eqs. 2/7 in the authors' order: alpha = max over channels of relu(x), then
+    norm(alpha)_ij = (alpha_ij - min(alpha)) / (1e-7 + max(alpha - min(alpha))) over one image's map.
+    (B, K, h, w) -> (B, h, w), cell by cell."""
     b, k, h, w = x.shape
     out = np.zeros((b, h, w))
     for i in range(b):
-        for c in range(k):
-            a = np.maximum(x[i, c], 0.0)
-            if a.max() - a.min() > 1e-7:
-                normed = (a - a.min()) / (a.max() - a.min() + 1e-7)
-            else:  # a constant map: 1 where positive, 0 where zero
-                normed = a / (a.max() + 1e-7)
-            out[i] = np.maximum(out[i], normed)
+        alpha = np.zeros((h, w))
+        for r in range(h):
+            for c in range(w):
+                alpha[r, c] = max(max(float(x[i, ch, r, c]), 0.0) for ch in range(k))
+        low, high = alpha.min(), alpha.max()
+        for r in range(h):
+            for c in range(w):
+                if high - low > 1e-7:
+                    out[i, r, c] = (alpha[r, c] - low) / (1e-7 + high - low)
+                else:  # a constant map has no range: 1 where positive, 0 where zero
+                    out[i, r, c] = alpha[r, c] / (1e-7 + high)
     return out
 
 
@@ -97,10 +103,22 @@ def test_attention_map_matches_reference():
     np.testing.assert_allclose(numpy(attention_map(one_cell)).ravel(), [1.0, 0.0], atol=1e-6)
 
 
-def test_ais_loss_matches_eqs_2_to_4(method):
+def test_attention_map_takes_the_channel_max_before_the_min_max():
+    # By hand: relu -> channel max [3, 3, 2] -> min-max [1, 1, 0]. The other order (min-max per
+    # channel: [0, .5, 1] and [1, 1, 0], then max) would give [1, 1, 1].
+    x = torch.tensor([[[[0.0, 1.0, 2.0]], [[3.0, 3.0, -5.0]]]])  # (1, 2, 1, 3)
+    np.testing.assert_allclose(numpy(attention_map(x)).ravel(), [1.0, 1.0, 0.0], atol=1e-6)
+    # The min-max is per image: a batch-mate with larger values changes nothing.
+    pair = torch.cat([x, 10 * x + 1])
+    np.testing.assert_allclose(numpy(attention_map(pair))[0], numpy(attention_map(x))[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, 3.0])
+def test_ais_loss_matches_eqs_2_to_4(tau):
+    method = make(kd_temperature=tau, iadm=False)
     x = batch()["view1"]
     f = method.moco.backbone.feature_map(x)
-    got = method._ais(f, x, None)
+    got = method._ais(f, method._attention(f), x, None)
     # Reference: psi's output (a module call) and the weights, then plain numpy.
     psi_out, f_np = numpy(method.psi(f)), numpy(f)
     z = ref_attention(psi_out)  # (B, h, w)
@@ -115,20 +133,25 @@ def test_ais_loss_matches_eqs_2_to_4(method):
     assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize("guidance", ["image", "layer3"])
-def test_iadm_loss_matches_eqs_5_to_8(guidance):
-    m = make(guidance=guidance, ais=False)
-    b = batch()
-    x = b["view1"].clone().requires_grad_(guidance == "image")
+def iadm_parts(m: PPSSL, b: dict, guidance: str):
+    """One forward up to L_IADM: (x, f, stage outputs, L_CL, z', L_IADM)."""
+    x = b["view1"].clone().requires_grad_("image" in guidance)
     f, stages = m._features(x)
     loss_cl, _ = m._contrastive(f, b["view2"])
-    got = m._iadm(loss_cl, x, stages, f.shape[-2:])
+    z = m._attention(f)
+    return x, f, stages, loss_cl, z, m._iadm(loss_cl, x, stages, z)
+
+
+@pytest.mark.parametrize("guidance", ["image", "layer3", "layer4"])
+def test_iadm_loss_matches_eqs_5_to_8(guidance):
+    m = make(guidance=guidance, ais=False)
+    x, f, stages, loss_cl, _, got = iadm_parts(m, batch(), guidance)
     g_in = x if guidance == "image" else stages[guidance]
     (grad,) = torch.autograd.grad(loss_cl, g_in, retain_graph=True)  # Eq. 5
     cam = np.maximum((numpy(g_in) * numpy(grad)).sum(axis=1), 0.0)  # Eq. 6
     h, w = f.shape[-2:]
-    w_map = ref_attention(numpy(m.psi_guidance[guidance](g_in)))  # Eq. 7
-    expected = ref_kl(ref_max_pool(cam, h, w), ref_max_pool(w_map, h, w))  # Eq. 8
+    w_map = ref_attention(numpy(m.psi(f)))  # Eq. 7: the network's attention map of x, z' (Eq. 2)
+    expected = ref_kl(ref_max_pool(cam, h, w), w_map)  # Eq. 8
     assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
@@ -162,7 +185,7 @@ def test_gradients_reach_student_only():
     m = make(guidance="image+layer2")
     m.train()
     m(batch())["loss"].backward()
-    students = ["moco.backbone.", "moco.head.", "psi.", "projector.", "psi_guidance.image.", "psi_guidance.layer2."]
+    students = ["moco.backbone.", "moco.head.", "psi.", "projector."]
     for name, p in m.named_parameters():
         if name.startswith(("teacher.", "moco.key_")):
             assert not p.requires_grad and p.grad is None, name
@@ -177,19 +200,85 @@ def test_gradients_reach_student_only():
     assert not any(id(p) in trained for p in m.teacher.parameters())
 
 
-def test_grad_img_is_a_constant_target():
-    """With image guidance L_IADM trains only psi_g: no gradient flows through Grad-Img into the network."""
-    m = make(guidance="image", ais=False)
-    b = batch()
-    x = b["view1"].clone().requires_grad_(True)
-    f, stages = m._features(x)
-    loss_cl, _ = m._contrastive(f, b["view2"])
-    loss_iadm = m._iadm(loss_cl, x, stages, f.shape[-2:])
-    network = list(m.moco.backbone.parameters()) + list(m.moco.head.parameters())
-    assert all(g is None for g in torch.autograd.grad(loss_iadm, network, allow_unused=True))
-    assert all(g is not None for g in torch.autograd.grad(loss_iadm, list(m.psi_guidance.parameters())))
-    # ... and autograd.grad w.r.t. the input wrote no parameter gradient (nothing for DDP's hooks).
+def backbone_grad(loss: torch.Tensor, m: PPSSL) -> list[torch.Tensor]:
+    params = list(m.moco.backbone.parameters())
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def total(grads: list[torch.Tensor]) -> float:
+    return float(sum(g.abs().sum() for g in grads))
+
+
+@pytest.mark.parametrize("guidance", ["image", "layer1", "layer2", "layer3", "layer4", "image+layer4"])
+def test_iadm_trains_the_backbone_for_every_guidance_source(guidance):
+    """w = z' = A(psi(f)): L_IADM reaches the backbone (and psi) whatever the Grad-CAM source."""
+    m = make(guidance=guidance, ais=False)
+    *_, loss_iadm = iadm_parts(m, batch(), guidance)
+    assert total(backbone_grad(loss_iadm, m)) > 0
+    psi_grads = torch.autograd.grad(loss_iadm, list(m.psi.parameters()), retain_graph=True)
+    assert sum(float(g.abs().sum()) for g in psi_grads) > 0
+    # autograd.grad w.r.t. the guidance inputs wrote no parameter gradient (nothing for DDP's hooks).
     assert all(p.grad is None for p in m.parameters())
+
+
+def test_grad_img_is_a_constant_target():
+    """The gradient of L_IADM comes through w alone: it equals that of KL(T || w) for the same
+    Grad-CAM values T held fixed (layer3: a target left attached would add a path through it)."""
+    m = make(guidance="layer3", ais=False)
+    _, f, stages, loss_cl, z, loss_iadm = iadm_parts(m, batch(), "layer3")
+    (grad,) = torch.autograd.grad(loss_cl, stages["layer3"], retain_graph=True)
+    cam = np.maximum((numpy(stages["layer3"]) * numpy(grad)).sum(axis=1), 0.0)
+    fixed = torch.tensor(ref_max_pool(cam, *f.shape[-2:]), dtype=torch.float32)
+    from fgray.losses import attention_kl
+
+    expected = backbone_grad(attention_kl(fixed, z[:, 0]), m)
+    for got, want in zip(backbone_grad(loss_iadm, m), expected):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
+def step_grads(beta: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Backbone gradients of the total loss and of its L_IADM, one step of a fresh model."""
+    m = make(beta=beta)
+    parts = {}
+    iadm = m._iadm
+    m._iadm = lambda *args: parts.setdefault("iadm", iadm(*args))
+    torch.manual_seed(7)  # the key encoder's shuffle-BN draws a permutation
+    out = m(batch())
+    of_iadm = backbone_grad(parts["iadm"], m)
+    out["loss"].backward()
+    return [p.grad.clone() for p in m.moco.backbone.parameters()], of_iadm
+
+
+def test_beta_scales_the_backbone_gradient_of_l_iadm():
+    """d(L_CL + alpha L_AIS + beta L_IADM)/d backbone moves by (beta' - beta) dL_IADM/d backbone."""
+    low, iadm = step_grads(0.009)
+    high, _ = step_grads(0.2)
+    assert total(iadm) > 0 and total([h - l for h, l in zip(high, low)]) > 0
+    for h, l, g in zip(high, low, iadm):
+        torch.testing.assert_close(h - l, (0.2 - 0.009) * g, rtol=1e-3, atol=1e-4)
+
+
+def short_run(beta: float, steps: int = 2) -> list[torch.Tensor]:
+    """A few SGD steps from the same seed on the same batches; the backbone's weights at the end."""
+    m = make(beta=beta, ais=False)  # IADM alone beside L_CL: any difference comes from beta
+    optimizer = torch.optim.SGD(m.param_groups(), lr=0.05, momentum=0.9)
+    torch.manual_seed(3)
+    for step in range(steps):
+        out = m(batch(seed=10 + step))
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        m.after_step(step / steps)
+    return [p.detach().clone() for p in m.moco.backbone.parameters()]
+
+
+def test_short_runs_that_differ_only_in_beta_end_with_different_backbones():
+    """Table 6's beta rows (0.009, 0.01, 0.2) train different encoders; the same beta twice, the same."""
+    runs = {beta: short_run(beta) for beta in (0.009, 0.01, 0.2)}
+    assert all(torch.equal(a, b) for a, b in zip(short_run(0.01), runs[0.01]))  # deterministic
+    for one, other in [(0.009, 0.01), (0.009, 0.2), (0.01, 0.2)]:
+        assert not all(torch.equal(a, b) for a, b in zip(runs[one], runs[other])), (one, other)
 
 
 def test_teacher_frozen_eval_and_not_checkpointed(method):
@@ -250,8 +339,9 @@ def test_guidance_layers_run(guidance):
     out = m(batch())
     assert torch.isfinite(out["loss"]) and "loss_iadm" in out and "loss_ais" not in out
     out["loss"].backward()
-    assert all(p.grad is not None for p in m.psi_guidance.parameters())
-    assert not hasattr(m, "teacher")
+    assert all(p.grad is not None for p in m.psi.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in m.moco.backbone.parameters()) > 0
+    assert not hasattr(m, "teacher") and not hasattr(m, "projector")
 
 
 @pytest.mark.parametrize("guidance", ["image", "layer2"])
@@ -269,11 +359,64 @@ def test_vit_backbone(guidance):
 def test_switches_skip_the_computation():
     m = make(ais=False, iadm=False)
     out = m(batch())
-    assert set(out) == {"loss", "loss_cl"} and not hasattr(m, "psi") and len(m.psi_guidance) == 0
+    assert set(out) == {"loss", "loss_cl"} and not hasattr(m, "psi")
     assert not hasattr(m, "teacher") and not hasattr(m, "text_embeddings")
     m.eval()
     f = m.moco.backbone.feature_map(batch()["view1"])
     torch.testing.assert_close(m.embed(batch()["view1"]), F.normalize(f.mean(dim=(2, 3)), dim=1))
+
+
+def test_iadm_without_ais_keeps_z_and_embeds_with_eq_10():
+    m = make(ais=False)
+    assert hasattr(m, "psi") and not hasattr(m, "teacher") and not hasattr(m, "projector")
+    assert set(m(batch())) == {"loss", "loss_cl", "loss_iadm"}
+    m.eval()
+    x = batch()["view1"]
+    with torch.no_grad():
+        f = m.moco.backbone.feature_map(x)
+        z = ref_attention(numpy(m.psi(f)))
+    v = (numpy(f) * z[:, None]).mean(axis=(2, 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    np.testing.assert_allclose(numpy(m.embed(x)), v, atol=1e-5)
+
+
+def test_online_teacher_sees_view1():
+    m = make()
+    seen = []
+    original = m.teacher.encode_image
+    m.teacher.encode_image = lambda images: seen.append(images.detach().clone()) or original(images)
+    b = batch()
+    out = m(b)
+    assert len(seen) == 1 and torch.equal(seen[0], b["view1"]) and not torch.equal(seen[0], b["view2"])
+    # ... and u_t is the teacher's embedding of view1: L_AIS recomputed from it agrees.
+    f = m.moco.backbone.feature_map(b["view1"])
+    again = m._ais(f, m._attention(f), b["view1"], None)
+    assert float(out["loss_ais"]) == pytest.approx(float(again.detach()), rel=1e-5)
+
+
+def test_cached_teacher_mode_uses_the_batch_embedding():
+    m = make(teacher_mode="cached")
+    g = torch.Generator().manual_seed(5)
+    dim = m.text_embeddings.shape[1]
+    first, second = (F.normalize(torch.randn(4, dim, generator=g), dim=1) for _ in "ab")
+    x = batch()["view1"]
+    f = m.moco.backbone.feature_map(x)
+    z = m._attention(f)
+    losses = []
+    for cached in (first, second):
+        got = float(m._ais(f, z, x, cached).detach())
+        # Eq. 4 with u_t = the cached embedding (tau = 1): KL(softmax(l_t) || softmax(l_s)).
+        u_s = (numpy(f) * ref_attention(numpy(m.psi(f)))[:, None]).mean(axis=(2, 3))
+        u_s = u_s @ numpy(m.projector.weight).T + numpy(m.projector.bias)
+        u_s /= np.linalg.norm(u_s, axis=1, keepdims=True)
+        text, scale = numpy(m.text_embeddings), m.cfg.logit_scale
+        p_t, p_s = softmax(scale * numpy(cached) @ text.T), softmax(scale * u_s @ text.T)
+        expected = float(np.mean(np.sum(p_t * np.log(p_t / p_s), axis=1)))
+        assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
+        b = batch()
+        b["teacher_embedding"] = cached
+        losses.append(float(m(b)["loss_ais"]))
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)  # the batch's value is what L_AIS reads
 
 
 def test_cached_teacher_mode_reads_the_batch():

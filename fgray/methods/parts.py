@@ -201,7 +201,12 @@ def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
     peak = F.relu(x.float()).amax(dim=1).flatten(1)  # (B, h*w): ReLU, then max over channels
     low, high = peak.amin(dim=1, keepdim=True), peak.amax(dim=1, keepdim=True)
     span = high - low
-    normed = torch.where(span > eps, (peak - low) / (span + eps), peak / (high + eps))
+    # The minimum's cell is exactly 0 whatever the input, so its gradient is exactly 0; the where
+    # keeps autograd from sending a large upstream gradient there (IADM's KL has 1/w) along the
+    # two paths peak and min(peak), whose float difference would be noise, not 0.
+    shifted = peak - low
+    shifted = torch.where(shifted > 0, shifted, torch.zeros_like(shifted))
+    normed = torch.where(span > eps, shifted / (span + eps), peak / (high + eps))
     return normed.view(x.shape[0], 1, *x.shape[2:])
 
 
