@@ -112,7 +112,8 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
         lines += ["No validation split (`data.val_fraction: 0`): every row trained on the whole training split, "
                   "nothing was stopped early, and each row's final-epoch model was tested.", ""]
     keys = sorted({k for t in summary["trials"] for k in t["overrides"]})
-    header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in shown], *[f"test {m}" for m in shown]]
+    val_shown = shown if sweep.has_validation else []  # no validation split: no val columns
+    header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in val_shown], *[f"test {m}" for m in shown]]
     has_paper = any(t["paper"] for t in summary["trials"])
     paper_keys = sorted({k for t in summary["trials"] for k in (t["paper"] or {})})
     if has_paper:
@@ -123,7 +124,7 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
         cells = [t["trial_id"] + (" **best**" if t["trial_id"] == summary["best"] else ""),
                  *[format_value("", t["overrides"].get(k, "")) for k in keys],
                  t["status"], str(t["epochs"] or "-"),
-                 *[_pct(t["metrics"].get(f"val/{m}")) for m in shown], *[_pct(test.get(m)) for m in shown]]
+                 *[_pct(t["metrics"].get(f"val/{m}")) for m in val_shown], *[_pct(test.get(m)) for m in shown]]
         if has_paper:
             cells += [f"{(t['paper'] or {}).get(k, float('nan')):.2f}" if t["paper"] and k in t["paper"] else "-"
                       for k in paper_keys]
