@@ -101,27 +101,21 @@ def _learned(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}
 
 
-def test_seed_repeats_are_reproducible_and_reported(ray_local, tmp_path):
-    args = [DEMO, "--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
-            "--set", "search.seeds=2", "--set", "eval.test_top=1"]
-    runs = []
-    for storage in ("first", "second"):
-        assert main([*args, "--storage", str(tmp_path / storage)]) == 0
-        runs.append(json.loads((tmp_path / storage / "demo-smoke" / "summary.json").read_text()))
-
-    def by_seed(summary, key):
-        return {t["overrides"]["train.seed"]: t[key] for t in summary["trials"]}
-
-    first, second = runs
-    assert sorted(by_seed(first, "metrics")) == [0, 1]
-    val = {seed: _learned(m) for seed, m in by_seed(first, "metrics").items()}
-    assert val == {seed: _learned(m) for seed, m in by_seed(second, "metrics").items()}
-    assert by_seed(first, "test") == by_seed(second, "test")  # every seed of the best row, bit-identical
-    assert val[0] != val[1]  # the seed changes init, data order and views
-    row = first["rows"][0]
-    assert sorted(row["seeds"]) == [0, 1]
-    assert len(row["test"]["values"]) == 2 and len(row["untrained"]["values"]) == 2
-    report = (tmp_path / "first" / "demo-smoke" / "report.md").read_text()
+def test_seed_repeats_are_reported_with_their_spread(ray_local, tmp_path):
+    # Two seeds of one configuration (no ASHA: a trial stopped early would end at another epoch);
+    # run-to-run determinism is asserted by the PP-SSL and killed-worker tests.
+    assert main([DEMO, "--profile", "smoke", "--storage", str(tmp_path), "--set", "search.space={}",
+                 "--set", "search.num_samples=1", "--set", "search.seeds=2",
+                 "--set", "search.scheduler.name=none"]) == 0
+    summary = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())
+    learned = {t["overrides"]["train.seed"]: _learned(t["metrics"]) for t in summary["trials"]}
+    assert sorted(learned) == [0, 1] and learned[0] != learned[1]  # the seed changes init, data order, views
+    assert all(t["test"] for t in summary["trials"])  # every seed of the best row is tested
+    row = summary["rows"][0]
+    assert sorted(row["seeds"]) == [0, 1] and len(row["test"]["values"]) == 2
+    assert len(row["untrained"]["values"]) == 2 and len(row["gain"]["values"]) == 2
+    assert set(summary["baseline"]["seeds"]) == {"0", "1"}
+    report = (tmp_path / "demo-smoke" / "report.md").read_text()
     assert "Seed repeats" in report and "±" in report
 
 
