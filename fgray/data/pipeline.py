@@ -69,7 +69,8 @@ def read_manifest(root: str, expected: str | None = None) -> Manifest:
             manifest = Manifest.from_json(stream.read().decode())
     except FileNotFoundError:
         raise ConfigError(f"data.root: no {MANIFEST_NAME} in {root} "
-                          "(prepare it with `python -m fgray.data prepare --dataset NAME --root RAW --out DIR`)") from None
+                          "(prepare it with `python -m fgray.data prepare --dataset NAME --root RAW "
+                          "--out DIR`)") from None
     if expected and manifest.dataset != expected:
         raise ConfigError(f"data.name: {root} holds '{manifest.dataset}', not '{expected}'")
     return manifest
