@@ -82,6 +82,13 @@ def test_pair_views_are_independent_draws():
     assert not torch.equal(out["view1"], out["view2"])
 
 
+def test_pair_options_reach_the_augmentation():
+    image = _image(S, S)  # whole-image crop, no colour change, grey or blur: the image or its mirror
+    out = _run("moco_pair", 0, image=image, scale=(1.0, 1.0), jitter=0.0, p_gray=0.0, p_blur=0.0)
+    for view in out.values():
+        assert torch.equal(view, image) or torch.equal(view, F.horizontal_flip(image))
+
+
 def test_crop_flip_scale_option_and_clean_view():
     image = _image(S, S)
     out = _run("crop_flip", 0, image=image, scale=(1.0, 1.0))["image"]  # whole image, maybe flipped

@@ -32,12 +32,17 @@ class Recipe:
     options: tuple[str, ...] = ()  # the option names its implementation takes (checked at config time)
 
 
+# MoCo v2's view parameters (fgray.data.transforms.moco_v2_augmentation): crop area range, colour
+# jitter strength and the probabilities of jitter, greyscale and blur.
+MOCO_VIEW_OPTIONS = ("scale", "jitter", "p_jitter", "p_gray", "p_blur")
+
 # Shapes per image: S = data.image_size; M = the ``count`` option of grid_crops.
 RECIPES: dict[str, Recipe] = {
-    "moco_pair": Recipe(("view1", "view2"), doc="two MoCo v2 views: (3, S, S) uint8 each"),
+    "moco_pair": Recipe(("view1", "view2"), options=MOCO_VIEW_OPTIONS,
+                        doc="two MoCo v2 views: (3, S, S) uint8 each"),
     "crop_flip": Recipe(("image",), doc="one random-resized crop + horizontal flip: (3, S, S) uint8",
                         options=("scale",)),
-    "clean_augmented": Recipe(("clean", "view1", "view2"), options=("eval_crop",),
+    "clean_augmented": Recipe(("clean", "view1", "view2"), options=("eval_crop",) + MOCO_VIEW_OPTIONS,
                               doc="the un-augmented eval view (3, S, S) and two MoCo v2 views"),
     "object_background": Recipe(
         ("image", "object", "background", "has_background"), needs_boxes=True,

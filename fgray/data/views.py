@@ -59,10 +59,11 @@ def _crop_flip(size: int, scale) -> v2.Compose:
 
 @_register("moco_pair")
 class MocoPair:
-    """Two independent MoCo v2 views: view1, view2 (3, S, S) uint8."""
+    """Two independent MoCo v2 views: view1, view2 (3, S, S) uint8 (options: moco_v2_augmentation's)."""
 
-    def __init__(self, size: int):
-        self.augment = moco_v2_augmentation(size)
+    def __init__(self, size: int, scale=(0.2, 1.0), jitter: float = 0.4, p_jitter: float = 0.8,
+                 p_gray: float = 0.2, p_blur: float = 0.5):
+        self.augment = moco_v2_augmentation(size, scale, jitter, p_jitter, p_gray, p_blur)
 
     def __call__(self, image: Tensor, box: Tensor | None = None) -> Views:
         return {"view1": self.augment(image), "view2": self.augment(image)}
@@ -83,9 +84,10 @@ class CropFlip:
 class CleanAugmented:
     """clean: resize + centre crop (``eval_crop`` = crop fraction); view1, view2: MoCo v2 views."""
 
-    def __init__(self, size: int, eval_crop: float = 0.875):
+    def __init__(self, size: int, eval_crop: float = 0.875, scale=(0.2, 1.0), jitter: float = 0.4,
+                 p_jitter: float = 0.8, p_gray: float = 0.2, p_blur: float = 0.5):
         self.clean = eval_transform(size, eval_crop)
-        self.augment = moco_v2_augmentation(size)
+        self.augment = moco_v2_augmentation(size, scale, jitter, p_jitter, p_gray, p_blur)
 
     def __call__(self, image: Tensor, box: Tensor | None = None) -> Views:
         return {"clean": self.clean(image), "view1": self.augment(image),

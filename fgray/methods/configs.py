@@ -82,6 +82,33 @@ class TeacherConfig(BaseModel):
                            image_size=self.image_size, seed=self.seed)
 
 
+class PairViews(BaseModel):
+    """The two augmented views of MoCo-style methods (``moco_pair``); defaults: MoCo v2's recipe.
+
+    Short runs on small images learn more with a larger crop and a weaker jitter (sweeps/demo.yaml,
+    bench/synthetic_learnability.py): strong jitter makes two views of one image differ in colour
+    more than two images do.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: tuple[float, float] = (0.2, 1.0)  # RandomResizedCrop area range
+    jitter: float = Field(0.4, ge=0)  # ColorJitter strength s: (s, s, s, s / 4)
+    p_jitter: float = Field(0.8, ge=0, le=1)
+    p_gray: float = Field(0.2, ge=0, le=1)
+    p_blur: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _area_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"must satisfy 0 < low <= high <= 1, got {list(scale)}")
+        return scale
+
+    def recipe(self) -> ViewRecipe:
+        return ViewRecipe("moco_pair", tuple(self.model_dump().items()))
+
+
 @method_config
 class MocoV2Config(MethodConfig):
     name: Literal["mocov2"] = "mocov2"
@@ -96,10 +123,11 @@ class MocoV2Config(MethodConfig):
     # MoCo's 32 images per BN at PP-SSL's batch of 128). 1: off. Several DDP ranks shuffle across
     # ranks as MoCo does and ignore it.
     shuffle_bn_splits: int = Field(4, ge=1)
+    views: PairViews = PairViews()
 
     @property
     def inputs(self) -> Inputs:
-        return Inputs(views=(ViewRecipe("moco_pair"),))
+        return Inputs(views=(self.views.recipe(),))
 
 
 @method_config
@@ -112,10 +140,11 @@ class SimSiamConfig(MethodConfig):
     hidden_dim: int = Field(2048, ge=1)  # projector hidden width
     pred_hidden_dim: int = Field(512, ge=1)  # predictor bottleneck (paper: 512)
     fix_pred_lr: bool = True  # the predictor keeps the base lr (paper Sec. 4.4): its own group, no decay
+    views: PairViews = PairViews()  # SimSiam's views are MoCo v2's (paper Sec. 4)
 
     @property
     def inputs(self) -> Inputs:
-        return Inputs(views=(ViewRecipe("moco_pair"),))
+        return Inputs(views=(self.views.recipe(),))
 
 
 # The eight fine-grained descriptions of the PP-SSL code (DESIGN.md §5); the first is CUB's relevant one.
@@ -182,7 +211,7 @@ class PPSSLConfig(MocoV2Config):
     def inputs(self) -> Inputs:
         """MoCo's pair; with teacher_mode cached, CLIP's embedding of each (un-augmented) image too."""
         cached = self.teacher_mode == "cached" and self.ais and self.alpha > 0
-        return Inputs(views=(ViewRecipe("moco_pair"),),
+        return Inputs(views=(self.views.recipe(),),
                       embeddings=(("teacher_embedding", self.teacher.encoder()),) if cached else ())
 
     @property
