@@ -49,3 +49,33 @@ def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
     prediction p, target z: (B, D); no gradient flows into ``target`` (stopgrad(z)).
     """
     return -(F.normalize(prediction, dim=1) * F.normalize(target.detach(), dim=1)).sum(dim=1).mean()
+
+
+# ---------------------------------------------------------------------------------------- VAPNet
+
+
+def attribute_kl(target_logits: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """One term of VAPNet's attribute constraint (paper 004 Eqs. 5-6; spec vapnet.md §2, §7.1).
+
+    sum_k P_k (log P_k - log Q_k) with P = softmax(target_logits / T), Q = softmax(logits / T)
+    over the k attributes: the paper's P log(P / A) on raw linear outputs is undefined (they can be
+    negative), hence the softmax. target_logits, logits: (B, M, k); summed over the M views and k
+    (as Eq. 6), mean over the B images. No stop-gradient: P is differentiable (the paper sends
+    the constraint through the mean encoders' outputs into the backbone).
+    """
+    log_p = F.log_softmax(target_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(logits.float() / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=(-2, -1)).mean()
+
+
+def attribute_constraint(local_target: Tensor, local_attributes: Tensor, global_target: Tensor,
+                         global_attributes: Tensor, temperature: float = 1.0) -> Tensor:
+    """VAPNet's crossed constraint, Eq. 6 (Eq. 5 with the online encoders as the targets):
+
+    L_c = sum_i [ KL(E[T_G](F_L^i) || A_L^i) + KL(E[T_L](F_G^i) || A_G^i) ], batch mean, where
+    A_L^i = T_L(F_L^i) (Eq. 2) and A_G^i = T_G(F_G^i) (Eq. 3); each KL is ``attribute_kl``.
+    local_target = E[T_G](F_L) (Eq. 6) or T_G(F_L) (Eq. 5); global_target = E[T_L](F_G) or
+    T_L(F_G). All four (B, M, k).
+    """
+    return (attribute_kl(local_target, local_attributes, temperature)
+            + attribute_kl(global_target, global_attributes, temperature))

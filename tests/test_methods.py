@@ -17,8 +17,10 @@ from tests.declared import declared_batch
 
 IMAGE_SIZE = 32
 FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size=IMAGE_SIZE)
-# Config variants whose declared inputs differ from the defaults.
-VARIANTS = {"ppssl": [{"teacher_mode": "cached"}]}
+# Config variants whose declared inputs (or trained modules) differ from the defaults.
+VARIANTS = {"ppssl": [{"teacher_mode": "cached"}],
+            "vapnet": [{"constraint": "none"}, {"constraint": "plain"}, {"use_ce": False},
+                       {"crop_bn": "joint"}]}
 CASES = [(name, {}) for name in method_names()] + [(n, v) for n, vs in VARIANTS.items() for v in vs]
 IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant in CASES]
 

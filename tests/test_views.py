@@ -246,3 +246,21 @@ def test_grid_options_grids_and_sampling():
     draws = [recipe(_image(S, S), None)["crop_boxes"][0] for _ in range(200)]
     big = sum(float(b[2] - b[0]) == S / 2 for b in draws)
     assert 25 <= big <= 80  # ~50 expected; uniform over boxes would give ~2
+
+
+def test_jitter_option_and_grid_crops_image_is_crop_flips_with_the_same_seed():
+    image = _image(S, S)
+    plain = _run("crop_flip", 3, image=image, scale=(0.5, 1.0))["image"]
+    jittered = _run("crop_flip", 3, image=image, scale=(0.5, 1.0), jitter=0.4)["image"]
+    assert not torch.equal(plain, jittered)
+    # the jitter is drawn after the crop: the same geometry (a two-level grey image stays two-level)
+    flat = torch.full((3, S, S), 200, dtype=torch.uint8)
+    flat[:, :, : S // 3] = 40  # a dark band on the left
+    for seed in range(4):
+        a = _run("crop_flip", seed, image=flat, scale=(0.5, 1.0))["image"]
+        b = _run("crop_flip", seed, image=flat, scale=(0.5, 1.0), jitter=0.4)["image"]
+        assert torch.equal(a == a.min(), b == b.min())
+    # VAPNet's CE-only rows read crop_flip, the others grid_crops: the same augmented X per seed
+    for seed in range(4):
+        grid = _run("grid_crops", seed, image=image, scale=(0.5, 1.0), jitter=0.4)["image"]
+        assert torch.equal(grid, _run("crop_flip", seed, image=image, scale=(0.5, 1.0), jitter=0.4)["image"])

@@ -40,8 +40,8 @@ MOCO_VIEW_OPTIONS = ("scale", "jitter", "p_jitter", "p_gray", "p_blur")
 RECIPES: dict[str, Recipe] = {
     "moco_pair": Recipe(("view1", "view2"), options=MOCO_VIEW_OPTIONS,
                         doc="two MoCo v2 views: (3, S, S) uint8 each"),
-    "crop_flip": Recipe(("image",), doc="one random-resized crop + horizontal flip: (3, S, S) uint8",
-                        options=("scale",)),
+    "crop_flip": Recipe(("image",), options=("scale", "jitter"),
+                        doc="one random-resized crop + horizontal flip (+ colour jitter): (3, S, S) uint8"),
     "clean_augmented": Recipe(("clean", "view1", "view2"), options=("eval_crop",) + MOCO_VIEW_OPTIONS,
                               doc="the un-augmented eval view (3, S, S) and two MoCo v2 views"),
     "object_background": Recipe(
@@ -50,7 +50,7 @@ RECIPES: dict[str, Recipe] = {
         doc="crop+flip image; the box's shape-preserving crop; the image with the box region "
             "mean-blurred; has_background: the box covers < half the image (bool)"),
     "grid_crops": Recipe(
-        ("image", "crops", "crop_boxes"), options=("count", "grids", "scale", "sampling"),
+        ("image", "crops", "crop_boxes"), options=("count", "grids", "scale", "sampling", "jitter"),
         doc="crop+flip image; M crops (M, 3, S, S) of boxes drawn from the grids' cells, resized to "
             "S; their boxes (M, 4) float32 x1, y1, x2, y2 in the image's pixels"),
 }

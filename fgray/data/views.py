@@ -49,9 +49,15 @@ def build_recipe(view_recipe: ViewRecipe, image_size: int) -> ViewFn:
     return cls(image_size, **view_recipe.kwargs)
 
 
-def _crop_flip(size: int, scale) -> v2.Compose:
-    return v2.Compose([v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True),
-                       v2.RandomHorizontalFlip()])
+def _crop_flip(size: int, scale, jitter: float = 0.0) -> v2.Compose:
+    """Random-resized crop + flip, then (jitter > 0) ColorJitter(jitter, jitter, jitter).
+
+    The jitter comes last, so with jitter 0 the random draws are those of the plain crop + flip.
+    """
+    steps = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True), v2.RandomHorizontalFlip()]
+    if jitter > 0:
+        steps.append(v2.ColorJitter(jitter, jitter, jitter))
+    return v2.Compose(steps)
 
 
 # ---------------------------------------------------------------- box-free recipes
@@ -71,10 +77,11 @@ class MocoPair:
 
 @_register("crop_flip")
 class CropFlip:
-    """One random-resized crop (area fraction ``scale``) + horizontal flip: image (3, S, S)."""
+    """One random-resized crop (area fraction ``scale``) + horizontal flip (+ colour jitter of
+    strength ``jitter``: brightness, contrast, saturation): image (3, S, S)."""
 
-    def __init__(self, size: int, scale=(0.2, 1.0)):
-        self.augment = _crop_flip(size, scale)
+    def __init__(self, size: int, scale=(0.2, 1.0), jitter: float = 0.0):
+        self.augment = _crop_flip(size, scale, jitter)
 
     def __call__(self, image: Tensor, box: Tensor | None = None) -> Views:
         return {"image": self.augment(image)}
@@ -263,13 +270,16 @@ class GridCrops:
     Options: ``count`` (M, paper 4); ``grids`` (paper 2, 4, 8, 16: 340 cells); ``scale`` crop area
     range; ``sampling``: ``box`` draws M distinct cells uniformly from the pool (spec §7.4
     default), ``grid`` weights each cell by 1/n^2 so each grid is equally likely (without
-    replacement). Outputs: image (3, S, S); crops (M, 3, S, S); crop_boxes (M, 4) float32.
-    Cell edges are rounded to whole pixels (exact when n divides S, e.g. 64 or 224 with the
-    paper's grids), so each crop is exactly the pixels its box names.
+    replacement); ``jitter``: colour jitter of the image (paper §4.1), before the cells are cut,
+    so the crops are regions of the very input X the global map sees. Outputs: image (3, S, S);
+    crops (M, 3, S, S); crop_boxes (M, 4) float32. Cell edges are rounded to whole pixels (exact
+    when n divides S, e.g. 64 or 224 with the paper's grids), so each crop is exactly the pixels
+    its box names. With the same seed, ``image`` is the one ``crop_flip`` of the same scale and
+    jitter draws (the cells are drawn after it).
     """
 
     def __init__(self, size: int, count: int = 4, grids=(2, 4, 8, 16), scale=(0.2, 1.0),
-                 sampling: str = "box"):
+                 sampling: str = "box", jitter: float = 0.0):
         self.size, self.count = size, int(count)
         self.pool = grid_boxes(size, tuple(grids)).round()
         if not 1 <= self.count <= len(self.pool):
@@ -278,11 +288,15 @@ class GridCrops:
             raise ValueError(f"grid_crops: sampling must be box or grid, got {sampling!r}")
         side = self.pool[:, 2] - self.pool[:, 0]
         self.weights = torch.ones(len(self.pool)) if sampling == "box" else (side / size) ** 2
-        self.augment = _crop_flip(size, scale)
+        self.augment = _crop_flip(size, scale, jitter)
+
+    def sample(self) -> Tensor:
+        """M distinct cells of the pool: (M, 4) float32 x1, y1, x2, y2."""
+        return self.pool[torch.multinomial(self.weights, self.count, replacement=False)]
 
     def __call__(self, image: Tensor, box: Tensor | None = None) -> Views:
         augmented = self.augment(image)
-        boxes = self.pool[torch.multinomial(self.weights, self.count, replacement=False)]
+        boxes = self.sample()
         return {"image": augmented, "crops": crop_regions(augmented, boxes, self.size),
                 "crop_boxes": boxes}
 
