@@ -5,7 +5,9 @@ on the same synthetic images, split, model (``fgray.engine.build_method``), view
 ``moco_pair`` recipe), optimiser and schedule, then score the test classes:
 
 * fgray: ``python -m fgray.sweep sweeps/demo.yaml --set search.space={} ...`` as a user runs it,
-  local Ray start, Tune, one TorchTrainer, Ray Data, test evaluation and report included;
+  local Ray start, Tune (the one-worker trial trains in its Tune trial process; ``--set
+  resources.train_in_trial=false`` times a TorchTrainer instead), Ray Data, test evaluation and
+  report included;
 * plain: this file with ``--plain``: one process, the train split decoded once, views drawn in
   the process, ``train_one_epoch``, then ``retrieval_metrics`` on the test classes.
 
@@ -16,6 +18,14 @@ The sides run in turn (``--repeats`` pairs) so a load drift hits both.
 
     python bench/small_trial.py                   # ~3 min on 2 cores
     python bench/small_trial.py --repeats 2 --set train.epochs=3
+
+``--demo`` times the whole demo instead (``sweeps/demo.yaml`` as it is: 3 trials, 2 at a time):
+its wall time and the share of it during which some trial is training (the union over trials
+of each epoch's training time, ``time/epoch_s`` less the data wait, ending at ``time/epoch_end``);
+``--fresh`` gives it an empty data cache, so it first generates the synthetic set as a fresh
+machine does.
+
+    python bench/small_trial.py --demo --fresh --repeats 2
 """
 from __future__ import annotations
 
@@ -40,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="experiment override for both sides (repeatable)")
     parser.add_argument("--repeats", type=int, default=1, help="fgray/plain pairs, run in turn")
     parser.add_argument("--plain", action="store_true", help=argparse.SUPPRESS)  # the plain side itself
+    parser.add_argument("--demo", action="store_true", help="time the whole demo sweep (no plain side)")
+    parser.add_argument("--fresh", action="store_true", help="--demo: an empty data cache (generate the set)")
     parser.add_argument("--json", help="write the figures here")
     return parser.parse_args(argv)
 
@@ -126,6 +138,36 @@ def fgray_side(args: argparse.Namespace, storage: str) -> dict:
     return {"wall_s": wall, "epoch_s": epochs, "test_recall@1": (trial.get("test") or {}).get("recall@1")}
 
 
+def demo_side(args: argparse.Namespace, storage: str) -> dict:
+    """The demo sweep as a user runs it: wall time and the share of it some trial spends training."""
+    import pandas as pd
+
+    env = {**os.environ, **({"FGRAY_CACHE": str(Path(storage) / "data-cache")} if args.fresh else {})}
+    command = [sys.executable, "-m", "fgray.sweep", args.sweep, "--storage", storage,
+               *[x for s in args.set for x in ("--set", s)]]
+    started = time.time()
+    subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ended = time.time()
+    spans = []  # (start, end) of each epoch's training, without its wait for data
+    trials = list(Path(storage).glob("*/*/progress.csv"))
+    for path in trials:
+        frame = pd.read_csv(path)
+        training = frame["time/epoch_s"] * (1 - frame["train/data_wait"])
+        spans += list(zip(frame["time/epoch_end"] - frame["time/epoch_s"],
+                          frame["time/epoch_end"] - frame["time/epoch_s"] + training))
+    return {"wall_s": ended - started, "training_share": union(spans) / (ended - started),
+            "first_training_s": min(start for start, _ in spans) - started, "trials": len(trials)}
+
+
+def union(spans: list[tuple[float, float]]) -> float:
+    """Total length covered by the intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
+
+
 def plain_side(args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--plain", "--sweep", args.sweep, *[x for s in args.set for x in ("--set", s)]]
     started = time.perf_counter()
@@ -141,6 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.plain:
         print(json.dumps(plain(args)))
+        return 0
+    if args.demo:
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as storage:
+                runs.append(demo_side(args, storage))
+            print(f"demo: wall {runs[-1]['wall_s']:.1f} s, training {100 * runs[-1]['training_share']:.0f} % of it, "
+                  f"first step after {runs[-1]['first_training_s']:.1f} s, {runs[-1]['trials']} trials", flush=True)
+        print(f"demo wall {statistics.median(r['wall_s'] for r in runs):.1f} s (goal <= 60), training share "
+              f"{100 * statistics.median(r['training_share'] for r in runs):.0f} % (goal >= 75); "
+              f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        if args.json:
+            Path(args.json).write_text(json.dumps(runs, indent=2))
         return 0
     pairs = []
     for _ in range(args.repeats):

@@ -46,8 +46,11 @@ def save(directory: str, method: Method, experiment: ExperimentConfig, facts: Da
         f.write(experiment.model_dump_json(indent=2))
     with open(os.path.join(directory, FACTS_FILE), "w") as f:
         json.dump(asdict(facts), f, indent=2)
+    # The other files' sizes: storage uploads files in no set order, so a copy cut short (a node lost
+    # mid-upload) can hold a meta file beside a truncated state; readers check the sizes.
+    sizes = {name: os.path.getsize(os.path.join(directory, name)) for name in (STATE_FILE, EXPERIMENT_FILE, FACTS_FILE)}
     with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump({"epoch": epoch, "stage": stage, "metrics": metrics}, f, indent=2)
+        json.dump({"epoch": epoch, "stage": stage, "metrics": metrics, "sizes": sizes}, f, indent=2)
 
 
 def load(directory: str, method: Method) -> dict[str, Any]:

@@ -130,6 +130,9 @@ class EvalConfig(Strict):
     batch_size: int = Field(256, ge=1)
     test_top: int = Field(1, ge=0)  # best N trials re-evaluated on the test split after the sweep
     baseline: bool = True  # also evaluate the untrained (random-init / pretrained) backbone on test
+    # Test splits up to this many images on CPU are embedded in the sweep's process (an actor start costs
+    # more than embedding them); larger ones, or with GPUs, by a Ray Data actor pool. 0: always the pool.
+    local_max_images: int = Field(4096, ge=0)
     # Linear probe on the frozen features of those models (PP-SSL / synthesized-pairs protocol): fitted on the
     # training images with these fractions of their labels, e.g. [1.0, 0.5, 0.2]; scored top-1 / top-5 on test.
     # Needs test classes seen in training (protocol closed); elsewhere it is recorded as skipped.
@@ -152,13 +155,21 @@ class EvalConfig(Strict):
 
 class ResourcesConfig(Strict):
     workers_per_trial: int = Field(1, ge=1)  # DDP workers of one trial's TorchTrainer
+    # A one-worker trial trains inside its Tune trial process (no TorchTrainer: seconds less start-up
+    # per trial on a laptop); false: a TorchTrainer even for one worker (the dashboard's Train tab).
+    train_in_trial: bool = True
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     data_cpus: float = Field(0.5, gt=0)  # logical CPUs per Ray Data decode/augment actor or task
     data_actors: int = Field(1, ge=1)  # augmentation actors per trial (each reserves data_cpus)
     max_concurrent_trials: int = Field(1, ge=1)
     driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
-    max_failures: int = Field(1, ge=0)  # worker-group restarts (from the last checkpoint) per trial
+    max_failures: int = Field(1, ge=0)  # restarts of a failed trial's training, from its last checkpoint
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether a trial trains in its own Tune process (one worker) rather than a TorchTrainer."""
+        return self.train_in_trial and self.workers_per_trial == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,11 +355,15 @@ def check_search(sweep: SweepConfig, deep: bool = True) -> None:
     for key, dist in search.space.items():
         if key.split(".")[0] in ("search", "paper", "storage", "name"):
             raise ConfigError(f"search.space.{key}: only experiment keys can be searched")
+        if key.startswith("resources."):  # they size the Tuner's trials and its retries
+            raise ConfigError(f"search.space.{key}: resources are a setting of the whole sweep")
         for value in dist.values_to_check():
             _check_override(sweep, {key: value}, f"search.space.{key}", deep)
     for i, row in enumerate(search.points):
         if not row:
             raise ConfigError(f"search.points[{i}]: empty row")
+        if any(key.startswith("resources.") for key in row):
+            raise ConfigError(f"search.points[{i}]: resources are a setting of the whole sweep")
         _check_override(sweep, row, f"search.points[{i}]", deep)
     for i, row in enumerate(sweep.paper.rows):
         for key in row.match:

@@ -132,14 +132,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
     return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
 
 
-def use_deterministic_kernels() -> None:
-    """Deterministic CUDA kernels for ``train.deterministic``: what stays non-deterministic on a GPU
-    otherwise is atomics-based reductions (scatter/index_add backward, some convolution backward
-    algorithms) and cuDNN's autotuned algorithm choice."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
-    torch.use_deterministic_algorithms(True)
+def use_deterministic_kernels(on: bool = True) -> None:
+    """Deterministic CUDA kernels for ``train.deterministic`` (off: torch's defaults again, as a
+    reused trial process must); what stays non-deterministic on a GPU otherwise is atomics-based
+    reductions (scatter/index_add backward, some convolution backward algorithms)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
+    torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.deterministic = on
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

@@ -160,7 +160,8 @@ def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
     for i, row in enumerate(summary["rows"]):
         paper = _paper_row(sweep, row["overrides"])
         paper_text = ", ".join(f"{k} {v:.2f}" for k, v in paper.metrics.items()) if paper else "-"
-        mark = " **best**" if i == 0 else (" ≈" if row["within_noise_of_best"] else "")
+        ranked = finite(row["val"].get("mean"))  # without a validation split no row is "best"
+        mark = (" **best**" if i == 0 else " ≈" if row["within_noise_of_best"] else "") if ranked else ""
         gain = row["gain"]
         cells = [f"{i + 1}{mark}", *[format_value("", row["overrides"].get(k, "")) for k in keys],
                  str(len(row["seeds"])), _pm(row["val"]), _pm(row["test"]), _pm(row["untrained"]),

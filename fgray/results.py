@@ -60,26 +60,46 @@ def train_run_name(trial_id: str) -> str:
     return f"train-{trial_id}"
 
 
-def latest_checkpoint(storage: str, sweep_name: str, trial_id: str) -> str | None:
-    """The newest checkpoint folder of a trial's Train run, or None.
+def latest_checkpoint(storage: str, sweep_name: str, trial_id: str, trial_dir: str | None = None) -> str | None:
+    """The newest checkpoint folder of a trial, or None: in its Train run (a TorchTrainer trial) or,
+    given ``trial_dir`` (the basename of Tune's trial folder), there (a trial trained in-process).
 
     ``storage`` is a local folder or a URI (``s3://...``, ``gs://...``, ``file:///...``); a
     checkpoint in a URI storage is returned as a URI, which ``ray.train.Checkpoint`` opens.
     """
-    run_dir = f"{train_run_dir(storage, sweep_name)}/{train_run_name(trial_id)}"
-    if "://" not in run_dir:
-        run_dir = os.path.abspath(os.path.expanduser(run_dir))  # LocalFileSystem wants absolute
-    filesystem, base = _filesystem(run_dir)
+    found: dict[str, int] = {}
+    for name in (train_run_name(trial_id), trial_dir):
+        if name:
+            found.update(_checkpoints(f"{train_run_dir(storage, sweep_name)}/{name}"))
+    return max(found, key=found.__getitem__) if found else None
+
+
+def _checkpoints(folder: str) -> dict[str, int]:
+    """checkpoint_* folders in ``folder`` -> the epoch each finished, for the complete ones."""
+    if "://" not in folder:
+        folder = os.path.abspath(os.path.expanduser(folder))  # LocalFileSystem wants absolute
+    filesystem, base = _filesystem(folder)
     entries = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     folders = [e for e in entries
                if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
-    # Ray may be mid-way through writing the newest folder: only those with a meta file count.
-    metas = filesystem.get_file_info([posixpath.join(f.path, META_FILE) for f in folders])
-    epochs = {folder.base_name: _read_json(filesystem, meta.path)["epoch"]
-              for folder, meta in zip(folders, metas) if meta.type == pafs.FileType.File}
-    if not epochs:
+    found = {}
+    for entry in folders:
+        meta = _complete_meta(filesystem, entry.path)
+        if meta is not None:
+            found[posixpath.join(folder, entry.base_name)] = int(meta["epoch"])
+    return found
+
+
+def _complete_meta(filesystem: pafs.FileSystem, folder: str) -> dict[str, Any] | None:
+    """A checkpoint folder's meta when the folder is whole: Ray may be mid-way through writing it,
+    or a node lost mid-upload may have left it cut short (an empty meta, a truncated state)."""
+    try:
+        meta = _read_json(filesystem, posixpath.join(folder, META_FILE))
+    except (FileNotFoundError, ValueError):
         return None
-    return posixpath.join(run_dir, max(epochs, key=epochs.__getitem__))
+    sizes = meta.get("sizes", {})
+    infos = filesystem.get_file_info([posixpath.join(folder, name) for name in sizes])
+    return meta if all(info.size == size for info, size in zip(infos, sizes.values())) else None
 
 
 def checkpoint_epoch(checkpoint: str | None) -> int:
@@ -128,7 +148,8 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
             "epochs": metrics.get("epoch"),
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("val/", "train/")) and finite(v)},
-            "checkpoint": latest_checkpoint(storage, sweep_name, trial_id),
+            "checkpoint": latest_checkpoint(storage, sweep_name, trial_id,
+                                            posixpath.basename(str(result.path).rstrip("/")) if result.path else None),
         })
     return trials
 

@@ -6,6 +6,7 @@ one (``RAY_ADDRESS``, ``ray job submit``), otherwise starts a local Ray instance
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import os
 import sys
@@ -101,6 +102,9 @@ def start_ray() -> None:
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's tables off: ProgressPrinter prints instead
+    # Tune snapshots its state whenever a trial checkpoints (num_to_keep=1) and warns when that is
+    # often: short laptop epochs always trigger it, and a local snapshot costs milliseconds.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
@@ -158,11 +162,12 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
+    if res.in_trial:  # the trial process trains: it holds the worker's CPUs / GPUs
+        bundle = {"cpu": res.cpus_per_worker, **({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    else:  # the driver only orchestrates (workers hold the CPUs/GPUs); Tune needs a non-empty bundle
+        bundle = {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01}
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage),
-        # The driver only orchestrates (workers hold the CPUs/GPUs); Tune needs a non-empty bundle.
-        {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01},
-    )
+        tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage), bundle)
     path = f"{storage}/{sweep.name}"
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
@@ -179,12 +184,16 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
         param_space=space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=res.max_concurrent_trials,
-                                    # A fresh driver per trial: a reused one keeps its finished TorchTrainer's
-                                    # controller alive, and with it the workers' placement group (CPUs/GPUs).
-                                    reuse_actors=False),
+                                    # A trial that trains in its process hands it to the next trial (no process
+                                    # start, torch imported). A TorchTrainer's driver is never reused: it keeps
+                                    # its finished trainer's controller and placement group (CPUs/GPUs) alive.
+                                    reuse_actors=res.in_trial),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
                                   callbacks=[ProgressPrinter(sweep.experiment().total_epochs, search.metric)],
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # Train retries a DDP trial's worker group; Tune a one-worker trial.
+                                  failure_config=tune.FailureConfig(max_failures=res.max_failures if res.in_trial
+                                                                    else 0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 
 
@@ -269,8 +278,11 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[st
     from fgray.report import write_outputs
     from fgray.results import collect_trials
 
-    start_ray()
-    pipeline.resolve_dataset(sweep.data)  # generate/verify the data once, before trials race for it
+    # Generate/verify the data once, before trials race for it, while Ray's processes start.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        data_ready = pool.submit(pipeline.resolve_dataset, sweep.data)
+        start_ray()
+        data_ready.result()
     results = build_tuner(sweep, storage, resume).fit()
     trials = collect_trials(results, storage, sweep.name, epochs=sweep.experiment().total_epochs,
                             points=sweep.search.points, base_seed=sweep.train.seed)

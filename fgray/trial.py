@@ -1,46 +1,60 @@
-"""The only Ray-aware training code: one Tune trial = one Ray Train ``TorchTrainer`` (DDP).
+"""The only Ray-aware training code: one Tune trial trains one experiment.
 
 ``trial_driver`` is the Tune trainable (a plain function, Train V2): it resolves the trial's
-experiment config, builds the Ray Data pipelines and fits a TorchTrainer whose workers run
-``worker_loop``. Workers report once per epoch (loss parts, ``val/...`` metrics and the
-1-based ``epoch`` ASHA keys on) and rank 0 checkpoints, so a restarted worker group or a
-``--resume``d sweep continues from the last finished epoch.
+experiment config, builds the Ray Data pipelines and runs ``worker_loop`` on them, in one of two
+ways:
+
+- one worker (``resources.in_trial``): in the trial's own Tune process, reporting and
+  checkpointing to Tune, which retries a failed trial from its last checkpoint
+  (``tune.FailureConfig``). No TorchTrainer: a laptop trial starts seconds sooner.
+- several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``; Train
+  restarts a failed worker group from the last checkpoint (``ray.train.FailureConfig``).
+
+Either way the loop reports once per epoch (loss parts, ``val/...`` metrics and the 1-based
+``epoch`` ASHA keys on) and rank 0 checkpoints, so a retried trial or a ``--resume``d sweep
+continues from the last finished epoch with the same random streams.
 
 Model code (timm, torchvision, fgray's engine) is imported inside ``worker_loop``: the Tune driver
-and the Train controller import this module too (the controller to unpickle ``worker_loop``) but
-never build a model, and the seconds of imports they skip are on every trial's start-up path.
+of a DDP trial and its Train controller import this module too (the controller to unpickle
+``worker_loop``) but never build a model, and the seconds of imports they skip are on every
+trial's start-up path.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import tempfile
 import time
 from dataclasses import asdict
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import ray
 import ray.train
-import ray.train.torch
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from fgray import checkpoint as ckpt
 from fgray.config import ExperimentConfig, SweepConfig
 from fgray.data import embedding_cache, pipeline
 from fgray.data.inputs import DatasetFacts
 from fgray.results import checkpoint_epoch, latest_checkpoint, overrides_from, train_run_dir, train_run_name
+from fgray.validation import validate
+
+# torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a one-worker
+# trial starts its data pipeline first, and the pipeline's actor starts while torch loads here.
 
 
 def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) -> None:
-    """Tune trainable: fit one TorchTrainer for the experiment these params select.
+    """Tune trainable: train the experiment these params select, here (one worker) or through a
+    TorchTrainer (DDP).
 
     It builds exactly the inputs the method declares: its frozen encoders' embeddings (once per
     storage, ``embedding_cache``), then one dataset of training batches per DDP rank (a rank's
     share of every epoch's permutation, from the epoch a resumed trial restarts at) and the
     encoded validation rows.
     """
-    sweep_cfg = SweepConfig.model_validate(sweep)
-    experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg))
+    # The sweep was validated whole before Ray started: the schema pass here skips timm's checks.
+    sweep_cfg = validate(SweepConfig, sweep, deep=False)
+    experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg), deep=False)
     res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
     prepared = pipeline.resolve_dataset(data)
     splits = pipeline.assign(prepared, data)
@@ -54,8 +68,10 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
               for key, spec in inputs.embeddings}
     split = pipeline.training_split(prepared, splits.train, data, inputs, experiment.method.name, caches)
     trial_id = tune.get_context().get_trial_id()
-    # A resumed trial (``--resume``) reads only the epochs it has left.
-    first_epoch = checkpoint_epoch(latest_checkpoint(storage, sweep_cfg.name, trial_id))
+    # A retried or resumed (``--resume``) trial reads only the epochs it has left.
+    resumed = tune.get_checkpoint() if res.in_trial else None
+    first_epoch = (_checkpoint_epoch(resumed) if resumed is not None
+                   else checkpoint_epoch(latest_checkpoint(storage, sweep_cfg.name, trial_id)))
     world, seed = res.workers_per_trial, experiment.train.seed
     epochs = range(first_epoch, experiment.total_epochs)
     datasets = {f"train_{rank}": pipeline.train_dataset(split, inputs, data, seed, res.data_cpus, epochs, rank,
@@ -63,10 +79,16 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
                 for rank in range(world)}
     if experiment.has_validation:  # decoded once, in the worker (ValBatches)
         datasets["val"] = pipeline.eval_dataset(prepared, splits.val)
+    config = {"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
+              "rank_rows": split.table.num_rows // world, "first_epoch": first_epoch}
+    if res.in_trial:
+        worker_loop(config, TrialSession(datasets, resumed, use_gpu=res.gpus_per_worker > 0))
+        return
+    import ray.train.torch
+
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
-                           "rank_rows": split.table.num_rows // world, "first_epoch": first_epoch},
+        train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=world,
             use_gpu=res.gpus_per_worker > 0,
@@ -88,46 +110,119 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
 
 
-def worker_loop(config: dict[str, Any]) -> None:
-    """Runs in every Train worker: the method's stages in order (``fgray.stages``), DDP training with
-    per-epoch validation and checkpoints; a restarted worker group resumes inside the right stage."""
+class TrainSession:
+    """What ``worker_loop`` needs from its host, in a Ray Train worker: rank, device, DDP wrapper,
+    the checkpoint to resume from, this rank's datasets, and per-epoch reports to Train."""
+
+    def __init__(self) -> None:
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.wrap = ray.train.torch.prepare_model
+        self.device = ray.train.torch.get_device()
+
+    def checkpoint(self) -> Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def dataset(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict[str, float], directory: str | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
+
+
+class TrialSession:
+    """The same for a one-worker trial training in its Tune trial process: the datasets as built,
+    the checkpoint Tune restored (a retry or ``--resume``), reports and checkpoints to Tune."""
+
+    rank, world = 0, 1
+
+    def __init__(self, datasets: dict[str, Any], resumed: tune.Checkpoint | None, use_gpu: bool):
+        self.datasets, self.resumed, self.use_gpu = datasets, resumed, use_gpu
+
+    @property
+    def device(self):
+        import torch  # Ray gives the trial process its GPU (CUDA_VISIBLE_DEVICES)
+
+        return torch.device("cuda" if self.use_gpu else "cpu")
+
+    @staticmethod
+    def wrap(model):
+        return model  # no DDP for one worker
+
+    def checkpoint(self) -> tune.Checkpoint | None:
+        return self.resumed
+
+    def dataset(self, name: str):
+        return self.datasets[name]
+
+    def report(self, metrics: dict[str, float], directory: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
+
+
+def _checkpoint_epoch(checkpoint: Checkpoint | tune.Checkpoint) -> int:
+    with checkpoint.as_directory() as directory:
+        return checkpoint_epoch(directory)
+
+
+def fetch_ahead(batches: Iterable) -> Iterator:
+    """``batches`` with its first item already being fetched in a background thread: a pipeline's
+    actors start (a process importing torch) while the caller imports and builds the model."""
+    iterator = iter(batches)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    first = pool.submit(next, iterator, StopIteration)
+    pool.shutdown(wait=False)  # its thread ends with that fetch
+
+    def chain() -> Iterator:
+        item = first.result()
+        if item is not StopIteration:
+            yield item
+            yield from iterator
+    return chain()
+
+
+def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | None = None) -> None:
+    """One rank's training: the method's stages in order (``fgray.stages``), per-epoch validation
+    and checkpoints; a retried trial or restarted worker group resumes inside the right stage.
+    ``session``: the host (a Train worker when None, as TorchTrainer calls it)."""
+    session = session or TrainSession()
+    experiment = validate(ExperimentConfig, config["experiment"], deep=False)
+    rank, world = session.rank, session.world
+    train_batches = fetch_ahead(session.dataset(f"train_{rank}").iter_batches(
+        batch_size=experiment.train.batch_size, drop_last=True, batch_format="numpy"))
+
     import torch
 
+    from fgray import checkpoint as ckpt
     from fgray.engine import build_method, evaluate, use_deterministic_kernels
     from fgray.stages import StageRunner
 
-    experiment = ExperimentConfig.model_validate(config["experiment"])
     facts = DatasetFacts(**{**config["facts"], "class_names": tuple(config["facts"]["class_names"])})
     train_cfg, ks = experiment.train, experiment.eval.ks
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
     # Never more threads than reserved cores: an extra OpenMP thread beside a Ray Data task on the
     # same cores made steps 4x slower (measured: 1.5 CPUs, 2 threads: 17-29 s/epoch; 1 thread: 5-7 s).
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_worker)))
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-    if train_cfg.deterministic:
-        use_deterministic_kernels()
+    use_deterministic_kernels(train_cfg.deterministic)  # both ways: Tune may reuse this process
 
     method = build_method(experiment, facts)
     full_steps = max(1, config["rank_rows"] // train_cfg.batch_size)
     steps_per_epoch = min(full_steps, train_cfg.steps_per_epoch or full_steps)
-    runner = StageRunner(method, experiment, steps_per_epoch, ray.train.torch.get_device(), rank, world,
-                         wrap=ray.train.torch.prepare_model)
+    runner = StageRunner(method, experiment, steps_per_epoch, session.device, rank, world, wrap=session.wrap)
     state, last_val = None, {}
-    resumed = ray.train.get_checkpoint()
+    resumed = session.checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             state = ckpt.load(directory, method)
             last_val = {k: v for k, v in ckpt.read_meta(directory)["metrics"].items() if k.startswith("val/")}
     start_epoch = state["epoch"] if state else 0
 
-    train_batches = iter(ray.train.get_dataset_shard(f"train_{rank}").iter_batches(
-        batch_size=train_cfg.batch_size, drop_last=True, batch_format="numpy"))
     # The dataset starts at the epoch the driver resumed from; a worker group restarted inside the
     # same fit() starts later: skip the batches of the epochs it already trained.
     for _ in range((start_epoch - config["first_epoch"]) * steps_per_epoch):
         next(train_batches)
-    val_batches = ValBatches(ray.train.get_dataset_shard("val"), experiment.eval.batch_size,
+    val_batches = ValBatches(session.dataset("val"), experiment.eval.batch_size,
                              pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop)
                              ) if experiment.has_validation else None
     started = time.perf_counter()
@@ -153,7 +248,8 @@ def worker_loop(config: dict[str, Any]) -> None:
                                  "the split needs classes with 2+ images (data.val_fraction)")
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
         metrics["time/epoch_s"] = time.perf_counter() - started
-        _report(metrics, runner, facts, epoch + 1)
+        metrics["time/epoch_end"] = time.time()  # a sweep's timeline across trials (bench/small_trial.py)
+        _report(session, metrics, runner, facts, epoch + 1)
         started = time.perf_counter()
 
     runner.run(train_batches, start_epoch, state, on_epoch)
@@ -185,11 +281,14 @@ class ValBatches:
         self.kept = kept
 
 
-def _report(metrics: dict[str, float], runner, facts: DatasetFacts, epoch: int) -> None:
+def _report(session: TrainSession | TrialSession, metrics: dict[str, float], runner, facts: DatasetFacts,
+            epoch: int) -> None:
+    from fgray import checkpoint as ckpt
+
     if runner.rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as directory:
         ckpt.save(directory, runner.method, runner.experiment, facts, runner.stage.name, epoch, metrics,
                   runner.optimizer, runner.scheduler, runner.scaler)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        session.report(metrics, directory)

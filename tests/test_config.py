@@ -62,6 +62,12 @@ def test_search_space_values_are_validated(tmp_path):
     assert "exactly one of" in error_of(tmp_path, both)
     mixed = BASE + "search: {space: {method.temperature: {grid: [0.1]}, train.lr: {uniform: [0.1, 0.2]}}}\n"
     assert "cannot mix grid" in error_of(tmp_path, mixed)
+    resources = BASE + "search: {space: {resources.workers_per_trial: {grid: [1, 2]}}}\n"
+    assert "resources are a setting of the whole sweep" in error_of(tmp_path, resources)
+    row = BASE + "search: {points: [{resources.cpus_per_worker: 2}]}\n"
+    assert "search.points[0]: resources are a setting of the whole sweep" in error_of(tmp_path, row)
+    views = BASE + "method: {name: mocov2, views: {scale: [0.9, 0.5]}}\n"
+    assert "method.views.scale: must satisfy 0 < low <= high <= 1" in error_of(tmp_path, views)
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):

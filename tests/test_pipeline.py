@@ -117,3 +117,24 @@ def test_val_batches_streamed_every_time_when_too_big():
     val = ValBatches(shard, batch_size=2, decode=dict, keep_bytes=100)  # each batch is 96 + 16 bytes
     assert _values(val) == _values(val) == [0, 1, 2]
     assert shard.streams == 2
+
+
+def test_small_cpu_splits_embed_in_process_like_the_actor_pool(ray_local, tmp_path, monkeypatch):
+    import functools
+
+    from fgray.data.embedding_cache import embed_rows, frozen_encoder
+    from fgray.data.inputs import EncoderSpec
+
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    rows = pipeline.read_rows(prepared, splits.test, ["image", "label", "image_id"])
+    spec = EncoderSpec(kind="timm", model="test_resnet", pretrained="random", seed=3)
+    encoder = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
+    here = embed_rows([encoder], rows, data, 8, 0.25, use_gpu=False, local_max_rows=rows.num_rows)
+    pool = embed_rows([encoder], rows, data, 8, 0.25, use_gpu=False, local_max_rows=0)
+    assert here.num_rows == pool.num_rows == rows.num_rows
+    pool = pool.take(np.argsort(pool["image_id"].to_numpy(zero_copy_only=False)))  # the pool reorders rows
+    here = here.take(np.argsort(here["image_id"].to_numpy(zero_copy_only=False)))
+    assert here["image_id"].to_pylist() == pool["image_id"].to_pylist()
+    assert here["label"].to_pylist() == pool["label"].to_pylist()
+    embedded = [np.stack(t["embedding_0"].to_numpy(zero_copy_only=False)) for t in (here, pool)]
+    assert len(embedded[0]) == rows.num_rows and np.allclose(*embedded, atol=1e-5)

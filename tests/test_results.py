@@ -41,6 +41,20 @@ def test_latest_checkpoint_picks_the_newest_finished_epoch(tmp_path):
     assert train_run_dir(str(tmp_path) + "/", "s") == f"{tmp_path}/s"
 
 
+def test_checkpoints_cut_short_are_skipped_and_tune_trial_folders_are_searched(tmp_path):
+    # An upload cut short (a node lost mid-copy): an empty meta file, or a state file shorter than the
+    # size its meta records. A trial trained in its Tune process checkpoints into its Tune folder.
+    run = tmp_path / "s" / "trial_driver_b_00000_0"
+    for i, (epoch, state) in enumerate([(1, b"1234"), (2, b"12"), (3, None)]):
+        folder = run / f"checkpoint_{i:06d}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(state or b"")
+        meta = {"epoch": epoch, "metrics": {}, "sizes": {"state.pt": 4}}
+        (folder / "meta.json").write_text(json.dumps(meta) if state else "")
+    assert latest_checkpoint(str(tmp_path), "s", "b") is None  # not its Train run: the Tune folder is named
+    assert latest_checkpoint(str(tmp_path), "s", "b", "trial_driver_b_00000_0") == str(run / "checkpoint_000000")
+
+
 def test_latest_checkpoint_on_a_uri_storage_returns_a_uri(tmp_path):
     make_checkpoints(tmp_path, "s", "a", [1, 2])
     uri = f"file://{tmp_path}"

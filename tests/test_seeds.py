@@ -86,4 +86,10 @@ def test_every_seed_of_the_best_row_and_its_untrained_backbone_are_tested(capsys
                "data": {"split": "open"}, "trials": trials, "baseline": tests["baseline"], "seeds": 2, "rows": table}
     report = markdown_report(sweep, summary, results_frame(trials))
     assert "Seed repeats" in report and "40.50 ± 0.71" in report and "10.00 ± 0.00 (10.00)" in report
+    assert "| 1 **best** |" in report
     assert "untrained" in capsys.readouterr().out
+    # Without a validation split (fixed table rows) nothing ranks the rows: none is marked best.
+    for t in trials:
+        t["metrics"] = {}
+    unranked = {**summary, "best": None, "rows": seed_table(trials, tests["baseline"], "val/recall@1", "max")}
+    assert "**best**" not in markdown_report(sweep, unranked, results_frame(trials))

@@ -119,41 +119,64 @@ def test_seed_repeats_are_reported_with_their_spread(ray_local, tmp_path):
     assert "Seed repeats" in report and "±" in report
 
 
-def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(ray_local, tmp_path):
-    # The Train worker is SIGKILLed once its trial has checkpointed an epoch: the worker group restarts
-    # from that checkpoint (resources.max_failures) and, with every random stream derived from the
-    # seed, the epoch and the image, ends with the metrics of a run that was never interrupted.
+KILL_ARGS = [DEMO, "--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
+             "--set", "train.epochs=6", "--set", "train.steps_per_epoch=4", "--set", "search.scheduler.name=none",
+             "--set", "eval.baseline=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(ray_local, tmp_path_factory):
+    """The killed-worker tests' reference: the same trial, trained in its Tune process, never killed."""
+    storage = tmp_path_factory.mktemp("whole")
+    assert main([*KILL_ARGS, "--storage", str(storage)]) == 0
+    return json.loads((storage / "demo-smoke" / "summary.json").read_text())["trials"][0]
+
+
+# A one-worker trial trains in its Tune trial process (an ImplicitFunc actor, checkpoints in its Tune
+# trial folder; Tune retries it) or, with resources.train_in_trial false, in a TorchTrainer (a
+# RayTrainWorker, checkpoints in the train-<id> run; Train restarts its worker group).
+KILLED = {"in_trial": ("ImplicitFunc", "trial_driver_*", []),
+          "torch_trainer": ("RayTrainWorker", "train-*", ["--set", "resources.train_in_trial=false"])}
+
+
+@pytest.mark.parametrize("host", sorted(KILLED))
+def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(uninterrupted, tmp_path, host):
+    # The process that trains is SIGKILLed once its trial has checkpointed an epoch: it restarts from
+    # that checkpoint (resources.max_failures) and, with every random stream derived from the seed,
+    # the epoch and the image, ends with the metrics of a run that was never interrupted, on either host.
     import signal
     import threading
     import time
 
     from ray.util.state import list_actors
 
-    args = [DEMO, "--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
-            "--set", "train.epochs=4", "--set", "train.steps_per_epoch=4", "--set", "search.scheduler.name=none",
-            "--set", "eval.baseline=false"]
-    assert main([*args, "--storage", str(tmp_path / "whole")]) == 0
+    actor_class, run_folder, extra = KILLED[host]
     killed: list[int] = []
 
     def kill_after_first_checkpoint() -> None:
-        deadline = time.monotonic() + 240
+        # The process is found first (the state API takes a while) and killed the moment the first
+        # checkpoint appears: smoke epochs last well under a second.
+        deadline, pids = time.monotonic() + 240, []
+        while time.monotonic() < deadline and not pids:
+            pids = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")])
+                    if a.class_name.endswith(actor_class)]
+            time.sleep(0.1)
         while time.monotonic() < deadline and not killed:
-            if list((tmp_path / "killed").glob("demo-smoke/train-*/checkpoint_*/meta.json")):
-                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
-                    os.kill(actor.pid, signal.SIGKILL)
-                    killed.append(actor.pid)
-            time.sleep(0.2)
+            if list(tmp_path.glob(f"demo-smoke/{run_folder}/checkpoint_*/meta.json")):
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.02)
 
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     watcher.start()
-    assert main([*args, "--storage", str(tmp_path / "killed")]) == 0
+    assert main([*KILL_ARGS, *extra, "--storage", str(tmp_path)]) == 0
     watcher.join()
-    assert killed, "no Train worker was found to kill"
-    whole, resumed = (json.loads((tmp_path / run / "demo-smoke" / "summary.json").read_text())["trials"][0]
-                      for run in ("whole", "killed"))
-    assert resumed["status"] == "completed" and resumed["epochs"] == 4
-    assert _learned(resumed["metrics"]) == _learned(whole["metrics"])
-    assert resumed["test"] == whole["test"]
+    assert killed, f"no {actor_class} was found to kill"
+    resumed = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())["trials"][0]
+    assert resumed["status"] == "completed" and resumed["epochs"] == 6
+    assert _learned(resumed["metrics"]) == _learned(uninterrupted["metrics"])
+    assert resumed["test"] == uninterrupted["test"]
 
 
 def test_fixed_rows_without_a_validation_split_test_every_final_model(ray_local, tmp_path):

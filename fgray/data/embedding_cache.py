@@ -32,7 +32,7 @@ import ray
 
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows
+from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows, row_blocks
 
 COMPLETE_MARKER = "_COMPLETE"
 CACHE_FOLDER = "_embedding_cache"
@@ -69,19 +69,41 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def embed_rows(factories: list[ModelFactory], rows: ray.data.Dataset, data: DataConfig, batch_rows: int,
-               cpus_per_actor: float, use_gpu: bool | None = None, max_actors: int = 8) -> pa.Table:
-    """One pass of ``EmbedActor`` over encoded ``rows``: ``image_id`` (, ``label``), ``embedding_<i>``."""
+def embed_rows(factories: list[ModelFactory], rows: pa.Table, data: DataConfig, batch_rows: int,
+               cpus_per_actor: float, use_gpu: bool | None = None, max_actors: int = 8,
+               local_max_rows: int = 0) -> pa.Table:
+    """One pass of ``EmbedActor`` over encoded ``rows`` (``image``, ``image_id`` (, ``label``)):
+    ``image_id`` (, ``label``), ``embedding_<i>``.
+
+    A Ray Data actor pool embeds them (one GPU per actor when the cluster has GPUs); at most
+    ``local_max_rows`` rows on CPU are embedded in this process instead: for a small split, an
+    actor's start (a process importing torch and the model code) costs more than the embedding.
+    """
     gpus = cluster_gpus()
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
+    kwargs = {"factories": factories, "image_size": data.image_size, "eval_crop": data.eval_crop}
+    if not use_gpu and 0 < rows.num_rows <= local_max_rows:
+        return _embed_here(EmbedActor(**kwargs), rows, batch_rows)
     slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
-    ds = rows.map_batches(EmbedActor,
-                          fn_constructor_kwargs={"factories": factories, "image_size": data.image_size,
-                                                 "eval_crop": data.eval_crop},
-                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
-                          num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
-                          batch_size=batch_rows, batch_format="numpy")
+    ds = row_blocks(rows, batch_rows).map_batches(
+        EmbedActor, fn_constructor_kwargs=kwargs,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
+        num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
+        batch_size=batch_rows, batch_format="numpy")
     return pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
+
+
+def _embed_here(actor: EmbedActor, rows: pa.Table, batch_rows: int) -> pa.Table:
+    """``actor`` called in this process on ``rows`` in batches, as Ray Data would call it."""
+    parts = [actor({name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names,
+                                                                                      batch.columns)})
+             for batch in rows.to_batches(batch_rows)]
+    columns = {}
+    for key in parts[0]:
+        values = np.concatenate([part[key] for part in parts])
+        columns[key] = (pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+                        if values.ndim == 2 else pa.array(values))
+    return pa.table(columns)
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -140,9 +162,8 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     if found is not None:
         return found
     rows = read_rows(prepared, None, ["image", "image_id"])
-    blocks = [rows.slice(start, 4 * batch_rows) for start in range(0, rows.num_rows, 4 * batch_rows)] or [rows]
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
-    table = embed_rows([factory], ray.data.from_arrow(blocks), data, batch_rows, cpus_per_actor, use_gpu, 4)
+    table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
     out = f"{base}/{uuid.uuid4().hex[:8]}"
     fs, path = _filesystem(out)
     fs.create_dir(path, recursive=True)

@@ -100,7 +100,14 @@ def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
     # Encoded rows go to the object store once, in blocks small enough to shuffle by block order;
     # reading in the driver avoids Ray Data read tasks competing with Train workers for CPUs.
     blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
-    return ray.data.from_arrow(blocks or [table])
+    return local_dataset(blocks or [table])
+
+
+def local_dataset(blocks: list[pa.Table]) -> ray.data.Dataset:
+    """A dataset of Arrow tables held here. ``from_blocks``, not ``from_arrow``: from_arrow reads
+    each block's metadata in a 1-CPU task, which never runs while trials hold all but a fraction
+    of a CPU (a one-worker trial holds its CPUs from its start); from_blocks reads it here."""
+    return ray.data.from_blocks(blocks)
 
 
 class _Views:
@@ -246,7 +253,7 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     rows = [epoch_order(split.table.num_rows, seed, e, rank, world) for e in epochs]
     # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
     order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
-    index = ray.data.from_arrow(order or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})])
+    index = local_dataset(order or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})])
     index.context.execution_options.preserve_order = True
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(

@@ -89,12 +89,14 @@ def embed_images(models: list[Model], prepared: pipeline.PreparedDataset, image_
 
 
 def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np.ndarray) -> pa.Table:
-    """One Ray Data pass: columns image_id, label, embedding_<i> for each of ``models``."""
+    """One pass (Ray Data, or this process for a small CPU split): columns image_id, label,
+    embedding_<i> for each of ``models``."""
     experiment = models[0][0]
     facts, _ = pipeline.dataset_facts(prepared, pipeline.assign(prepared, experiment.data).train, experiment.data)
     factories = [functools.partial(trained_method, e.model_dump_json(), c, facts) for e, c in models]
-    rows = pipeline.eval_dataset(prepared, ids, experiment.eval.batch_size)
-    return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus)
+    rows = pipeline.read_rows(prepared, ids, ["image", "label", "image_id"])
+    return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus,
+                      local_max_rows=experiment.eval.local_max_images)
 
 
 def _cache_key(experiment, checkpoint_path, prepared, image_ids) -> str:
