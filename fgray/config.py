@@ -123,6 +123,12 @@ class TrainConfig(Strict):
     # algorithms (torch.use_deterministic_algorithms); slower, and an op without one fails the trial.
     deterministic: bool = False
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        """YAML reads a bare on / off as true / false."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EvalConfig(Strict):
     ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list; when not given, the list the papers use for data.name

@@ -107,6 +107,11 @@ def test_cli_exits_2_with_one_line_before_ray(tmp_path):
     assert "ray" not in proc.stdout.lower()
 
 
+def test_yaml_on_off_reads_as_amp_modes(tmp_path):
+    assert load_sweep(write(tmp_path, BASE), ["train.amp=off"]).train.amp == "off"
+    assert load_sweep(write(tmp_path, BASE + "train: {epochs: 2, batch_size: 8, amp: on}\n")).train.amp == "on"
+
+
 def test_recall_ks_default_to_the_datasets_published_list(tmp_path):
     sop = BASE + "data: {name: sop, root: /prepared/sop}\n"
     assert load_sweep(write(tmp_path, sop)).eval.ks == (1, 10, 100, 1000)
