@@ -271,8 +271,7 @@ class VAPNetConfig(MethodConfig):
     # F_L = F_CNN(V) (Eq. 1) as two applications, with batch size 32 (the images). separate: the
     # crops in their own pass, normalised by their own batch statistics without updating the
     # running ones (those stay the whole images', which the test-time embedding uses). joint: one
-    # pass over B x (1 + M) images; its running statistics are mostly the crops', and the shared
-    # batch statistics let the constraint shrink F against F_L (measured: CE stalls at lam 10)
+    # pass over B x (1 + M) images, whose running statistics are then mostly the crops'
     crop_bn: Literal["joint", "separate"] = "separate"
     views: GridViews = GridViews()
 

@@ -104,9 +104,7 @@ class VAPNet(Method):
         ``crop_bn`` separate (default): F_CNN(X) and F_CNN(V) as two passes, as §3.1 and Eq. 1
         write them, each normalised by its own batch; the crops' pass leaves BN's running statistics
         (the test-time embedding's) to the whole images. joint: one pass over the B * (1 + M)
-        images. Joint lets the constraint shrink the images' features against the crops' in the
-        shared batch statistics, which drives the global term to ~0 (F_G is cut from F) and
-        stalls the CE on g(F) with it (configs.VAPNetConfig.crop_bn)."""
+        images, sharing their batch statistics (configs.VAPNetConfig.crop_bn)."""
         batch, views = crops.shape[:2]
         if self.cfg.crop_bn == "joint":
             maps = self.backbone.feature_map(torch.cat([images, crops.flatten(0, 1)]))
