@@ -87,7 +87,8 @@ class SyntheticSpec:
             (self.image_size >= 32, "image_size must be >= 32 (parts vanish below)"),
             (0.1 <= self.scale_range[0] <= self.scale_range[1] <= 1.0, "scale_range must be 0.1 <= lo <= hi <= 1"),
             (self.supersample >= 1, "supersample must be >= 1"),
-            (min(self.clutter, self.distractors, self.noise_std, self.shape_jitter, self.color_jitter, self.lighting) >= 0,
+            (min(self.clutter, self.distractors, self.noise_std, self.shape_jitter, self.color_jitter,
+                 self.lighting) >= 0,
              "knobs must be >= 0"),
         ]
         for ok, message in checks:
@@ -138,7 +139,8 @@ def split_of(spec: SyntheticSpec, class_index: int) -> str:
 # ----------------------------------------------------------------------------- geometry
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28, a0: float = 0.0, a1: float = 2 * np.pi) -> np.ndarray:
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28, a0: float = 0.0,
+             a1: float = 2 * np.pi) -> np.ndarray:
     t = np.linspace(a0, a1, n, endpoint=(a1 - a0) < 2 * np.pi)
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
 
@@ -174,21 +176,24 @@ def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) 
     wcx, wcy, wrx, wry = -0.04, -0.03, 0.24 * j(), 0.11 * j()  # wing
     tl = 0.33 * j()  # tail length beyond its base
     tx = -brx + 0.04  # tail base (hidden under the body)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("tail", "legs", "body", "breast", "wing", "bars", "head", "mark", "cheek", "eye", "beak")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("tail", "legs", "body", "breast", "wing", "bars", "head",
+                                                         "mark", "cheek", "eye", "beak")}
 
     tail = parts["tail"]
     if tail == "round":
         arc = _ellipse(tx, -0.01, tl, 0.16, n=11, a0=np.pi - 0.75, a1=np.pi + 0.75)
         out["tail"].append(np.concatenate([[[tx, 0.03]], arc, [[tx, -0.05]]]))
     elif tail == "fork":
-        out["tail"].append(np.array([[tx, -0.05], [tx - tl, -0.16], [tx - 0.45 * tl, -0.01], [tx - tl, 0.14], [tx, 0.03]]))
+        out["tail"].append(np.array([[tx, -0.05], [tx - tl, -0.16], [tx - 0.45 * tl, -0.01], [tx - tl, 0.14],
+                                     [tx, 0.03]]))
     elif tail == "pointed":
         out["tail"].append(np.array([[tx, -0.06], [tx - 1.3 * tl, -0.01], [tx, 0.04]]))
     else:  # square
         out["tail"].append(np.array([[tx, -0.06], [tx - 0.85 * tl, -0.08], [tx - 0.85 * tl, 0.06], [tx, 0.04]]))
 
     for lx in (0.0, 0.07):  # legs: thin quads
-        out["legs"].append(np.array([[lx, bry * 0.8], [lx + 0.015, bry * 0.8], [lx - 0.01, bry + 0.11], [lx - 0.025, bry + 0.11]]))
+        out["legs"].append(np.array([[lx, bry * 0.8], [lx + 0.015, bry * 0.8], [lx - 0.01, bry + 0.11],
+                                     [lx - 0.025, bry + 0.11]]))
     out["body"].append(_ellipse(0, 0, brx, bry))
 
     breast = parts["breast"]
@@ -225,7 +230,8 @@ def _bird_parts(parts: dict[str, str], rng: np.random.Generator, jitter: float) 
     return out
 
 
-def _place(polys: dict[str, list[np.ndarray]], rng: np.random.Generator, spec: SyntheticSpec, canvas: int) -> dict[str, list[np.ndarray]]:
+def _place(polys: dict[str, list[np.ndarray]], rng: np.random.Generator, spec: SyntheticSpec,
+           canvas: int) -> dict[str, list[np.ndarray]]:
     """Random pose: flip, rotate, scale, then translate so the whole bird fits the canvas."""
     flip = -1.0 if rng.random() < 0.5 else 1.0
     angle = np.deg2rad(rng.uniform(-spec.max_rotation, spec.max_rotation))
@@ -275,7 +281,8 @@ def _bird_palette(rng: np.random.Generator, k: float) -> dict[str, tuple[int, in
     }
 
 
-def _clutter_colour(rng: np.random.Generator, spec: SyntheticSpec, scene: tuple[float, float, float]) -> tuple[int, int, int]:
+def _clutter_colour(rng: np.random.Generator, spec: SyntheticSpec,
+                    scene: tuple[float, float, float]) -> tuple[int, int, int]:
     """Some clutter in bird tones (colour alone must not find the bird), the rest in the
     scene's own tones (foliage / bark around the background colour)."""
     if rng.random() < spec.bird_colored_clutter:
@@ -307,7 +314,8 @@ def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, spec: 
         else:  # branch
             a = rng.uniform(0, np.pi)
             dx, dy = np.cos(a) * size * 1.5, np.sin(a) * size * 1.5
-            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=max(1, int(rng.uniform(0.01, 0.03) * canvas)))
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour,
+                      width=max(1, int(rng.uniform(0.01, 0.03) * canvas)))
     for _ in range(spec.distractors):  # fragments that look like parts, away from any bird
         cx, cy = rng.uniform(0, canvas, 2)
         colour = _hsv(0.08, 0.3, 0.12) if rng.random() < 0.5 else _hsv(0.12, 0.2, 0.92)
@@ -385,7 +393,8 @@ def _bbox(polys: dict[str, list[np.ndarray]], ss: int, size: int) -> BBox:
     return float(x1), float(y1), float(x2), float(y2)
 
 
-def render_arrays(spec: SyntheticSpec, classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_arrays(spec: SyntheticSpec,
+                  classes: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render whole classes in memory: images (N, H, W, 3) uint8, labels (N,), boxes (N, 4)."""
     classes = range(spec.num_classes) if classes is None else list(classes)
     images, labels, boxes = [], [], []
