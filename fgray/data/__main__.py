@@ -82,7 +82,8 @@ def _info(args) -> int:
 
     manifest = read_manifest(args.dir)
     if manifest is None:
-        return _fail(f"{args.dir}: no readable manifest.json; expected a folder written by 'python -m fgray.data prepare'")
+        return _fail(f"{args.dir}: no readable manifest.json; "
+                     "expected a folder written by 'python -m fgray.data prepare'")
     print(_summary(manifest, args.dir))
     return 0
 

@@ -272,13 +272,15 @@ def prepare(
     root, out = normalize_root(root), normalize_root(out)
     t0 = time.time()
     records = read_layout(dataset, root)
-    options = {"short_side": short_side, "image_format": IMAGE_FORMATS[image_format.lower()].lower(), "quality": quality}
+    options = {"short_side": short_side, "image_format": IMAGE_FORMATS[image_format.lower()].lower(),
+               "quality": quality}
     digest = content_hash(dataset, records, _file_stats(records, root), {**options, "rows_per_shard": rows_per_shard})
     log.info("%s: %d images in %s (read in %.1fs)", dataset, len(records), root, time.time() - t0)
 
     fs, base = filesystem(out)
     current = read_manifest(out)
-    if current is not None and not force and current.content_hash == digest and _shards_present(fs, base, current.shards):
+    if (current is not None and not force and current.content_hash == digest
+            and _shards_present(fs, base, current.shards)):
         log.info("%s is up to date (content hash %s): nothing to do", out, digest[:12])
         return current
 

@@ -33,7 +33,8 @@ def read_aircraft(root: str) -> list[Record]:
         raise DatasetFormatError(f_variants, "expected each variant name once")
     label_of = {v: i for i, v in enumerate(variants)}
     f_boxes = join(data, "images_box.txt")
-    boxes = {r[0]: r[1:] for r in read_table(f_boxes, (str, float, float, float, float), "<image> <xmin> <ymin> <xmax> <ymax>")}
+    box_rows = read_table(f_boxes, (str, float, float, float, float), "<image> <xmin> <ymin> <xmax> <ymax>")
+    boxes = {r[0]: r[1:] for r in box_rows}
 
     records = []
     for suffix, split in SPLIT_FILES:

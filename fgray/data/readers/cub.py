@@ -36,7 +36,8 @@ def _read(dataset: str, root: str, all_classes_are_labels: bool) -> list[Record]
     images = read_table(f_images, (str, str), "<image_id> <image path>", rest=True)
     labels = dict(read_table(f_labels, (str, int), "<image_id> <class_id>"))
     is_train = dict(read_table(f_split, (str, int), "<image_id> <is_training_image 0|1>"))
-    boxes = {r[0]: r[1:] for r in read_table(f_boxes, (str, float, float, float, float), "<image_id> <x> <y> <width> <height>")}
+    box_rows = read_table(f_boxes, (str, float, float, float, float), "<image_id> <x> <y> <width> <height>")
+    boxes = {r[0]: r[1:] for r in box_rows}
     names = dict(read_table(f_classes, (int, str), "<class_id> <class name>", rest=True))
 
     if all_classes_are_labels:
@@ -49,7 +50,8 @@ def _read(dataset: str, root: str, all_classes_are_labels: bool) -> list[Record]
     for image_id, rel in images:
         class_id = lookup(labels, image_id, f_labels, "image")
         if class_id not in names:
-            raise DatasetFormatError(f_classes, f"no entry for class {class_id} (used by image {image_id} in image_class_labels.txt)")
+            raise DatasetFormatError(f_classes, f"no entry for class {class_id} "
+                                                f"(used by image {image_id} in image_class_labels.txt)")
         flag = lookup(is_train, image_id, f_split, "image")
         if flag not in (0, 1):
             raise DatasetFormatError(f_split, f"expected is_training_image 0 or 1 for image {image_id}, got {flag}")

@@ -27,7 +27,8 @@ def read_flowers102(root: str) -> list[Record]:
     root = find_root(root, "imagelabels.mat", ["flowers102", "flowers-102", "102flowers"])
     f_labels = join(root, "imagelabels.mat")
     f_setid = join(root, "setid.mat")
-    labels = [as_int(v, f_labels, "label") for v in mat_vector(load_mat(f_labels, ["labels"], "'labels' (1 x N, classes 1..102)"), "labels", f_labels)]
+    label_mat = load_mat(f_labels, ["labels"], "'labels' (1 x N, classes 1..102)")
+    labels = [as_int(v, f_labels, "label") for v in mat_vector(label_mat, "labels", f_labels)]
     setid = load_mat(f_setid, [k for k, _ in SPLITS], "'trnid', 'valid', 'tstid' (1-based image indices)")
     records = []
     seen: dict[int, str] = {}
@@ -35,7 +36,8 @@ def read_flowers102(root: str) -> list[Record]:
         for v in mat_vector(setid, key, f_setid):
             idx = as_int(v, f_setid, f"{key} index")
             if not 1 <= idx <= len(labels):
-                raise DatasetFormatError(f_setid, f"{key}: expected image indices in 1..{len(labels)} (imagelabels.mat), got {idx}")
+                raise DatasetFormatError(f_setid, f"{key}: expected image indices in 1..{len(labels)} "
+                                                  f"(imagelabels.mat), got {idx}")
             if idx in seen:
                 raise DatasetFormatError(f_setid, f"image {idx} is listed in both {seen[idx]} and {key}")
             seen[idx] = key

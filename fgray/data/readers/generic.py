@@ -64,7 +64,8 @@ def read_imagefolder(root: str) -> list[Record]:
                 continue  # files directly in the split folder have no class
             found.append((relpath(path, root), rel.split("/", 1)[0], split))
     if not found:
-        raise DatasetFormatError(root, "no images found; expected <root>/<class>/<image> or <root>/train/<class>/<image>")
+        raise DatasetFormatError(root, "no images found; expected <root>/<class>/<image> "
+                                       "or <root>/train/<class>/<image>")
     classes = sorted({c for _, c, _ in found})
     label_of = {c: i for i, c in enumerate(classes)}
     return [
@@ -109,7 +110,8 @@ def read_csv(root: str) -> list[Record]:
         if not row or not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise DatasetFormatError(path, f"expected {len(header)} fields ({','.join(header)}), got {len(row)}", lineno)
+            raise DatasetFormatError(path, f"expected {len(header)} fields ({','.join(header)}), "
+                                           f"got {len(row)}", lineno)
         cell = {h: row[i].strip() for h, i in col.items()}
         if not cell["path"] or not cell["label"]:
             raise DatasetFormatError(path, "expected a non-empty path and label", lineno)

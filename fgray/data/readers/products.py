@@ -77,11 +77,13 @@ def read_inshop(root: str) -> list[Record]:
     if not exists(part):
         part = join(root, "list_eval_partition.txt")
     rows = _read_counted_table(
-        part, ["image_name", "item_id", "evaluation_status"], (str, str, str), "<image_name> <item_id> <evaluation_status>"
+        part, ["image_name", "item_id", "evaluation_status"], (str, str, str),
+        "<image_name> <item_id> <evaluation_status>"
     )
     for name, _, status in rows:
         if status not in ("train", "query", "gallery"):
-            raise DatasetFormatError(part, f"expected evaluation_status train, query or gallery, got {status!r} for {name}")
+            raise DatasetFormatError(part, "expected evaluation_status train, query or gallery, "
+                                           f"got {status!r} for {name}")
 
     boxes = {}
     for box_path in (join(root, "Anno", "list_bbox_inshop.txt"), join(root, "list_bbox_inshop.txt")):
