@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def experiment_of(args: argparse.Namespace):
-    from fgray.config import load_sweep
+    from fgray.sweep_file import load_sweep
 
     return load_sweep(args.sweep, ["search.space={}", "search.num_samples=1", "search.scheduler.name=none",
                                    *args.set]).experiment()

@@ -314,7 +314,7 @@ def train_fgray(method_name: str, seed: int, data: dict[str, Tensor], args: argp
     (``engine.build_method``: fgray's MoCo v2 / SimSiam classes), ``build_optimizer``,
     ``build_scheduler`` and ``train_one_epoch``; only the data path (Ray) is replaced by in-memory
     batches of the same views. Returns (untrained R@1, trained R@1, log)."""
-    from fgray.config import load_sweep
+    from fgray.sweep_file import load_sweep
     from fgray.data.inputs import DatasetFacts
     from fgray.engine import build_method, build_optimizer, build_scheduler, train_one_epoch
 

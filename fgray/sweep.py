@@ -13,9 +13,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from fgray.config import (ConfigError, ExperimentConfig, SweepConfig, grid_points, load_sweep,
-                          validate)
+from fgray.config import ConfigError, ExperimentConfig, SweepConfig, grid_points, validate
 from fgray.profiles import PROFILES
+from fgray.sweep_file import load_sweep
 
 DEFAULT_RANDOM_SAMPLES = 8
 

@@ -8,7 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from fgray.config import ConfigError, grid_points, load_sweep
+from fgray.config import ConfigError, grid_points
+from fgray.sweep_file import load_sweep
 from fgray.sweep import planned_trials
 
 BASE = """
@@ -124,7 +125,7 @@ def test_recall_ks_default_to_the_datasets_published_list(tmp_path):
 def test_schema_errors_never_import_torch(tmp_path):
     """A malformed file fails fast: schema errors are found before timm/torch (seconds) load."""
     path = write(tmp_path, BASE + "search: {space: {train.lr: {grid: [0.1, -2]}}}\n")
-    probe = ("import sys\nfrom fgray.config import ConfigError, load_sweep\n"
+    probe = ("import sys\nfrom fgray.config import ConfigError\nfrom fgray.sweep_file import load_sweep\n"
              f"try:\n    load_sweep({str(path)!r})\nexcept ConfigError as err:\n    print(err)\n"
              "print(sorted(m for m in ('torch', 'timm', 'ray') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fgray.config import ConfigError, ExperimentConfig, load_sweep, validate
+from fgray.config import ConfigError, ExperimentConfig, validate
+from fgray.sweep_file import load_sweep
 from fgray.methods.configs import PPSSLConfig, TeacherConfig, read_corpus
 from fgray.data.inputs import DatasetFacts
 from fgray.methods.parts import attention_map

@@ -111,7 +111,7 @@ def test_rank_trials_needs_the_metric_and_a_checkpoint():
 
 
 def test_evaluate_best_scores_the_best_trials_and_the_baseline(tmp_path, capsys):
-    from fgray.config import load_sweep
+    from fgray.sweep_file import load_sweep
     from fgray.sweep import evaluate_best
 
     path = tmp_path / "sweep.yaml"

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from fgray.config import ConfigError, load_sweep
+from fgray.config import ConfigError
+from fgray.sweep_file import load_sweep
 from fgray.report import markdown_report, results_frame
 from fgray.results import (REPEAT_KEY, SEED_KEY, _overrides, mean_std, seed_rows, seed_table,
                            within_noise)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from fgray.config import ConfigError, load_sweep
+from fgray.config import ConfigError
+from fgray.sweep_file import load_sweep
 from fgray.data.inputs import DatasetFacts, ViewRecipe
 from fgray.data.views import GridCrops, build_recipe, grid_boxes
 from fgray.losses import attribute_constraint, attribute_kl
