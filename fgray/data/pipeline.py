@@ -97,8 +97,8 @@ def _filesystem(root: str) -> pafs.FileSystem | None:
 
 
 def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
-    # Encoded rows go to the object store once, in blocks small enough to shuffle by block order;
-    # reading in the driver avoids Ray Data read tasks competing with Train workers for CPUs.
+    # Encoded rows go to the object store once, in blocks of the batch size; reading them here
+    # avoids Ray Data read tasks competing with the trainers for CPUs.
     blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
     return local_dataset(blocks or [table])
 
