@@ -49,6 +49,7 @@ def test_valid_file_and_defaults(tmp_path):
     ("data.name=cub200", "data: dataset 'cub200' needs root: the folder written by"),
     ("eval.ks=[0, 1]", "eval.ks: must be a non-empty list of positive integers"),
     ("backbone.model_kwargs={no_such_arg: 1}", "backbone: model_kwargs rejected by timm.create_model("),
+    ("method.views.scale=[0.9, 0.5]", "method.views.scale: must satisfy 0 < low <= high <= 1"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, expected):
     assert expected in error_of(tmp_path, BASE, [override])
@@ -57,18 +58,17 @@ def test_bad_values_name_the_key(tmp_path, override, expected):
 def test_search_space_values_are_validated(tmp_path):
     bad_grid = BASE + "search: {space: {method.temperature: {grid: [0.1, -0.2]}}}\n"
     assert error_of(tmp_path, bad_grid).startswith("search.space.method.temperature: method.temperature: must be > 0")
-    unknown = BASE + "search: {space: {method.tau: {grid: [0.1]}}}\n"
-    assert "method.tau: no such key" in error_of(tmp_path, unknown)
-    both = BASE + "search: {space: {method.temperature: {uniform: [0.1, 0.2], grid: [1]}}}\n"
-    assert "exactly one of" in error_of(tmp_path, both)
-    mixed = BASE + "search: {space: {method.temperature: {grid: [0.1]}, train.lr: {uniform: [0.1, 0.2]}}}\n"
-    assert "cannot mix grid" in error_of(tmp_path, mixed)
-    resources = BASE + "search: {space: {resources.workers_per_trial: {grid: [1, 2]}}}\n"
-    assert "resources are a setting of the whole sweep" in error_of(tmp_path, resources)
-    row = BASE + "search: {points: [{resources.cpus_per_worker: 2}]}\n"
-    assert "search.points[0]: resources are a setting of the whole sweep" in error_of(tmp_path, row)
-    views = BASE + "method: {name: mocov2, views: {scale: [0.9, 0.5]}}\n"
-    assert "method.views.scale: must satisfy 0 < low <= high <= 1" in error_of(tmp_path, views)
+
+
+@pytest.mark.parametrize("search, expected", [
+    ("{space: {method.tau: {grid: [0.1]}}}", "method.tau: no such key"),
+    ("{space: {method.temperature: {uniform: [0.1, 0.2], grid: [1]}}}", "exactly one of"),
+    ("{space: {method.temperature: {grid: [0.1]}, train.lr: {uniform: [0.1, 0.2]}}}", "cannot mix grid"),
+    ("{space: {resources.workers_per_trial: {grid: [1, 2]}}}", "resources are a setting of the whole sweep"),
+    ("{points: [{resources.cpus_per_worker: 2}]}", "search.points[0]: resources are a setting of the whole sweep"),
+])
+def test_bad_search_sections_name_the_problem(tmp_path, search, expected):
+    assert expected in error_of(tmp_path, BASE + f"search: {search}\n")
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
