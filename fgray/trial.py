@@ -74,13 +74,15 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
                    else checkpoint_epoch(latest_checkpoint(storage, sweep_cfg.name, trial_id)))
     world, seed = res.workers_per_trial, experiment.train.seed
     epochs = range(first_epoch, experiment.total_epochs)
+    rank_rows = split.table.num_rows // world
+    rows_per_epoch = steps_per_epoch(rank_rows, experiment) * experiment.train.batch_size
     datasets = {f"train_{rank}": pipeline.train_dataset(split, inputs, data, seed, res.data_cpus, epochs, rank,
-                                                        world, actors=res.data_actors)
+                                                        world, actors=res.data_actors, rows_per_epoch=rows_per_epoch)
                 for rank in range(world)}
     if experiment.has_validation:  # decoded once, in the worker (ValBatches)
         datasets["val"] = pipeline.eval_dataset(prepared, splits.val)
     config = {"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
-              "rank_rows": split.table.num_rows // world, "first_epoch": first_epoch}
+              "rank_rows": rank_rows, "first_epoch": first_epoch}
     if res.in_trial:
         worker_loop(config, TrialSession(datasets, resumed, use_gpu=res.gpus_per_worker > 0))
         return
@@ -161,6 +163,12 @@ class TrialSession:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
 
+def steps_per_epoch(rank_rows: int, experiment: ExperimentConfig) -> int:
+    """Optimiser steps of one rank's epoch: its full batches, capped by ``train.steps_per_epoch``."""
+    full = max(1, rank_rows // experiment.train.batch_size)
+    return min(full, experiment.train.steps_per_epoch or full)
+
+
 def _checkpoint_epoch(checkpoint: Checkpoint | tune.Checkpoint) -> int:
     with checkpoint.as_directory() as directory:
         return checkpoint_epoch(directory)
@@ -207,9 +215,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     use_deterministic_kernels(train_cfg.deterministic)  # both ways: Tune may reuse this process
 
     method = build_method(experiment, facts)
-    full_steps = max(1, config["rank_rows"] // train_cfg.batch_size)
-    steps_per_epoch = min(full_steps, train_cfg.steps_per_epoch or full_steps)
-    runner = StageRunner(method, experiment, steps_per_epoch, session.device, rank, world, wrap=session.wrap)
+    steps = steps_per_epoch(config["rank_rows"], experiment)
+    runner = StageRunner(method, experiment, steps, session.device, rank, world, wrap=session.wrap)
     state, last_val = None, {}
     resumed = session.checkpoint()
     if resumed is not None:
@@ -220,7 +227,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
 
     # The dataset starts at the epoch the driver resumed from; a worker group restarted inside the
     # same fit() starts later: skip the batches of the epochs it already trained.
-    for _ in range((start_epoch - config["first_epoch"]) * steps_per_epoch):
+    for _ in range((start_epoch - config["first_epoch"]) * steps):
         next(train_batches)
     val_batches = ValBatches(session.dataset("val"), experiment.eval.batch_size,
                              pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop)

@@ -62,6 +62,27 @@ def test_train_batches_are_identical_across_runs_and_actor_counts(ray_local, tmp
     assert np.array_equal(resumed[:rows], np.concatenate([b["view2"] for b in one])[rows: 2 * rows])
 
 
+def test_each_epoch_reads_its_own_permutation_when_cut_to_whole_batches(ray_local, tmp_path, monkeypatch):
+    # rows_per_epoch (steps x batch size) keeps an epoch's batches inside its permutation, so a trial
+    # resumed at epoch 1 reads exactly what an uninterrupted trial read in epoch 1.
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    inputs = Inputs(views=(ViewRecipe("crop_flip"),), columns=("image_id",))
+    split = pipeline.training_split(prepared, splits.train, data, inputs, "test", {})
+    ids = split.table.column("image_id").to_numpy(zero_copy_only=False)
+
+    def run(epochs):
+        ds = pipeline.train_dataset(split, inputs, data, seed=3, cpus_per_task=0.25, epochs=epochs,
+                                    batch_rows=2, rows_per_epoch=4)
+        return np.concatenate([b["image_id"] for b in _batches(ds, 2)])
+
+    assert len(ids) > 4  # the cut drops rows
+    whole = run(range(2))
+    assert len(whole) == 8
+    for epoch in range(2):
+        assert list(whole[4 * epoch: 4 * epoch + 4]) == list(ids[epoch_order(len(ids), 3, epoch)[:4]])
+    assert list(run(range(1, 2))) == list(whole[4:])
+
+
 def test_epoch_order_mixes_classes_like_a_random_permutation():
     labels = np.repeat(np.arange(18), 64)  # class-sorted, as the synthetic shards are
     batch = 64

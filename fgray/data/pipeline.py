@@ -241,7 +241,7 @@ def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1)
 
 def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, cpus_per_task: float,
                   epochs: range, rank: int = 0, world: int = 1, batch_rows: int = 64,
-                  actors: int = 1) -> ray.data.Dataset:
+                  actors: int = 1, rows_per_epoch: int | None = None) -> ray.data.Dataset:
     """The declared inputs of every training image, for each epoch in ``epochs``, as one dataset.
 
     Each epoch is a fresh permutation of the whole split (``epoch_order``) with fresh views. A
@@ -250,7 +250,9 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     data wait 18-31 % per-epoch iterators -> 0.2 % one iterator); the order of the rows is kept,
     so a trial's batches are the same in every run. ``actors``: view actors (each ``cpus_per_task``).
     """
-    rows = [epoch_order(split.table.num_rows, seed, e, rank, world) for e in epochs]
+    # ``rows_per_epoch`` (the epoch's steps x batch size) keeps each epoch's batches inside its own
+    # permutation: a trial resumed at epoch e then reads exactly what an uninterrupted one read there.
+    rows = [epoch_order(split.table.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
     # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
     order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
     index = local_dataset(order or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})])
