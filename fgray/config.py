@@ -16,12 +16,17 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fgray.data.protocols import dataset_spec
 from fgray.methods.registry import method_configs
 # ConfigError is the error type of every config check (the CLI catches it from here).
 from fgray.validation import ConfigError, set_dotted, validate
+
+
+# Autocast: auto = bf16 (fp16 where bf16 is missing) when on a GPU; YAML reads a bare on / off as a boolean.
+Amp = Annotated[Literal["auto", "on", "off"],
+                BeforeValidator(lambda v: {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v)]
 
 
 class Strict(BaseModel):
@@ -115,24 +120,23 @@ class TrainConfig(Strict):
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "constant", "step"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
-    amp: Literal["auto", "on", "off"] = "auto"  # auto: bf16/fp16 autocast when a GPU is present
+    amp: Amp = "auto"
     grad_clip: float | None = Field(None, gt=0)
     seed: int = 0  # initial weights, data order, every view and in-model draw derive from it
     # GPU only (CPU trials are bit-reproducible as they are): deterministic CUDA kernels and cuDNN
     # algorithms (torch.use_deterministic_algorithms); slower, and an op without one fails the trial.
     deterministic: bool = False
-
-    @field_validator("amp", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, value: Any) -> Any:
-        """YAML reads a bare on / off as true / false."""
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+    # CUDA only: convolutions in channels-last memory format (NHWC, what cuDNN's tensor-core kernels
+    # read); transformers keep their layout. The GPU check (bench/gpu_check.py) measures both.
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the training step (the first steps pay the compilation)
 
 
 class EvalConfig(Strict):
     ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list; when not given, the list the papers use for data.name
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
     batch_size: int = Field(256, ge=1)
+    amp: Amp = "auto"  # embedding under autocast (CUDA); off: float32, as most papers' evaluation code
     test_top: int = Field(1, ge=0)  # best N trials re-evaluated on the test split after the sweep
     baseline: bool = True  # also evaluate the untrained (random-init / pretrained) backbone on test
     # Test splits up to this many images on CPU are embedded in the sweep's process (an actor start costs

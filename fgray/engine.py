@@ -11,9 +11,8 @@ import contextlib
 import math
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -67,8 +66,21 @@ class DeclaredBatch(dict):
 
 
 def unwrap(model: nn.Module) -> Method:
-    """The Method inside a DDP wrapper (or the model itself)."""
+    """The Method inside torch.compile's and DDP's wrappers (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if hasattr(model, "module") else model
+
+
+def place_method(method: Method, device: torch.device, train: TrainConfig) -> Method:
+    """Move ``method`` to ``device``; on CUDA, convolution weights go channels-last when
+    ``train.channels_last`` (a conv with channels-last weights returns channels-last activations, so
+    the whole CNN follows) and cuDNN may benchmark its algorithms unless ``train.deterministic``."""
+    method = method.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not train.deterministic  # a trial's input sizes are fixed
+        if train.channels_last:
+            method = method.to(memory_format=torch.channels_last)
+    return method
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -139,7 +151,7 @@ def use_deterministic_kernels(on: bool = True) -> None:
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it before its first call
     torch.use_deterministic_algorithms(on)
-    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = False  # place_method turns it on for a non-deterministic GPU trial
     torch.backends.cudnn.deterministic = on
 
 
@@ -173,11 +185,18 @@ def train_one_epoch(
     grad_clip: float | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
-    """One pass over ``batches`` (at most ``steps_per_epoch`` steps); ``epoch`` is 0-based."""
+    """One pass over ``batches`` (at most ``steps_per_epoch`` steps); ``epoch`` is 0-based.
+
+    Nothing here waits for the device inside the epoch except the finiteness check of the previous
+    step's loss, made once this step is queued: the host stays a step ahead of a GPU (loss sums
+    stay on the device until the epoch ends). A non-finite loss stops the epoch one step later than
+    an immediate check would, with its own step number; no checkpoint follows it.
+    """
     model.train()
     method = unwrap(model)
     declared = method.cfg.inputs.keys
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, Tensor] = {}
+    previous: tuple[int, dict[str, Tensor]] | None = None
     steps = images = 0
     wait = 0.0
     start = time.perf_counter()
@@ -193,9 +212,6 @@ def train_one_epoch(
         with autocast_context(device, amp):
             out = model(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            parts = {k: float(v) for k, v in out.items() if k != "loss"}
-            raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {epoch + 1} step {steps + 1}: {parts}")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -212,15 +228,28 @@ def train_one_epoch(
         steps += 1
         images += len(next(iter(batch.values())))
         method.after_step(min(1.0, (epoch * steps_per_epoch + steps) / (epochs * steps_per_epoch)))
-        for key, value in out.items():
-            sums[key] += float(value.detach())
+        if previous is not None:
+            _check_finite(*previous, epoch)
+        previous = (steps, {k: v.detach() for k, v in out.items()})
+        for key, value in previous[1].items():
+            sums[key] = sums[key] + value.double() if key in sums else value.double()
+    if previous is not None:
+        _check_finite(*previous, epoch)
+    losses = {k: float(v) / steps for k, v in sums.items()}
     elapsed = max(time.perf_counter() - start, 1e-9)
     return EpochStats(
-        losses={k: v / max(steps, 1) for k, v in sums.items()},
+        losses=losses,
         steps=steps,
         images_per_second=images / elapsed,
         data_wait_fraction=wait / elapsed,
     )
+
+
+def _check_finite(step: int, out: dict[str, Tensor], epoch: int) -> None:
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        parts = {k: float(v) for k, v in out.items() if k != "loss"}
+        raise NonFiniteLossError(f"non-finite loss {float(loss)} at epoch {epoch + 1} step {step}: {parts}")
 
 
 def _hold_fixed_lrs(optimizer: torch.optim.Optimizer) -> None:
@@ -233,6 +262,19 @@ def _hold_fixed_lrs(optimizer: torch.optim.Optimizer) -> None:
 def _clip(method: Method, grad_clip: float | None) -> None:
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(method.parameters(), grad_clip)
+
+
+def inference_embed(method: Method, device: torch.device, experiment: ExperimentConfig) -> Callable[[Tensor], Tensor]:
+    """``method.embed`` as evaluation runs it: on ``device`` in eval mode, placed as for training
+    (``place_method``), under ``eval.amp``'s autocast; normalised images -> float32 embeddings."""
+    method = place_method(method, device, experiment.train).eval()
+
+    @torch.no_grad()
+    def embed(images: Tensor) -> Tensor:
+        with autocast_context(device, experiment.eval.amp):
+            return method.embed(images).float()
+
+    return embed
 
 
 @torch.no_grad()
@@ -256,8 +298,8 @@ def extract_embeddings(method: Method, batches: Iterable[dict], device: torch.de
 
 
 def evaluate(method: Method, batches: Iterable[dict], device: torch.device, ks: tuple[int, ...],
-             prefix: str = "val/") -> dict[str, float]:
+             prefix: str = "val/", amp: str = "off") -> dict[str, float]:
     """Leave-one-out retrieval metrics of ``method.embed`` over ``batches``, keys prefixed."""
-    embeddings, labels, _ = extract_embeddings(method, batches, device)
+    embeddings, labels, _ = extract_embeddings(method, batches, device, amp)
     metrics = retrieval_metrics(embeddings, labels, ks=ks)
     return {f"{prefix}{k}": v for k, v in metrics.items() if not math.isnan(v)}

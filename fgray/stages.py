@@ -98,6 +98,8 @@ class StageRunner:
         groups = stage_param_groups(self.method, stage)
         ddp_ignore(self.method, self.method.ddp_ignore_prefixes)
         self.model = self.wrap(self.method)  # DDP tracks this stage's trainable parameters only
+        if train.compile:
+            self.model = torch.compile(self.model)  # around DDP, so its optimiser splits graphs at buckets
         self.optimizer = build_optimizer(groups, train, self.world, stage)
         self.scheduler = build_scheduler(self.optimizer, train, self.steps_per_epoch, epochs=stage.epochs)
         if state is not None and state.get("stage") == stage.name and epoch > self.plan.start(self.stage_index):

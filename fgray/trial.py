@@ -203,7 +203,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     import torch
 
     from fgray import checkpoint as ckpt
-    from fgray.engine import build_method, evaluate, use_deterministic_kernels
+    from fgray.engine import build_method, evaluate, place_method, use_deterministic_kernels
     from fgray.stages import StageRunner
 
     facts = DatasetFacts(**{**config["facts"], "class_names": tuple(config["facts"]["class_names"])})
@@ -214,7 +214,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     use_deterministic_kernels(train_cfg.deterministic)  # both ways: Tune may reuse this process
 
-    method = build_method(experiment, facts)
+    method = place_method(build_method(experiment, facts), session.device, train_cfg)
     steps = steps_per_epoch(config["rank_rows"], experiment)
     runner = StageRunner(method, experiment, steps, session.device, rank, world, wrap=session.wrap)
     state, last_val = None, {}
@@ -249,7 +249,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         # Validate when due, after the last epoch, and on the first report (Tune and ASHA need the metric).
         due = (epoch + 1) % experiment.eval.every == 0 or is_last or not last_val
         if rank == 0 and val_batches is not None and due:
-            last_val = evaluate(method, val_batches, runner.device, ks)
+            last_val = evaluate(method, val_batches, runner.device, ks, amp=experiment.eval.amp)
             if not last_val.get("val/num_queries"):  # every metric NaN: Tune would stop the whole sweep
                 raise ValueError("validation: no query has a relevant image (each validation class has one image); "
                                  "the split needs classes with 2+ images (data.val_fraction)")

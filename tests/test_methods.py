@@ -8,8 +8,8 @@ import torch
 
 from fgray.config import ExperimentConfig
 from fgray.data.inputs import DatasetFacts
-from fgray.engine import (DeclaredBatch, UndeclaredInputError, build_method, build_optimizer, build_scheduler,
-                          train_one_epoch)
+from fgray.engine import (DeclaredBatch, NonFiniteLossError, UndeclaredInputError, build_method, build_optimizer,
+                          build_scheduler, train_one_epoch)
 from fgray.stages import StagePlan, stage_param_groups
 from fgray.methods import method_names
 from fgray.methods.registry import method_class
@@ -122,3 +122,37 @@ def test_reading_an_undeclared_key_fails_the_first_step_with_one_line():
                         torch.device("cpu"), epoch=0, epochs=1, steps_per_epoch=1)
     message = str(err.value)
     assert "\n" not in message and "'label'" in message and "mocov2" in message and "view1, view2" in message
+
+
+def epoch_of(method, experiment, batches, steps):
+    stage = StagePlan.of(experiment).stages[0]
+    optimizer = build_optimizer(stage_param_groups(method, stage), experiment.train, stage=stage)
+    return train_one_epoch(method, batches, optimizer, build_scheduler(optimizer, experiment.train, steps),
+                           torch.device("cpu"), epoch=0, epochs=1, steps_per_epoch=steps)
+
+
+def test_epoch_losses_are_step_means_and_a_non_finite_loss_names_its_step():
+    method, experiment = make("mocov2")
+    step = method.training_step
+    seen = []
+
+    def recorded(batch):
+        out = step(batch)
+        seen.append({k: float(v.detach()) for k, v in out.items()})
+        return out
+
+    method.training_step = recorded
+    batch = {k: v.numpy() if torch.is_tensor(v) else v for k, v in batch_for(method).items()}
+    stats = epoch_of(method, experiment, [batch] * 3, 3)
+    assert stats.steps == 3 and set(stats.losses) == {"loss", "loss_cl"}
+    assert stats.losses["loss"] == pytest.approx(sum(s["loss"] for s in seen) / 3, rel=1e-6)
+
+    def nan_at_second_step(batch):
+        seen.append(step(batch))
+        out = seen[-1]
+        return {**out, "loss": out["loss"] * float("nan")} if len(seen) == 2 else out
+
+    seen.clear()
+    method.training_step = nan_at_second_step
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at epoch 1 step 2: \{'loss_cl'"):
+        epoch_of(method, experiment, [batch] * 3, 3)

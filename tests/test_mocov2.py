@@ -46,6 +46,8 @@ def test_training_step_fills_queue_and_key_encoder_gets_no_gradient():
     keys_before = method.moco.queue.keys.clone()
     out = method.training_step({"view1": images, "view2": images.flip(3)})
     out["loss"].backward()
+    assert torch.equal(method.moco.queue.keys, keys_before)  # the step's keys wait for its update
+    method.after_step(0.0)
     assert int(method.moco.queue.pointer) == 4
     assert not torch.equal(method.moco.queue.keys[:4], keys_before[:4])
     assert all(p.grad is None for p in method.moco.key_backbone.parameters())
@@ -101,6 +103,7 @@ def test_queue_holds_the_enqueued_keys_and_they_are_the_negatives(monkeypatch):
         images = torch.randn(4, 3, 32, 32, generator=g)
         method.training_step({"view1": images, "view2": images.flip(3)})
         assert torch.equal(calls[step][0], keys[step])  # the positive is this step's key
+        method.after_step(0.0)  # the step's keys join the queue after its optimiser step
     # The negatives are the queue as it stood: first the initial keys, then the enqueued ones.
     assert torch.equal(calls[0][1], initial)
     assert torch.equal(calls[1][1], torch.cat([keys[0], initial[4:]]))

@@ -31,7 +31,7 @@ from fgray.eval.metrics import retrieval_metrics
 def trained_method(experiment_json: str, checkpoint: str | None, facts: DatasetFacts):
     """Model factory (runs in ``EmbedActor``): a method from its checkpoint (local or URI) with the
     dataset facts it was trained with, or the untrained backbone (checkpoint None); returns its ``embed``."""
-    from fgray.engine import build_method
+    from fgray.engine import build_method, inference_embed
 
     experiment = ExperimentConfig.model_validate_json(experiment_json)
     torch.manual_seed(experiment.train.seed)  # untrained baseline == the trials' initial weights
@@ -41,8 +41,7 @@ def trained_method(experiment_json: str, checkpoint: str | None, facts: DatasetF
             ckpt.load(directory, method)
     else:
         method = build_method(experiment, facts)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return method.to(device).eval().embed
+    return inference_embed(method, torch.device("cuda" if torch.cuda.is_available() else "cpu"), experiment)
 
 
 def _metrics(*args, **kwargs) -> dict[str, float]:

@@ -38,11 +38,11 @@ class MoCoV2(Method):
         query = self.moco.query(self.moco.backbone.feature_map(batch["view1"]))
         key = self.moco.key(batch["view2"])
         loss = self.moco.contrastive_loss(query, key)
-        self.moco.enqueue(key)
+        self.moco.enqueue_after_step(key)
         return {"loss": loss, "loss_cl": loss.detach()}
 
     def after_step(self, progress: float) -> None:
-        self.moco.update_momentum(progress)
+        self.moco.after_step(progress)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:

@@ -61,10 +61,10 @@ class KeyQueue(nn.Module):
     def enqueue(self, keys: Tensor) -> None:
         """Insert (N, D) keys, overwriting the oldest; wraps around the end of the buffer."""
         keys = keys.detach().to(self.keys.dtype)[: self.size]
-        start = int(self.pointer)
-        positions = (torch.arange(keys.shape[0], device=keys.device) + start) % self.size
+        # Pointer arithmetic on the device: no host sync in the training step.
+        positions = (torch.arange(keys.shape[0], device=keys.device) + self.pointer) % self.size
         self.keys[positions] = keys
-        self.pointer.fill_((start + keys.shape[0]) % self.size)
+        self.pointer.copy_((self.pointer + keys.shape[0]) % self.size)
 
 
 class MoCoEncoders(nn.Module):
@@ -94,6 +94,7 @@ class MoCoEncoders(nn.Module):
         self.key_head = frozen_copy(self.head)
         self.queue = KeyQueue(cfg.proj_dim, cfg.queue_size)
         self.current_momentum = cfg.momentum
+        self.pending_keys: Tensor | None = None  # this step's keys, enqueued after its optimiser step
 
     def query(self, feature_map: Tensor) -> Tensor:
         """(B, C, h, w) query feature map -> (B, proj_dim) L2-normalised query."""
@@ -118,11 +119,21 @@ class MoCoEncoders(nn.Module):
         return F.normalize(self.key_head(self.key_backbone(images)), dim=1)
 
     def contrastive_loss(self, query: Tensor, key: Tensor) -> Tensor:
-        return info_nce(query, key, self.queue.keys.clone().detach(), self.cfg.temperature)
+        """InfoNCE against the queue as it stands. This step's keys join it in ``after_step``: the
+        backward pass still reads the queue, so it cannot change inside the step (MoCo's code
+        clones it instead; under torch.compile that clone did not protect it)."""
+        return info_nce(query, key, self.queue.keys.detach(), self.cfg.temperature)
+
+    def enqueue_after_step(self, key: Tensor) -> None:
+        self.pending_keys = key.detach()
 
     @torch.no_grad()
-    def enqueue(self, key: Tensor) -> None:
-        self.queue.enqueue(all_gather_cat(key))
+    def after_step(self, progress: float) -> None:
+        """Enqueue the step's keys (all-gathered from every rank), then the momentum update."""
+        if self.pending_keys is not None:
+            self.queue.enqueue(all_gather_cat(self.pending_keys))
+            self.pending_keys = None
+        self.update_momentum(progress)
 
     @torch.no_grad()
     def update_momentum(self, progress: float) -> None:
@@ -138,6 +149,14 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+@torch.compiler.disable
+def random_permutation(n: int, device: torch.device) -> Tensor:
+    """``torch.randperm`` kept out of compiled graphs (a graph break under ``train.compile``):
+    inductor's rewrite of a randperm followed by indexing failed to compile MoCo v2's and PP-SSL's
+    steps (torch 2.11, bench/README.md's GPU check)."""
+    return torch.randperm(n, device=device)
+
+
 @torch.no_grad()
 def batch_shuffle_ddp(x: Tensor) -> tuple[Tensor, Tensor]:
     """MoCo's batch shuffle across DDP ranks: (B, ...) local batch -> this rank's B samples of a
@@ -147,7 +166,7 @@ def batch_shuffle_ddp(x: Tensor) -> tuple[Tensor, Tensor]:
     Every rank must hold the same B (the trial's batches drop the last, short one).
     """
     gathered = all_gather_cat(x)  # (W*B, ...)
-    permutation = torch.randperm(gathered.shape[0], device=x.device)
+    permutation = random_permutation(gathered.shape[0], x.device)
     dist.broadcast(permutation, src=0)
     mine = permutation.view(dist.get_world_size(), -1)[dist.get_rank()]  # (B,)
     return gathered[mine], torch.argsort(permutation)
@@ -172,7 +191,7 @@ def split_shuffle_forward(encode, x: Tensor, splits: int) -> Tensor:
     groups = max(1, min(splits, x.shape[0] // 2))
     if groups == 1:
         return encode(x)
-    permutation = torch.randperm(x.shape[0], device=x.device)
+    permutation = random_permutation(x.shape[0], x.device)
     out = torch.cat([encode(chunk) for chunk in x[permutation].tensor_split(groups)])
     return out[torch.argsort(permutation)]
 

@@ -124,7 +124,7 @@ class PPSSL(Method):
         if self.sources:
             loss_iadm = self._iadm(loss_cl, x, stage_outputs, z)
             loss, parts["loss_iadm"] = loss + self.cfg.beta * loss_iadm, loss_iadm.detach()
-        self.moco.enqueue(key)
+        self.moco.enqueue_after_step(key)
         return {"loss": loss, **parts}
 
     def _features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -188,7 +188,7 @@ class PPSSL(Method):
     # ---------------------------------------------------------------------------------------- rest
 
     def after_step(self, progress: float) -> None:
-        self.moco.update_momentum(progress)
+        self.moco.after_step(progress)
 
     @torch.no_grad()
     def embed(self, images: Tensor) -> Tensor:
