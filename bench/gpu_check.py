@@ -73,6 +73,7 @@ CASES: dict[str, Callable[[], dict[str, Any]]] = {
         "train": {"batch_size": 512, "optimizer": "sgd", "lr": 0.1}, "data": {"image_size": 224}},
     "ppssl": lambda: _paper_sweep("sweeps/ppssl_alpha_beta.yaml"),  # + its CLIP ViT-B/32 teacher
     "vapnet": lambda: _paper_sweep("sweeps/vapnet_main.yaml"),  # batch 32, M = 4 crops per image
+    "oldfs": lambda: _paper_sweep("sweeps/oldfs_main.yaml"),  # MoCo v2 base, batch 128, the joint step
     "mocov2-vit": lambda: {  # the ViT-B/16 of ASS and DVA, in a MoCo step
         "method": {"name": "mocov2"}, "backbone": {"name": "vit_base_patch16_224"},
         "train": {"batch_size": 256, "optimizer": "adamw", "lr": 1.5e-4}, "data": {"image_size": 224}},
@@ -183,7 +184,7 @@ def measure_step(experiment: ExperimentConfig, variant: dict, batch: dict[str, n
     if device.type == "cpu" and train.channels_last:  # place_method leaves CPU layouts alone: force
         method = method.to(memory_format=torch.channels_last)  # it, so CPU tests catch layout bugs
     runner = StageRunner(method, experiment, steps, device)
-    runner.enter(0)
+    runner.enter(runner.plan.epochs - 1)  # the last stage: the method's main training (OLDFS: joint)
     batch = on_device(batch, device)
 
     def run(n: int):

@@ -24,7 +24,8 @@ class ProgressPrinter(Callback):
                           if k.startswith("train/loss") and isinstance(v, (int, float)))
         value = result.get(self.metric)
         shown = f"{self.metric} {format_value(self.metric, value)}" if value is not None else ""
-        print(f"{self._name(trial)} epoch {result.get('epoch', '?')}/{self.epochs}  {losses}  "
+        epochs = result.get("trial_epochs", self.epochs)  # rows can differ (a method's optional stage)
+        print(f"{self._name(trial)} epoch {result.get('epoch', '?')}/{epochs}  {losses}  "
               f"{shown}  [{result.get('train/images_per_s', 0):.0f} img/s, "
               f"{result.get('time/epoch_s', 0):.0f} s]", flush=True)
 

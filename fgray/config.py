@@ -301,6 +301,16 @@ class SweepConfig(ExperimentConfig):
     paper: PaperConfig = PaperConfig()
     storage: str = "~/fgray_results"  # local folder or URI (s3://...); shared storage on a cluster
 
+    def longest_trial(self) -> int:
+        """The most epochs a trial of this sweep runs, over its grid rows and each searched value: a
+        method's stages can depend on searched keys (OLDFS's decoder stage), and ASHA's horizon
+        must cover the longest trial."""
+        rows = grid_points(self.search)
+        for key, dist in self.search.space.items():
+            if dist.kind != "grid":
+                rows += [{key: value} for value in dist.values_to_check()]
+        return max(self.experiment(row, deep=False).total_epochs for row in rows)
+
     def experiment(self, overrides: dict[str, Any] | None = None, deep: bool = True) -> ExperimentConfig:
         data = self.model_dump(exclude={"search", "paper", "storage"})
         for key, value in (overrides or {}).items():

@@ -79,3 +79,15 @@ def attribute_constraint(local_target: Tensor, local_attributes: Tensor, global_
     """
     return (attribute_kl(local_target, local_attributes, temperature)
             + attribute_kl(global_target, global_attributes, temperature))
+
+
+def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+    """OLDFS Eq. 7 (spec oldfs.md §2): SimCLR's NT-Xent over the 2B rows of the pairs (a_i, b_i),
+    symmetric: each row's positive is its partner, its negatives the other 2B - 2 rows. The printed
+    denominator leaves the positive out; this is the standard form with it in (spec §7.3)."""
+    z = F.normalize(torch.cat([a, b]).float(), dim=1)
+    n = a.shape[0]
+    logits = z @ z.t() / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)

@@ -126,8 +126,8 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
                    points: Sequence[dict[str, Any]] = (), base_seed: int = 0) -> list[dict[str, Any]]:
     """One record per trial: the params it ran, status, last metrics and checkpoint.
 
-    ``epochs`` is the last epoch a full trial reports (all its stages): a trial that reported it
-    is ``completed``, one stopped earlier (ASHA) is ``stopped``. ``points`` are the sweep's
+    A trial that reported its last epoch (all its stages: its ``trial_epochs``, else ``epochs``) is
+    ``completed``, one stopped earlier (ASHA) is ``stopped``. ``points`` are the sweep's
     ``search.points`` rows that a ``POINT_KEY`` param indexes; ``base_seed`` its ``train.seed``.
     """
     trials = []
@@ -138,7 +138,7 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
         trial_id = metrics.get("trial_id") or posixpath.basename(str(result.path).rstrip("/"))
         params = dict(result.config or {})
         status = ("error" if result.error
-                  else "completed" if metrics.get("epoch") == epochs else "stopped")
+                  else "completed" if metrics.get("epoch") == metrics.get("trial_epochs", epochs) else "stopped")
         trials.append({
             "trial_id": trial_id,
             "params": params,

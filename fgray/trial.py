@@ -238,6 +238,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         nonlocal last_val, started
         metrics: dict[str, float] = {
             "epoch": epoch + 1,
+            "trial_epochs": runner.plan.epochs,  # this trial's own length (stages can depend on its knobs)
             **{f"train/{k}": v for k, v in stats.losses.items()},
             "train/steps": stats.steps,
             "train/images_per_s": stats.images_per_second * world,

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from fgray.config import ConfigError, grid_points
+from fgray.config import ConfigError, SweepConfig, grid_points
 from fgray.sweep_file import load_sweep
 from fgray.sweep import planned_trials
 
@@ -159,3 +159,13 @@ def test_no_validation_split_needs_fixed_rows(tmp_path):
         out = assign_splits("generic", protocol, ids, labels, splits, val_fraction=0.0)
         assert len(out.val) == 0 and len(out.train) == int((splits == "train").sum()), protocol
         assert "no validation split" in out.description
+
+
+def test_longest_trial_covers_rows_whose_stages_differ():
+    # OLDFS runs a decoder stage only when it synthesizes (alpha or nu > 0): rows differ in length.
+    base = {"name": "s", "method": {"name": "oldfs", "alpha": 0.0, "nu": 0.0, "noise": "none",
+                                    "decoder": {"pretrain_epochs": 4}}, "train": {"epochs": 3}}
+    points = SweepConfig.model_validate({**base, "search": {"points": [{"method.alpha": 1.0}]}})
+    assert points.total_epochs == 3 and points.longest_trial() == 7
+    sampled = SweepConfig.model_validate({**base, "search": {"space": {"method.nu": {"uniform": [0.0, 1.0]}}}})
+    assert sampled.longest_trial() == 7

@@ -20,7 +20,8 @@ FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size
 # Config variants whose declared inputs (or trained modules) differ from the defaults.
 VARIANTS = {"ppssl": [{"teacher_mode": "cached"}],
             "vapnet": [{"constraint": "none"}, {"constraint": "plain"}, {"use_ce": False},
-                       {"crop_bn": "joint"}]}
+                       {"crop_bn": "joint"}],
+            "oldfs": [{"base": "simsiam"}, {"noise": "gradcam", "nu": 0}, {"noise": "none", "alpha": 0, "nu": 0}]}
 CASES = [(name, {}) for name in method_names()] + [(n, v) for n, vs in VARIANTS.items() for v in vs]
 IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant in CASES]
 

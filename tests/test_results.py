@@ -147,3 +147,12 @@ def test_bookkeeping_and_rendering_import_no_ray(module):
              " or m.startswith(('ray.', 'fgray.eval.distributed'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_trial_is_complete_at_its_own_last_epoch():
+    # A row whose stages are shorter (OLDFS without its decoder stage) ends before the sweep's
+    # longest trial: it reports its own length, and is complete, not stopped.
+    short, cut = result("short", epoch=2), result("cut", epoch=2)
+    short.metrics["trial_epochs"], cut.metrics["trial_epochs"] = 2, 3
+    trials = collect_trials([short, cut], "/nowhere", "s", epochs=3)
+    assert [t["status"] for t in trials] == ["completed", "stopped"]

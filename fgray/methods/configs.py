@@ -309,3 +309,64 @@ class VAPNetConfig(MethodConfig):
         else:  # the same draws for the image as grid_crops makes with this seed (views.GridCrops)
             recipe = ViewRecipe("crop_flip", tuple(view.items()))
         return Inputs(views=(recipe,), columns=("label",) if self.use_ce else ())
+
+
+class DecoderConfig(BaseModel):
+    """OLDFS's decoder h (fgray.models.decoder) and its pre-training stage (spec oldfs.md §1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pretrain_epochs: int = Field(50, ge=0)  # stage 0: encoder frozen, L_R only [spec guess: 50]
+    lr: float = Field(1e-4, gt=0)  # its Adam(W) rate in stage 0 [early code: Adam 1e-4]
+    # A trained decoder: a state-dict file, or an fgray checkpoint (folder or its state file) of an
+    # oldfs run; its decoder.* weights are loaded and stage 0 is skipped.
+    weights: str | None = None
+    width: int = Field(512, ge=8)  # channels of the 4 x 4 map after the linear layer (spec: 512)
+    blocks: int = Field(1, ge=0)  # timm BasicBlocks per up-sampling scale
+
+    @field_validator("weights")
+    @classmethod
+    def _exists(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value and not os.path.exists(os.path.expanduser(value)):
+            raise ValueError(f"decoder weights not found: {value}")
+        return value
+
+
+@method_config
+class OLDFSConfig(MocoV2Config):
+    """OLDFS (paper 002, spec oldfs.md): a MoCo v2 or SimSiam base, plus a decoder that renders the
+    clean feature v and a perturbed v_p (Grad-CAM and low-variance noise) into a synthesized pair
+    for a second contrastive loss: L = L_C + alpha L_R + nu L_Cp (Eq. 8). The MoCo fields serve the
+    mocov2 base; ``pred_hidden_dim`` the simsiam base (whose projector is hidden_dim -> proj_dim)."""
+
+    name: Literal["oldfs"] = "oldfs"  # type: ignore[assignment]
+    base: Literal["mocov2", "simsiam"] = "mocov2"
+    alpha: float = Field(1.0, ge=0)  # weight of L_R (Eq. 8)
+    nu: float = Field(0.5, ge=0)  # weight of L_Cp (Eq. 8)
+    noise: Literal["none", "gradcam", "lowvar", "both"] = "both"  # Table 4's rows
+    eps_g: float = Field(0.1, ge=0)  # Grad-CAM noise scale (Eq. 5)
+    eps_var: float = Field(0.05, ge=0)  # low-variance noise scale (Eq. 6)
+    kappa: float = Field(0.02, ge=0)  # low-variance threshold on s_i (Eq. 6; see lowvar_normalize)
+    noise_param: Literal["std", "var"] = "std"  # eps scales the standard deviation (spec §7.2) or the variance
+    bank_size: int = Field(5632, ge=2)  # D, features in the FIFO bank
+    # Normalisation of the bank before the per-dimension variance: column (as printed; then s_i <= 1/D
+    # and kappa = 0.02 never binds, spec §7.1), row (each feature), none (raw: kappa selects)
+    lowvar_normalize: Literal["column", "row", "none"] = "column"
+    detach_generated: bool = True  # L_Cp trains the encoder only; the decoder learns from L_R [spec guess]
+    pred_hidden_dim: int = Field(512, ge=1)  # simsiam base: the predictor's bottleneck
+    decoder: DecoderConfig = DecoderConfig()
+
+    @property
+    def synthesizes(self) -> bool:
+        """Whether the decoder is used at all (alpha = nu = 0 is the base method alone)."""
+        return self.alpha > 0 or self.nu > 0
+
+    @property
+    def inputs(self) -> Inputs:
+        """The clean eval view x (Eq. 2's target, v = f(x)) and the base method's two augmented views."""
+        return Inputs(views=(ViewRecipe("clean_augmented", tuple(self.views.model_dump().items())),))
+
+    def stages(self, epochs: int) -> tuple[Stage, ...]:
+        pretrain = self.decoder.pretrain_epochs if self.synthesizes and not self.decoder.weights else 0
+        decoder = (Stage("decoder", pretrain, groups=("decoder",), lr=self.decoder.lr, optimizer="adamw"),)
+        return (*(decoder if pretrain else ()), Stage("train", epochs))
