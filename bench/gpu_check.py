@@ -74,6 +74,7 @@ CASES: dict[str, Callable[[], dict[str, Any]]] = {
     "ppssl": lambda: _paper_sweep("sweeps/ppssl_alpha_beta.yaml"),  # + its CLIP ViT-B/32 teacher
     "vapnet": lambda: _paper_sweep("sweeps/vapnet_main.yaml"),  # batch 32, M = 4 crops per image
     "oldfs": lambda: _paper_sweep("sweeps/oldfs_main.yaml"),  # MoCo v2 base, batch 128, the joint step
+    "dva": lambda: _paper_sweep("sweeps/dva_main.yaml"),  # frozen ViT-B/16 + ICA, batch 32 (+ objects, backgrounds)
     "mocov2-vit": lambda: {  # the ViT-B/16 of ASS and DVA, in a MoCo step
         "method": {"name": "mocov2"}, "backbone": {"name": "vit_base_patch16_224"},
         "train": {"batch_size": 256, "optimizer": "adamw", "lr": 1.5e-4}, "data": {"image_size": 224}},

@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout
 from fgray.data.inputs import DatasetFacts  # noqa: E402
 from fgray.data.views import GridCrops  # noqa: E402
 from fgray.engine import autocast_context  # noqa: E402
-from fgray.methods.configs import VAPNetConfig  # noqa: E402
+from fgray.methods.configs_supervised import VAPNetConfig  # noqa: E402
 from fgray.methods.vapnet import VAPNet  # noqa: E402
 from fgray.models import build_backbone  # noqa: E402
 

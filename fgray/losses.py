@@ -91,3 +91,25 @@ def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:
     logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def proxy_nca(embeddings: Tensor, labels: Tensor, proxies: Tensor, scale: float) -> Tensor:
+    """DVA Eqs. 7-8 (spec dva.md §2.4), ProxyNCA(++): -log softmax over proxies of -s ||f^ - c^||^2
+    at the sample's class, f^ and c^ L2-normalised; batch mean. ``scale`` s (ProxyNCA++: 9)."""
+    f, c = F.normalize(embeddings.float(), dim=1), F.normalize(proxies.float(), dim=1)
+    distances = (f.unsqueeze(1) - c.unsqueeze(0)).pow(2).sum(-1)  # (B, P)
+    return F.cross_entropy(-scale * distances, labels)
+
+
+def proxy_anchor(embeddings: Tensor, labels: Tensor, proxies: Tensor, alpha: float = 32.0,
+                 margin: float = 0.1) -> Tensor:
+    """Proxy-Anchor (Kim et al. 2020, Eq. 4), the option of DVA's proxy loss (spec dva.md §2.4):
+    over the proxies with positives in the batch, log(1 + sum_pos exp(-alpha (cos - margin))),
+    plus over all proxies log(1 + sum_neg exp(alpha (cos + margin))), each averaged."""
+    cos = F.normalize(embeddings.float(), dim=1) @ F.normalize(proxies.float(), dim=1).t()  # (B, P)
+    positive = F.one_hot(labels, proxies.shape[0]).bool()
+    pos_term = torch.where(positive, torch.exp(-alpha * (cos - margin)), torch.zeros_like(cos)).sum(0)
+    neg_term = torch.where(positive, torch.zeros_like(cos), torch.exp(alpha * (cos + margin))).sum(0)
+    with_pos = positive.any(0)
+    return torch.log1p(pos_term[with_pos]).sum() / with_pos.sum().clamp_min(1) + \
+        torch.log1p(neg_term).sum() / proxies.shape[0]

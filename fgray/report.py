@@ -26,9 +26,14 @@ def format_value(key: str, value: Any) -> str:
 def _paper_row(sweep: SweepConfig, overrides: dict[str, Any]):
     experiment = sweep.experiment(overrides).model_dump()
     for row in sweep.paper.rows:
-        if all(_lookup(experiment, k) == v for k, v in row.match.items()):
+        if all(_plain(_lookup(experiment, k)) == _plain(v) for k, v in row.match.items()):
             return row
     return None
+
+
+def _plain(value: Any) -> Any:
+    """Tuples (validated config) and lists (YAML) compare equal: e.g. method.ica.targets [q, k]."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _lookup(tree: dict, key: str) -> Any:

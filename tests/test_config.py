@@ -169,3 +169,14 @@ def test_longest_trial_covers_rows_whose_stages_differ():
     assert points.total_epochs == 3 and points.longest_trial() == 7
     sampled = SweepConfig.model_validate({**base, "search": {"space": {"method.nu": {"uniform": [0.0, 1.0]}}}})
     assert sampled.longest_trial() == 7
+
+
+def test_list_valued_paper_matches_find_their_rows():
+    # A validated config holds tuples, YAML gives lists: DVA's Table 9 rows match by method.ica.targets.
+    from pathlib import Path
+
+    from fgray.report import _paper_row
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "dva_ica.yaml")
+    rows = grid_points(sweep.search)
+    assert len(rows) == 7 and all(_paper_row(sweep, row) is not None for row in rows)

@@ -21,7 +21,8 @@ FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size
 VARIANTS = {"ppssl": [{"teacher_mode": "cached"}],
             "vapnet": [{"constraint": "none"}, {"constraint": "plain"}, {"use_ce": False},
                        {"crop_bn": "joint"}],
-            "oldfs": [{"base": "simsiam"}, {"noise": "gradcam", "nu": 0}, {"noise": "none", "alpha": 0, "nu": 0}]}
+            "oldfs": [{"base": "simsiam"}, {"noise": "gradcam", "nu": 0}, {"noise": "none", "alpha": 0, "nu": 0}],
+            "dva": [{"opa": False, "dpt": False}, {"dpt": False}, {"tune": "full"}, {"proxy_loss": "proxy_anchor"}]}
 CASES = [(name, {}) for name in method_names()] + [(n, v) for n, vs in VARIANTS.items() for v in vs]
 IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant in CASES]
 
@@ -29,7 +30,8 @@ IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant
 def make(name: str, variant: dict | None = None):
     torch.manual_seed(0)
     method_cfg = {"name": name, **method_class(name).smoke_overrides({"name": name}), **(variant or {})}
-    experiment = ExperimentConfig(method=method_cfg, backbone={"name": "test_resnet"},
+    family = "test_vit" if method_class(name).backbone_family == "vit" else "test_resnet"
+    experiment = ExperimentConfig(method=method_cfg, backbone={"name": family},
                                   data={"image_size": IMAGE_SIZE}, train={"lr": 0.05})
     return build_method(experiment, FACTS), experiment
 

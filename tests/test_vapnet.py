@@ -18,7 +18,7 @@ from fgray.sweep_file import load_sweep
 from fgray.data.inputs import DatasetFacts, ViewRecipe
 from fgray.data.views import GridCrops, build_recipe, grid_boxes
 from fgray.losses import attribute_constraint, attribute_kl
-from fgray.methods.configs import VAPNetConfig
+from fgray.methods.configs_supervised import VAPNetConfig
 from fgray.methods.vapnet import VAPNet
 from fgray.models import build_backbone
 from fgray.sweep import planned_trials

@@ -24,6 +24,7 @@ class Method(nn.Module, ABC):
     # frozen teachers that every rank updates identically by itself (parts.ddp_ignore).
     ddp_ignore_prefixes: tuple[str, ...] = ()
     embed_dim: int  # width D of ``embed``'s output, set by each method
+    backbone_family: str = "any"  # "vit": needs a timm ViT (class token, fused qkv attention)
 
     def __init__(self, cfg: MethodConfig, facts: DatasetFacts):
         super().__init__()

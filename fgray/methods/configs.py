@@ -1,4 +1,6 @@
-"""Typed configs of the registered methods (the ``method:`` section of a sweep file).
+"""Typed configs of the registered methods (the ``method:`` section of a sweep file): the base
+classes and the self-supervised methods here, the supervised ones (VAPNet, DVA) in
+``configs_supervised``.
 
 Pure pydantic, no torch: the sweep CLI validates a file and rejects bad input in well under a
 second, before the method modules (torch, timm, open_clip) are imported.
@@ -233,82 +235,6 @@ def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
         raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
     with open(path, encoding="utf-8") as f:
         return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
-
-
-class GridViews(CropViews):
-    """VAPNet's augmentation of the input X (paper §4.1: random crop, left-right flip, colour jitter)
-    before the grid cells are cut from it (``grid_crops``; ``crop_flip`` when no cells are needed)."""
-
-    # RandomResizedCrop area range. Paper: resize 256 x 256, random 224 x 224 crop, i.e. a fixed
-    # (224 / 256)^2 = 0.77 of the image at a random place; timm's crop also varies the aspect ratio.
-    scale: tuple[float, float] = (0.77, 0.77)
-    jitter: float = Field(0.4, ge=0)  # ColorJitter(s, s, s) (brightness, contrast, saturation) [spec guess]
-    # box: M distinct cells uniform over the pool (spec §7.4), so 3/4 of the draws are 16 x 16 cells;
-    # grid: each grid equally likely, then a cell
-    sampling: Literal["box", "grid"] = "box"
-
-
-@method_config
-class VAPNetConfig(MethodConfig):
-    """VAPNet (paper 004, spec vapnet.md): CE on GAP(F) + lambda x the crossed KL between the
-    attributes of M grid-cell crops (F_L) and of the same boxes RoIAligned from the global map (F_G)."""
-
-    name: Literal["vapnet"] = "vapnet"
-    num_views: int = Field(4, ge=1)  # M boxes per image per step (Table 4: 1, 2, 4, 8, 16)
-    grids: tuple[int, ...] = (2, 4, 8, 16)  # n of the n x n grids; the paper's four give 340 cells
-    attr_dim: int = Field(256, ge=1)  # k, width of the attribute encoders T_L, T_G (Table 5)
-    ema_ratio: float = Field(0.2, ge=0, lt=1)  # alpha of Eq. 7: the weight of the *online* encoder
-    lam: float = Field(10.0, ge=0)  # lambda of Eq. 9 (Table 7)
-    use_ce: bool = True  # L_a, cross-entropy on the training classes (Eq. 8; Table 1)
-    # none: CE only (no local views are drawn); plain: Eq. 5 (online encoders as targets);
-    # mean: Eq. 6 (EMA mean encoders as targets) - Table 1
-    constraint: Literal["none", "plain", "mean"] = "mean"
-    attr_temperature: float = Field(1.0, gt=0)  # softmax temperature over the k attributes [spec guess]
-    roi_output: int = Field(7, ge=1)  # RoIAlign output side (then average-pooled by g) [spec guess]
-    # lr multiplier of the new layers (T_L, T_G, classifier) over the backbone's; paper: one lr
-    head_lr_scale: float = Field(1.0, gt=0)
-    # BatchNorm over the crops. The paper names no BN scheme but writes F = F_CNN(X) (§3.1) and
-    # F_L = F_CNN(V) (Eq. 1) as two applications, with batch size 32 (the images). separate: the
-    # crops in their own pass, normalised by their own batch statistics without updating the
-    # running ones (those stay the whole images', which the test-time embedding uses). joint: one
-    # pass over B x (1 + M) images, whose running statistics are then mostly the crops'
-    crop_bn: Literal["joint", "separate"] = "separate"
-    views: GridViews = GridViews()
-
-    @field_validator("grids")
-    @classmethod
-    def _grid_sides(cls, grids: tuple[int, ...]) -> tuple[int, ...]:
-        if not grids or min(grids) < 1 or len(set(grids)) != len(grids):
-            raise ValueError(f"must be distinct positive grid sides, got {list(grids)}")
-        return grids
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "VAPNetConfig":
-        cells = sum(n * n for n in self.grids)
-        if self.num_views > cells:
-            raise ValueError(f"num_views {self.num_views} exceeds the {cells} cells of grids "
-                             f"{list(self.grids)}")
-        if not self.use_ce and (self.constraint == "none" or self.lam == 0):
-            raise ValueError("nothing to train: use_ce is false and the constraint is off "
-                             "(constraint none or lam 0)")
-        return self
-
-    @property
-    def uses_views(self) -> bool:
-        """Whether a step draws local views (the constraint is on)."""
-        return self.constraint != "none" and self.lam > 0
-
-    @property
-    def inputs(self) -> Inputs:
-        """The augmented image with M grid crops and their boxes (or the image alone: CE only);
-        labels when the CE term is on (the constraint itself uses none)."""
-        view = self.views.model_dump(exclude={"sampling"})
-        if self.uses_views:
-            cells = {"count": self.num_views, "grids": self.grids, "sampling": self.views.sampling}
-            recipe = ViewRecipe("grid_crops", tuple({**view, **cells}.items()))
-        else:  # the same draws for the image as grid_crops makes with this seed (views.GridCrops)
-            recipe = ViewRecipe("crop_flip", tuple(view.items()))
-        return Inputs(views=(recipe,), columns=("label",) if self.use_ce else ())
 
 
 class DecoderConfig(BaseModel):

@@ -32,7 +32,7 @@ from torchvision.ops import roi_align
 from fgray.data.inputs import DatasetFacts
 from fgray.losses import attribute_constraint
 from fgray.methods.base import Method
-from fgray.methods.configs import VAPNetConfig
+from fgray.methods.configs_supervised import VAPNetConfig
 from fgray.methods.parts import frozen_copy, momentum_update
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
