@@ -107,9 +107,19 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         datasets=datasets,
         # Every rank reads its own dataset whole: no streaming_split coordinator (measured: 93 % of a
         # core on small blocks, starving a single worker), and each rank's rows are fixed by the seed.
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ordered_ingest()),
     )
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
+
+
+def ordered_ingest():
+    """Train's ingest options with the rows kept in order. Train replaces each dataset's own
+    execution options with these (DataConfig.configure), and its defaults copy the global
+    DataContext, whose preserve_order is off: a DDP trial's batches then depended on which view
+    task finished first, so two runs (or a run and its resume) trained on different batches."""
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 class TrainSession:

@@ -471,3 +471,33 @@ def test_frozen_backbone_stays_in_eval_mode_after_train():
     assert not method.training and not method.backbone.training
     method.train()
     assert not any(m.training for m in method.backbone.modules())
+
+
+@pytest.mark.parametrize("tune,part", [("attn_qkv", ".attn.qkv."), ("attn_out", ".attn.proj."), ("mlp", ".mlp.")])
+def test_partial_fine_tuning_trains_exactly_one_part_of_every_block(tune, part):
+    # Table 1's rows: no adapters; the named part of every block (and the proxies) train, the rest is frozen.
+    method = make(tune=tune, opa=False, dpt=False)
+    assert not any(".adapters." in name for name, _ in method.backbone.named_parameters())
+    groups = method.param_groups()
+    tuned = {id(p) for p in groups[0]["params"]}
+    blocks = len(method.backbone.model.blocks)
+    for name, p in method.backbone.named_parameters():
+        assert (id(p) in tuned) == (part in name) == p.requires_grad, name
+    # weight and bias of each block's part (two Linears for the MLP)
+    assert len(tuned) == blocks * (4 if tune == "mlp" else 2)
+    method.train()  # as the engine does: the partly frozen ViT stays in eval mode
+    out = method.training_step(batch_for(method))
+    out["loss"].backward()
+    assert all(p.grad is not None for p in groups[0]["params"])
+    assert all(p.grad is None for name, p in method.backbone.named_parameters() if part not in name)
+    assert not any(m.training for m in method.backbone.modules())
+
+
+def test_partial_fine_tuning_sizes_on_vit_b16():
+    # Table 1 prints 21.5 M (attention projector), 7.3 M (output projector), 56.8 M (MLP); fgray's
+    # counts on timm's ViT-B/16 (weights and biases of those Linears in the 12 blocks):
+    method = make(backbone="vit_base_patch16_224", tune="attn_qkv", opa=False, dpt=False)
+    sizes = {tune: sum(p.numel() for name, p in method.backbone.named_parameters() if part in name)
+             for tune, part in (("attn_qkv", ".attn.qkv."), ("attn_out", ".attn.proj."), ("mlp", ".mlp."))}
+    assert sizes == {"attn_qkv": 21_261_312, "attn_out": 7_087_104, "mlp": 56_669_184}
+    assert sum(p.numel() for p in method.param_groups()[0]["params"]) == sizes["attn_qkv"]

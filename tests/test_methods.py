@@ -22,7 +22,8 @@ VARIANTS = {"ppssl": [{"teacher_mode": "cached"}],
             "vapnet": [{"constraint": "none"}, {"constraint": "plain"}, {"use_ce": False},
                        {"crop_bn": "joint"}],
             "oldfs": [{"base": "simsiam"}, {"noise": "gradcam", "nu": 0}, {"noise": "none", "alpha": 0, "nu": 0}],
-            "dva": [{"opa": False, "dpt": False}, {"dpt": False}, {"tune": "full"}, {"proxy_loss": "proxy_anchor"}]}
+            "dva": [{"opa": False, "dpt": False}, {"dpt": False}, {"tune": "full"}, {"proxy_loss": "proxy_anchor"},
+                    {"tune": "attn_qkv", "opa": False, "dpt": False}]}
 CASES = [(name, {}) for name in method_names()] + [(n, v) for n, vs in VARIANTS.items() for v in vs]
 IDS = [name + "".join(f"-{k}={v}" for k, v in variant.items()) for name, variant in CASES]
 

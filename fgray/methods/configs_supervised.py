@@ -125,7 +125,9 @@ class DVAConfig(MethodConfig):
     L = L_dpt + lam L_pl (Eq. 9). Supervised; the retrieval embedding is the class token."""
 
     name: Literal["dva"] = "dva"
-    tune: Literal["ica", "full"] = "ica"  # full: every ViT weight trains, no adapters (Table 1's row)
+    # ica: adapters on the frozen ViT; Table 1's fine-tuning rows, no adapters: full (every weight),
+    # attn_qkv (W_q, W_k, W_v), attn_out (W_o) or mlp of every block
+    tune: Literal["ica", "full", "attn_qkv", "attn_out", "mlp"] = "ica"
     ica: ICAConfig = ICAConfig()
     lam: float = Field(3.0, ge=0)  # lambda of Eq. 9
     opa: bool = True  # L_pl on the object crops and backgrounds; off: on the original images (Table 8's +ICA)

@@ -1,8 +1,10 @@
 """DVA (paper 003; spec ``../shared/specs/dva.md``): Dual-Vision Adaptation of a frozen ViT.
 
 - **ICA** (Eqs. 5-6, ``fgray.models.ica``): bias-free rank-r adapters on the chosen attention
-  projections of every block; the ViT's own weights stay frozen (``tune: full`` instead trains
-  every weight, without adapters: Table 1's fine-tuning row, and the measurement's comparison).
+  projections of every block; the ViT's own weights stay frozen. Table 1's fine-tuning rows
+  instead train, without adapters, every weight (``tune: full``, also the measurement's
+  comparison) or one part of every block: the fused q/k/v projection (``attn_qkv``), the
+  attention's output projection (``attn_out``) or the MLP (``mlp``).
 - **OPA** (§2.3): the step's object crops x_d (label y) and, where the box covers < half the
   image, its blurred background x_b (label C, the extra background class), from the
   ``object_background`` view recipe and the dataset's boxes.
@@ -31,6 +33,10 @@ from fgray.models.backbone import Backbone
 from fgray.models.ica import add_ica
 
 
+# ``tune`` -> the parameter names it trains (timm's ViT blocks; ``.adapters.``: ICA's, under attn.qkv)
+TUNED_PARTS = {"ica": ".adapters.", "attn_qkv": ".attn.qkv.", "attn_out": ".attn.proj.", "mlp": ".mlp."}
+
+
 @register_method("dva")
 class DVA(Method):
     backbone_family = "vit"
@@ -42,28 +48,34 @@ class DVA(Method):
         self.backbone = backbone
         self.embed_dim = backbone.num_features
         self.background_class = facts.num_classes  # proxies 0..C-1: the classes; C: background
-        if cfg.tune == "ica":
+        if cfg.tune != "full":
             for p in backbone.parameters():
                 p.requires_grad_(False)
+        if cfg.tune == "ica":
             add_ica(backbone.model, cfg.ica.targets, cfg.ica.rank, cfg.ica.activation, cfg.ica.scale)
+        for p in self.adapter_parameters():
+            p.requires_grad_(True)
         self.proxies = nn.Parameter(torch.empty(facts.num_classes + 1, self.embed_dim))
         # Proxy-Anchor's init: norms well above the step sizes, so one step cannot flip a direction.
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
     def adapter_parameters(self) -> list[nn.Parameter]:
+        """What ``tune`` trains of the backbone: the ICA adapters, every weight, or one part of
+        every block (timm's names: ``attn.qkv``, ``attn.proj``, ``mlp``)."""
         if self.cfg.tune == "full":
             return list(self.backbone.parameters())
-        return [p for name, p in self.backbone.named_parameters() if ".adapters." in name]
+        part = TUNED_PARTS[self.cfg.tune]
+        return [p for name, p in self.backbone.named_parameters() if part in name]
 
     def param_groups(self) -> list[dict]:
-        """adapters (or the whole ViT with ``tune: full``) and proxies, each with its rate."""
+        """adapters (or the tuned part of the ViT) and proxies, each with its rate."""
         return [{"name": "adapters", "params": self.adapter_parameters()},
                 {"name": "proxies", "params": [self.proxies], "lr_scale": self.cfg.proxy_lr_scale}]
 
     def train(self, mode: bool = True) -> "DVA":
         super().train(mode)
-        if self.cfg.tune == "ica":
-            self.backbone.eval()  # frozen: dropout / drop-path as at test (adapters have neither)
+        if self.cfg.tune != "full":
+            self.backbone.eval()  # frozen (or partly): dropout / drop-path as at test
         return self
 
     # ---------------------------------------------------------------------------------------- stages
