@@ -51,9 +51,11 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
     rows, count = planned_trials(sweep)
     res = sweep.resources
     gpus = res.workers_per_trial * res.gpus_per_worker
+    longest = sweep.longest_trial()  # the method's other stages (OLDFS's decoder) add epochs
+    stages = f" (up to {longest} per trial with the method's other stages)" if longest != sweep.train.epochs else ""
     lines = [
         f"sweep {sweep.name}: method {sweep.method.name}, data {sweep.data.name} ({sweep.data.protocol}), "
-        f"backbone {sweep.backbone.name}, {sweep.train.epochs} epochs x batch {sweep.train.batch_size}",
+        f"backbone {sweep.backbone.name}, {sweep.train.epochs} epochs{stages} x batch {sweep.train.batch_size}",
         f"trials: {count} ({'exhaustive grid' if rows is not None else 'Optuna TPE'}"
         f"{', ASHA on ' + sweep.search.metric if sweep.search.scheduler.name == 'asha' else ''})",
         f"resources per trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU"
