@@ -10,6 +10,7 @@ against this schema: :mod:`fgray.sweep_file`.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -301,10 +302,12 @@ class SweepConfig(ExperimentConfig):
     paper: PaperConfig = PaperConfig()
     storage: str = "~/fgray_results"  # local folder or URI (s3://...); shared storage on a cluster
 
+    @functools.cached_property
     def longest_trial(self) -> int:
         """The most epochs a trial of this sweep runs, over its grid rows and each searched value: a
         method's stages can depend on searched keys (OLDFS's decoder stage), and ASHA's horizon
-        must cover the longest trial."""
+        must cover the longest trial. Computed once (a validation per row): the plan, ASHA, the
+        console and the trial records all read it."""
         rows = grid_points(self.search)
         for key, dist in self.search.space.items():
             if dist.kind != "grid":

@@ -51,6 +51,12 @@ def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
     return -(F.normalize(prediction, dim=1) * F.normalize(target.detach(), dim=1)).sum(dim=1).mean()
 
 
+def symmetric_negative_cosine(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) -> Tensor:
+    """SimSiam Eq. 4: L = D(p1, z2) / 2 + D(p2, z1) / 2, each view's prediction against the other's
+    projection (stop-gradient on the projections)."""
+    return negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+
+
 # ---------------------------------------------------------------------------------------- VAPNet
 
 

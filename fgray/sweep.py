@@ -51,7 +51,7 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
     rows, count = planned_trials(sweep)
     res = sweep.resources
     gpus = res.workers_per_trial * res.gpus_per_worker
-    longest = sweep.longest_trial()  # the method's other stages (OLDFS's decoder) add epochs
+    longest = sweep.longest_trial  # the method's other stages (OLDFS's decoder) add epochs
     stages = f" (up to {longest} per trial with the method's other stages)" if longest != sweep.train.epochs else ""
     lines = [
         f"sweep {sweep.name}: method {sweep.method.name}, data {sweep.data.name} ({sweep.data.protocol}), "
@@ -177,7 +177,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     # Without a validation split nothing can be compared while trials run: no early stopping, and
     # the searcher (a grid) is handed the epoch count.
     metric, mode = (search.metric, search.mode) if sweep.has_validation else ("epoch", "max")
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.longest_trial(),
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.longest_trial,
                                grace_period=search.scheduler.grace_period,
                                reduction_factor=search.scheduler.reduction_factor)
                  if search.scheduler.name == "asha" and sweep.has_validation else FIFOScheduler())
@@ -191,7 +191,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
                                     # its finished trainer's controller and placement group (CPUs/GPUs) alive.
                                     reuse_actors=res.in_trial),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
-                                  callbacks=[ProgressPrinter(sweep.longest_trial(), search.metric)],
+                                  callbacks=[ProgressPrinter(sweep.longest_trial, search.metric)],
                                   # Train retries a DDP trial's worker group; Tune a one-worker trial.
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures if res.in_trial
                                                                     else 0),
@@ -286,7 +286,7 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[st
         start_ray()
         data_ready.result()
     results = build_tuner(sweep, storage, resume).fit()
-    trials = collect_trials(results, storage, sweep.name, epochs=sweep.longest_trial(),
+    trials = collect_trials(results, storage, sweep.name, epochs=sweep.longest_trial,
                             points=sweep.search.points, base_seed=sweep.train.seed)
     tests = evaluate_best(sweep, storage, trials)
     return write_outputs(sweep, storage, trials, tests)

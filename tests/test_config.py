@@ -166,9 +166,9 @@ def test_longest_trial_covers_rows_whose_stages_differ():
     base = {"name": "s", "method": {"name": "oldfs", "alpha": 0.0, "nu": 0.0, "noise": "none",
                                     "decoder": {"pretrain_epochs": 4}}, "train": {"epochs": 3}}
     points = SweepConfig.model_validate({**base, "search": {"points": [{"method.alpha": 1.0}]}})
-    assert points.total_epochs == 3 and points.longest_trial() == 7
+    assert points.total_epochs == 3 and points.longest_trial == 7
     sampled = SweepConfig.model_validate({**base, "search": {"space": {"method.nu": {"uniform": [0.0, 1.0]}}}})
-    assert sampled.longest_trial() == 7
+    assert sampled.longest_trial == 7
 
 
 def test_list_valued_paper_matches_find_their_rows():

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import pytest
 
-from fgray.losses import distillation_kl, info_nce, negative_cosine
+from fgray.losses import distillation_kl, info_nce, negative_cosine, symmetric_negative_cosine
 
 
 def reference_info_nce(q, k, queue, t):
@@ -58,6 +58,13 @@ def test_negative_cosine_matches_reference_and_stops_the_target_gradient():
     assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0  # stopgrad(z), Eq. 3
     same = torch.randn(3, 5, generator=g)
     assert abs(float(negative_cosine(same, 2.5 * same)) + 1.0) < 1e-6  # parallel: the minimum, -1
+
+
+def test_symmetric_negative_cosine_is_the_mean_of_both_directions():
+    g = torch.Generator().manual_seed(1)
+    p1, p2, z1, z2 = (torch.randn(4, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    expected = reference_negative_cosine(p1, z2) / 2 + reference_negative_cosine(p2, z1) / 2  # SimSiam Eq. 4
+    assert abs(float(symmetric_negative_cosine(p1, p2, z1, z2)) - expected) < 1e-12
 
 
 def reference_distillation_kl(teacher, student, tau):

@@ -48,12 +48,11 @@ class DVA(Method):
         self.backbone = backbone
         self.embed_dim = backbone.num_features
         self.background_class = facts.num_classes  # proxies 0..C-1: the classes; C: background
-        if cfg.tune != "full":
-            for p in backbone.parameters():
-                p.requires_grad_(False)
+        for p in backbone.parameters():
+            p.requires_grad_(False)
         if cfg.tune == "ica":
             add_ica(backbone.model, cfg.ica.targets, cfg.ica.rank, cfg.ica.activation, cfg.ica.scale)
-        for p in self.adapter_parameters():
+        for p in self.adapter_parameters():  # what ``tune`` trains (``full``: everything) thaws again
             p.requires_grad_(True)
         self.proxies = nn.Parameter(torch.empty(facts.num_classes + 1, self.embed_dim))
         # Proxy-Anchor's init: norms well above the step sizes, so one step cannot flip a direction.

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fgray.data.inputs import DatasetFacts
-from fgray.losses import info_nce, negative_cosine, nt_xent
+from fgray.losses import info_nce, negative_cosine, nt_xent, symmetric_negative_cosine
 from fgray.methods.base import Method
 from fgray.methods.configs import OLDFSConfig, Stage
 from fgray.methods.oldfs_noise import FeatureBank, gradcam_noise, gradcam_scores, lowvar_noise, lowvar_scores
@@ -130,11 +130,14 @@ class OLDFS(Method):
             side = lambda v: info_nce(F.normalize(self.moco.head(v), dim=1), key, negatives,  # noqa: E731
                                       self.cfg.temperature)
             return self.moco.contrastive_loss(query, key), side
-        z1, z2 = self.projector(self.backbone(x1)), self.projector(self.backbone(x2))
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        loss, z2 = self._simsiam(x1, x2)
         side = lambda v: negative_cosine(self.predictor(self.projector(v)), z2)  # noqa: E731
         return loss, side
+
+    def _simsiam(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """SimSiam's symmetric loss on the pair (a, b), and b's projection."""
+        za, zb = self.projector(self.backbone(a)), self.projector(self.backbone(b))
+        return symmetric_negative_cosine(self.predictor(za), self.predictor(zb), za, zb), zb
 
     def _perturb(self, v: Tensor, side_loss) -> tuple[Tensor, dict[str, Tensor]]:
         """v_p = v + v~g + v~var (Eqs. 3-6), detached; parts: the noises' mean magnitudes and the
@@ -157,8 +160,7 @@ class OLDFS(Method):
         """Eq. 7 on the rendered pair: NT-Xent of g(f(.)) (MoCo base), SimSiam's loss (SimSiam base)."""
         if self.cfg.base == "mocov2":
             return nt_xent(self.moco.head(self.backbone(a)), self.moco.head(self.backbone(b)), self.cfg.temperature)
-        za, zb = self.projector(self.backbone(a)), self.projector(self.backbone(b))
-        return negative_cosine(self.predictor(za), zb) / 2 + negative_cosine(self.predictor(zb), za) / 2
+        return self._simsiam(a, b)[0]
 
     # ---------------------------------------------------------------------------------------- rest
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fgray.methods.parts import ring_write
+
 NoiseForm = Literal["std", "var"]
 BankNormalize = Literal["column", "row", "none"]
 
@@ -76,10 +78,8 @@ class FeatureBank(nn.Module):
     @torch.no_grad()
     def push(self, features: Tensor) -> None:
         size = self.features.shape[0]
-        features = features.detach().to(self.features.dtype)[-size:]
-        positions = (torch.arange(features.shape[0], device=features.device) + self.pointer) % size
-        self.features[positions] = features
-        self.pointer.copy_((self.pointer + features.shape[0]) % size)
+        features = features.detach()[-size:]  # a push larger than the bank keeps its newest rows
+        ring_write(self.features, self.pointer, features)
         self.filled.copy_((self.filled + features.shape[0]).clamp_max(size))
 
     def rows(self) -> Tensor:

@@ -42,6 +42,16 @@ def all_gather_cat(x: Tensor) -> Tensor:
     return torch.cat(gathered, dim=0)
 
 
+@torch.no_grad()
+def ring_write(buffer: Tensor, pointer: Tensor, rows: Tensor) -> None:
+    """Write ``rows`` (N <= len(buffer)) into the ring ``buffer`` from ``pointer`` on, wrapping
+    around its end, and advance ``pointer`` (a 0-d long buffer). The arithmetic stays on the
+    device: no host sync in the training step. MoCo's queue and OLDFS's bank are such rings."""
+    positions = (torch.arange(rows.shape[0], device=rows.device) + pointer) % buffer.shape[0]
+    buffer[positions] = rows.to(buffer.dtype)
+    pointer.copy_((pointer + rows.shape[0]) % buffer.shape[0])
+
+
 class KeyQueue(nn.Module):
     """FIFO queue of L2-normalised keys (MoCo's dictionary), kept as buffers so it checkpoints.
 
@@ -60,11 +70,7 @@ class KeyQueue(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: Tensor) -> None:
         """Insert (N, D) keys, overwriting the oldest; wraps around the end of the buffer."""
-        keys = keys.detach().to(self.keys.dtype)[: self.size]
-        # Pointer arithmetic on the device: no host sync in the training step.
-        positions = (torch.arange(keys.shape[0], device=keys.device) + self.pointer) % self.size
-        self.keys[positions] = keys
-        self.pointer.copy_((self.pointer + keys.shape[0]) % self.size)
+        ring_write(self.keys, self.pointer, keys.detach()[: self.size])
 
 
 class MoCoEncoders(nn.Module):

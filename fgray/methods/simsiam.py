@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fgray.data.inputs import DatasetFacts
-from fgray.losses import negative_cosine
+from fgray.losses import symmetric_negative_cosine
 from fgray.methods.base import Method
 from fgray.methods.configs import SimSiamConfig
 from fgray.methods.registry import register_method
@@ -40,8 +40,7 @@ class SimSiam(Method):
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         z1, z2 = self._project(batch["view1"]), self._project(batch["view2"])
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        loss = symmetric_negative_cosine(self.predictor(z1), self.predictor(z2), z1, z2)
         # Collapse monitor (paper Fig. 2): the per-dimension std of normalised z, ~1/sqrt(D) when healthy.
         spread = F.normalize(z1.detach(), dim=1).std(dim=0).mean()
         return {"loss": loss, "loss_sim": loss.detach(), "z_std": spread}
