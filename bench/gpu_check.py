@@ -55,10 +55,11 @@ BF16_PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, 
 CLASSES = 100  # training classes of CUB's open split: the heads of supervised methods
 
 
-def _paper_sweep(path: str) -> dict[str, Any]:
-    """A paper-size sweep file's method, backbone, training and image size (weights random)."""
+def _paper_sweep(path: str, method: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A paper-size sweep file's method (``method``: keys replaced), backbone, training and image size
+    (weights random)."""
     raw = yaml.safe_load((ROOT / path).read_text())
-    return {"method": raw["method"], "backbone": {**raw["backbone"], "pretrained": False},
+    return {"method": {**raw["method"], **(method or {})}, "backbone": {**raw["backbone"], "pretrained": False},
             "train": raw["train"], "data": {"image_size": raw["data"]["image_size"]}}
 
 
@@ -75,6 +76,8 @@ CASES: dict[str, Callable[[], dict[str, Any]]] = {
     "vapnet": lambda: _paper_sweep("sweeps/vapnet_main.yaml"),  # batch 32, M = 4 crops per image
     "oldfs": lambda: _paper_sweep("sweeps/oldfs_main.yaml"),  # MoCo v2 base, batch 128, the joint step
     "dva": lambda: _paper_sweep("sweeps/dva_main.yaml"),  # frozen ViT-B/16 + ICA, batch 32 (+ objects, backgrounds)
+    # ViT-B/16, 64 anchors + 64 negatives, the joint pre-training step (its fine-tuning stage is off)
+    "ass": lambda: _paper_sweep("sweeps/ass_selector.yaml", {"finetune": {"epochs": 0}}),
     "mocov2-vit": lambda: {  # the ViT-B/16 of ASS and DVA, in a MoCo step
         "method": {"name": "mocov2"}, "backbone": {"name": "vit_base_patch16_224"},
         "train": {"batch_size": 256, "optimizer": "adamw", "lr": 1.5e-4}, "data": {"image_size": 224}},

@@ -133,6 +133,51 @@ class TrainConfig(Strict):
     compile: bool = False  # torch.compile the training step (the first steps pay the compilation)
 
 
+def _recall_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
+    """A Recall@K list: positive, sorted, without repeats."""
+    if not ks or min(ks) < 1:
+        raise ValueError(f"must be a non-empty list of positive integers, got {list(ks)}")
+    return tuple(sorted(set(ks)))
+
+
+class TransferConfig(Strict):
+    """A prepared dataset the trained models are also scored on, without training on it (cross-dataset
+    generalization, e.g. CUB-trained -> NABirds): leave-one-out Recall@K / mAP over its chosen images,
+    embedded with the experiment's eval transform (data.image_size, data.eval_crop)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # its results' key prefix: "<name>/recall@1"
+    # The prepared dataset's reader name (what its manifest says: nabirds, aircraft, imagefolder, ...);
+    # default: name. "synthetic": the generator (smoke stand-ins), with ``synthetic`` below.
+    dataset: str | None = None
+    root: str | None = None  # folder of prepared shards (local or s3://); synthetic: cache folder
+    images: Literal["all", "train", "test"] = "all"  # every image, or one side of its official split
+    classes: int | None = Field(None, ge=2)  # keep the first N classes (by label), e.g. iNat2021's 100
+    ks: tuple[int, ...] | None = None  # Recall@K list; default: the experiment's eval.ks
+    synthetic: SyntheticOptions = SyntheticOptions()
+
+    @property
+    def reader(self) -> str:
+        return self.dataset or self.name
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, ks: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        return None if ks is None else _recall_ks(ks)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "TransferConfig":
+        if self.reader != "synthetic" and not self.root:
+            raise ValueError(f"dataset '{self.reader}' needs root: the folder written by "
+                             "`python -m fgray.data prepare`")
+        return self
+
+    def data_config(self, data: DataConfig) -> DataConfig:
+        """The data section that locates its shards (``pipeline.resolve_dataset``); image size and
+        crop are the training data's: a synthetic stand-in is rendered at the size models see."""
+        return DataConfig(name=self.reader, root=self.root, image_size=data.image_size,
+                          eval_crop=data.eval_crop, synthetic=self.synthetic)
+
+
 class EvalConfig(Strict):
     ks: tuple[int, ...] = (1, 2, 4, 8)  # Recall@K list; when not given, the list the papers use for data.name
     every: int = Field(1, ge=1)  # validate every N epochs (and always after the last)
@@ -147,13 +192,23 @@ class EvalConfig(Strict):
     # training images with these fractions of their labels, e.g. [1.0, 0.5, 0.2]; scored top-1 / top-5 on test.
     # Needs test classes seen in training (protocol closed); elsewhere it is recorded as skipped.
     linear_probe: tuple[float, ...] = ()
+    # Other prepared datasets every tested model (and the untrained baseline) is scored on as well,
+    # without training on them; their metrics are "<name>/recall@1", ... beside the test split's.
+    transfer: tuple[TransferConfig, ...] = ()
 
     @field_validator("ks")
     @classmethod
     def _positive_sorted(cls, ks: tuple[int, ...]) -> tuple[int, ...]:
-        if not ks or min(ks) < 1:
-            raise ValueError(f"must be a non-empty list of positive integers, got {list(ks)}")
-        return tuple(sorted(set(ks)))
+        return _recall_ks(ks)
+
+    @field_validator("transfer")
+    @classmethod
+    def _unique_names(cls, transfer: tuple[TransferConfig, ...]) -> tuple[TransferConfig, ...]:
+        names = [t.name for t in transfer]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"names must be unique, got {repeated} more than once")
+        return transfer
 
     @field_validator("linear_probe")
     @classmethod
@@ -251,7 +306,11 @@ class PaperRow(Strict):
     """A published result, matched to our trials by the config values in ``match``."""
 
     match: dict[str, Any]  # dotted key -> value, e.g. {method.alpha: 1.2, method.beta: 0.01}
-    metrics: dict[str, float]  # e.g. {"rank@1": 53.19, "map": 26.31} (percent, as printed)
+    # e.g. {"rank@1": 53.19, "map": 26.31} (percent, as printed); a transfer set's: {"nabirds/recall@1": 79.2}
+    metrics: dict[str, float]
+    # paper: the final text's cells; draft: an earlier manuscript's (ASS), printed in their own columns.
+    # A trial's values per source merge every row that matches it (the first row wins a repeated metric).
+    source: Literal["paper", "draft"] = "paper"
     note: str = ""
 
 

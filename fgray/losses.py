@@ -119,3 +119,29 @@ def proxy_anchor(embeddings: Tensor, labels: Tensor, proxies: Tensor, alpha: flo
     with_pos = positive.any(0)
     return torch.log1p(pos_term[with_pos]).sum() / with_pos.sum().clamp_min(1) + \
         torch.log1p(neg_term).sum() / proxies.shape[0]
+
+
+# ------------------------------------------------------------------------------------------- ASS
+
+
+def masked_patch_mse(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """ASS's L_gen (spec ass.md §2.2, draft Eq. 1): the mean over images of each image's mean squared
+    error over its masked patches, ||x^_j - x_j||^2 averaged over the patch's values. prediction and
+    target (B, L, p*p*3), mask (B, L) bool; with no patch masked (mask ratio 0) every patch counts."""
+    per_patch = (prediction.float() - target.float()).pow(2).mean(dim=-1)  # (B, L)
+    weights = torch.where(mask.any(), mask.float(), torch.ones_like(per_patch))  # no host sync
+    return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)).mean()
+
+
+def reconstruction_triplet(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
+    """ASS's L_inter, triplet form (spec §2.3, draft Eq. 3 in the code's distance form):
+    mean_i max(0, ||e(X_i) - e(X^_i)|| - ||e(X_i) - e(X^_{b_i})|| + m); all (N, D)."""
+    return F.triplet_margin_loss(anchor.float(), positive.float(), negative.float(), margin=margin)
+
+
+def paired_info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """InfoNCE of query i against key i among all M >= N keys: -log softmax_j(q_i . k_j / T) at j = i,
+    batch mean; q (N, D), k (M, D), both L2-normalised. ASS's L_inter option (spec §2.3: anchors vs
+    the 2N reconstructions) and L_intra (spec §2.4: shared vs auxiliary representations, M = N)."""
+    logits = queries.float() @ keys.float().t() / temperature
+    return F.cross_entropy(logits, torch.arange(queries.shape[0], device=queries.device))

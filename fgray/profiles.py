@@ -10,6 +10,9 @@ from typing import Any, Callable
 
 from fgray.validation import ConfigError  # not fgray.config: config imports this module
 
+SMOKE_SYNTHETIC = {"num_classes": 16, "images_per_class": 12}  # the smoke data: 192 images of 64 px
+TRANSFER_SEED = 1000  # the first transfer stand-in's generator seed: past the training stand-ins' 0, 1, ...
+
 
 def _smoke(data: dict[str, Any]) -> dict[str, Any]:
     from fgray.methods.registry import method_class, method_names
@@ -20,10 +23,11 @@ def _smoke(data: dict[str, Any]) -> dict[str, Any]:
     out["backbone"] = {"name": "test_vit" if "vit" in backbone else "test_resnet", "pretrained": False}
     kept = {k: v for k, v in (out.get("data") or {}).items() if k == "val_fraction"}  # 0: no validation
     out["data"] = {"name": "synthetic", "image_size": 64, "eval_crop": 1.0, "protocol": "open",
-                   "synthetic": {"num_classes": 16, "images_per_class": 12}, **kept}
+                   "synthetic": dict(SMOKE_SYNTHETIC), **kept}
     out["train"] = {**out.get("train", {}), "epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "amp": "off",
                     "warmup_epochs": 0}
     out["eval"] = {**out.get("eval", {}), "batch_size": 64, "test_top": 1}
+    _transfer_stand_ins(out["eval"])
     out["resources"] = {"workers_per_trial": 1, "cpus_per_worker": 0.5, "gpus_per_worker": 0, "data_cpus": 0.25,
                         "max_concurrent_trials": 2}
     search = out.setdefault("search", {})
@@ -66,6 +70,20 @@ def _synthetic_stand_ins(out: dict[str, Any]) -> None:
         match = row.get("match") or {}
         if json.dumps(match.get("data.name")) in seeds:  # a dataset some table row trains on
             row["match"] = stand_in(match)
+
+
+def _transfer_stand_ins(section: dict[str, Any]) -> None:
+    """Each ``eval.transfer`` dataset becomes a synthetic stand-in, without a root: the generator with a
+    seed of its own, so it differs from the training data. Its name, images and classes stay, so
+    paper values keyed "<name>/recall@1" still sit beside its metrics in report.md."""
+    transfer = section.get("transfer")
+    if not isinstance(transfer, list):
+        return  # absent, or malformed: validation names it
+    section["transfer"] = [
+        {**{k: v for k, v in entry.items() if k not in ("dataset", "root", "synthetic")},
+         "dataset": "synthetic", "synthetic": {**SMOKE_SYNTHETIC, "seed": TRANSFER_SEED + i}}
+        if isinstance(entry, dict) else entry
+        for i, entry in enumerate(transfer)]
 
 
 PROFILES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"smoke": _smoke}

@@ -10,10 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from fgray.config import SweepConfig
-from fgray.results import finite, rank_trials, seed_table
+from fgray.config import PaperRow, SweepConfig
+from fgray.results import finite, mean_std, rank_trials, seed_rows, seed_table
 
 PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
+SOURCES = ("paper", "draft")  # PaperRow.source: the final text's cells, an earlier manuscript's
 
 
 def format_value(key: str, value: Any) -> str:
@@ -23,12 +24,32 @@ def format_value(key: str, value: Any) -> str:
     return str(value)
 
 
-def _paper_row(sweep: SweepConfig, overrides: dict[str, Any]):
+def _matching_rows(sweep: SweepConfig, overrides: dict[str, Any]) -> list[PaperRow]:
+    """The paper rows whose ``match`` the configuration (the sweep with ``overrides``) satisfies."""
     experiment = sweep.experiment(overrides).model_dump()
-    for row in sweep.paper.rows:
-        if all(_plain(_lookup(experiment, k)) == _plain(v) for k, v in row.match.items()):
-            return row
-    return None
+    return [row for row in sweep.paper.rows
+            if all(_plain(_lookup(experiment, k)) == _plain(v) for k, v in row.match.items())]
+
+
+def _paper_row(sweep: SweepConfig, overrides: dict[str, Any]) -> PaperRow | None:
+    """The first paper row (any source) that matches: whether a configuration has published values."""
+    return next(iter(_matching_rows(sweep, overrides)), None)
+
+
+def published(sweep: SweepConfig, overrides: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    """The published values of a configuration per source ("paper", "draft"): the metrics of every
+    paper row that matches it, merged (the first row wins a metric two rows give), or None."""
+    found: dict[str, dict[str, float] | None] = {source: None for source in SOURCES}
+    for row in _matching_rows(sweep, overrides):
+        found[row.source] = {**row.metrics, **(found[row.source] or {})}
+    return found
+
+
+def _own(values: dict[str, Any] | None, sweep: SweepConfig, prefix: str = "") -> dict[str, Any]:
+    """One dataset's metrics: the test split's (``prefix`` "") or a transfer set's ("<name>/" cut off)."""
+    transfer = tuple(f"{t.name}/" for t in sweep.eval.transfer)
+    return {k.removeprefix(prefix): v for k, v in (values or {}).items()
+            if (k.startswith(prefix) if prefix else not k.startswith(transfer))}
 
 
 def _plain(value: Any) -> Any:
@@ -49,8 +70,7 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
     metric, mode = sweep.search.metric, sweep.search.mode
     for trial in trials:
         trial["test"] = tests.get("trials", {}).get(trial["trial_id"])
-        row = _paper_row(sweep, trial["overrides"])
-        trial["paper"] = dict(row.metrics) if row else None
+        trial.update(published(sweep, trial["overrides"]))  # trial["paper"], trial["draft"]
     rows = seed_table(trials, tests.get("baseline"), metric, mode)
     # The best trial: the best seed of the best row (the best trial itself without seed repeats).
     best_row = [t for t in trials if rows and t["trial_id"] in rows[0]["trials"] and t["checkpoint"]]
@@ -69,6 +89,8 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         "seeds": sweep.search.seeds,
         "rows": rows,  # per configuration over its seeds: mean +- std, paired gain, within noise of the best
         "trials": trials,
+        # per eval.transfer set: its images, a table per row (mean +- std over seeds), the untrained backbone
+        "transfer": transfer_summary(sweep, trials, tests),
         "paper_source": sweep.paper.source,
         "report": f"{out_dir}/report.md",
     }
@@ -119,20 +141,17 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     keys = sorted({k for t in summary["trials"] for k in t["overrides"]})
     val_shown = shown if sweep.has_validation else []  # no validation split: no val columns
     header = ["trial", *keys, "status", "epochs", *[f"val {m}" for m in val_shown], *[f"test {m}" for m in shown]]
-    has_paper = any(t["paper"] for t in summary["trials"])
-    paper_keys = sorted({k for t in summary["trials"] for k in (t["paper"] or {})})
-    if has_paper:
-        header += [f"paper {k}" for k in paper_keys]
+    values = [{source: _own(t.get(source), sweep) for source in SOURCES} for t in summary["trials"]]
+    columns = _source_columns(values)
+    header += [f"{source} {k}" for source, k in columns]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for t in summary["trials"]:
+    for t, published_values in zip(summary["trials"], values):
         test = t.get("test") or {}
         cells = [t["trial_id"] + (" **best**" if t["trial_id"] == summary["best"] else ""),
                  *[format_value("", t["overrides"].get(k, "")) for k in keys],
                  t["status"], str(t["epochs"] or "-"),
                  *[_pct(t["metrics"].get(f"val/{m}")) for m in val_shown], *[_pct(test.get(m)) for m in shown]]
-        if has_paper:
-            cells += [f"{(t['paper'] or {}).get(k, float('nan')):.2f}" if t["paper"] and k in t["paper"] else "-"
-                      for k in paper_keys]
+        cells += [_published_cell(published_values, source, k) for source, k in columns]
         lines.append("| " + " | ".join(cells) + " |")
     baseline = summary.get("baseline")
     if baseline:
@@ -140,9 +159,14 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
                   f"test split: " + ", ".join(f"{m} {_pct(baseline.get(m))}" for m in shown)]
     lines += _seed_lines(summary, sweep)
     lines += _probe_lines(summary)
+    lines += _transfer_lines(summary)
     if sweep.paper.source:
         lines += ["", f"Paper values: {sweep.paper.source}. They were measured on the paper's data and schedule; "
                   "ours on the data and budget of this sweep."]
+    if any(row.source == "draft" for row in sweep.paper.rows):
+        lines += ["", "Draft values (`draft` columns) are an earlier manuscript's numbers, from another "
+                  "setup: "
+                  "they are not the published paper's."]
     errors = [t for t in summary["trials"] if t["error"]]
     if errors:
         lines += ["", "## Failed trials", *[f"- {t['trial_id']}: {t['error']}" for t in errors]]
@@ -156,22 +180,93 @@ def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
         return []
     metric = summary["metric"]
     keys = sorted({k for r in summary["rows"] for k in r["overrides"]})
+    drafts = any(r.source == "draft" for r in sweep.paper.rows)
     header = ["row", *keys, "seeds", f"val {metric.removeprefix('val/')}", "test recall@1", "untrained recall@1",
-              "gain (min)", "paper"]
+              "gain (min)", *SOURCES[: 2 if drafts else 1]]
     lines = ["", f"**Seed repeats** ({summary['seeds']} seeds per row; mean ± std in %, std over seeds; "
              "gain = test minus the untrained backbone of the same seed). ≈ marks rows whose validation "
              "metric is within noise of the best row (Welch's t-test, p >= 0.05).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(summary["rows"]):
-        paper = _paper_row(sweep, row["overrides"])
-        paper_text = ", ".join(f"{k} {v:.2f}" for k, v in paper.metrics.items()) if paper else "-"
+        values = published(sweep, row["overrides"])
+        texts = [", ".join(f"{k} {v:.2f}" for k, v in _own(values[source], sweep).items()) or "-"
+                 for source in SOURCES[: 2 if drafts else 1]]
         ranked = finite(row["val"].get("mean"))  # without a validation split no row is "best"
         mark = (" **best**" if i == 0 else " ≈" if row["within_noise_of_best"] else "") if ranked else ""
         gain = row["gain"]
         cells = [f"{i + 1}{mark}", *[format_value("", row["overrides"].get(k, "")) for k in keys],
                  str(len(row["seeds"])), _pm(row["val"]), _pm(row["test"]), _pm(row["untrained"]),
-                 f"{_pm(gain)} ({_pct(gain['min'])})" if gain["values"] else "-", paper_text]
+                 f"{_pm(gain)} ({_pct(gain['min'])})" if gain["values"] else "-", *texts]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _source_columns(values: list[dict[str, dict[str, Any]]]) -> list[tuple[str, str]]:
+    """(source, metric) columns of the published values: the paper's group, then the draft's."""
+    return [(source, k) for source in SOURCES
+            for k in sorted({k for v in values for k in v.get(source) or {}})]
+
+
+def _published_cell(values: dict[str, dict[str, Any] | None], source: str, key: str) -> str:
+    value = (values.get(source) or {}).get(key)
+    return f"{value:.2f}" if value is not None else "-"
+
+
+def transfer_summary(sweep: SweepConfig, trials: list[dict[str, Any]],
+                     tests: dict[str, Any]) -> dict[str, Any]:
+    """Per ``eval.transfer`` dataset: which images, the metrics shown, one entry per row (configuration)
+    with each metric's values over its tested seeds (mean, std) and the published values, and the
+    untrained backbone's metrics. Trials carry their ``test`` metrics ("<name>/recall@1", ...)."""
+    rows = seed_rows(trials, sweep.search.metric, sweep.search.mode)
+    out = {}
+    for transfer in sweep.eval.transfer:
+        prefix = f"{transfer.name}/"
+        shown = [f"recall@{k}" for k in transfer.ks or sweep.eval.ks] + ["map@r", "map"]
+        entries = []
+        for row in rows:
+            tested = [t for t in row["trials"] if finite((t.get("test") or {}).get(prefix + "recall@1"))]
+            if not tested:
+                continue
+            metrics = {}
+            for m in shown:
+                values = [t["test"][prefix + m] for t in tested if finite(t["test"].get(prefix + m))]
+                metrics[m] = {"values": values, **mean_std(values)}
+            found = published(sweep, row["overrides"])
+            entries.append({"overrides": row["overrides"], "trials": [t["trial_id"] for t in tested],
+                            "metrics": metrics,
+                            **{source: _own(found[source], sweep, prefix) or None for source in SOURCES}})
+        baseline = _own(tests.get("baseline"), sweep, prefix)
+        images = tests.get("transfer", {}).get(transfer.name)
+        out[transfer.name] = {"dataset": transfer.reader, "images": images, "metrics": shown, "rows": entries,
+                              "untrained": baseline or None}
+    return out
+
+
+def _transfer_lines(summary: dict[str, Any]) -> list[str]:
+    """One table per transfer dataset: each tested row (mean ± std over its seeds), the untrained
+    backbone, and the published values of the row."""
+    lines = []
+    for name, table in (summary.get("transfer") or {}).items():
+        shown, entries = table["metrics"], table["rows"]
+        keys = sorted({k for e in entries for k in e["overrides"]})
+        columns = _source_columns(entries)
+        header = ["trial", *keys, *shown, *[f"{source} {k}" for source, k in columns]]
+        spread = ", mean ± std over seeds" if any(len(e["trials"]) > 1 for e in entries) else ""
+        lines += ["", f"## Transfer: {name}", "",
+                  f"Tested without training on it: {table['images'] or table['dataset']}. Each model embeds "
+                  f"it with its own eval transform; metrics in %{spread}.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in entries:
+            stats = [e["metrics"][m] for m in shown]
+            cells = [", ".join(e["trials"]), *[format_value("", e["overrides"].get(k, "")) for k in keys],
+                     *[_pm(s) if len(e["trials"]) > 1 else _pct(s["mean"]) for s in stats],
+                     *[_published_cell(e, source, k) for source, k in columns]]
+            lines.append("| " + " | ".join(cells) + " |")
+        untrained = table.get("untrained")
+        if untrained:
+            lines.append("| " + " | ".join([f"untrained ({summary['baseline'].get('init', 'random init')})",
+                                            *[""] * len(keys), *[_pct(untrained.get(m)) for m in shown],
+                                            *["-"] * len(columns)]) + " |")
     return lines
 
 

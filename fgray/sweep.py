@@ -11,11 +11,12 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
-from fgray.config import ConfigError, ExperimentConfig, SweepConfig, grid_points, validate
+from fgray.config import ConfigError, SweepConfig, grid_points, validate
 from fgray.profiles import PROFILES
 from fgray.sweep_file import load_sweep
+from fgray.held_out import evaluate_best
 
 DEFAULT_RANDOM_SAMPLES = 8
 
@@ -63,6 +64,10 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
         f"concurrent -> needs {gpus * res.max_concurrent_trials:g} GPU(s) at full concurrency",
         f"results: {storage}/{sweep.name}",
     ]
+    if sweep.eval.transfer:
+        lines.insert(2, "also tested, without training, on: " + ", ".join(
+            f"{t.name} ({t.reader}, {t.images} images{f', first {t.classes} classes' if t.classes else ''})"
+            for t in sweep.eval.transfer))
     if not sweep.has_validation:
         lines.insert(2, "no validation split (data.val_fraction 0): no early stopping; "
                         "every row's final model is tested")
@@ -199,81 +204,6 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     )
 
 
-# (models: [(experiment, checkpoint path or None for the untrained backbone)], embedding cache
-# folder) -> test metrics of each model, in order, each with the "split" it was scored on
-EvaluateSplit = Callable[[list[tuple[ExperimentConfig, str | None]], str | None],
-                         list[dict[str, Any]]]
-
-
-def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]],
-                  evaluate: EvaluateSplit | None = None) -> dict[str, Any]:
-    """Test metrics of every seed of the best ``eval.test_top`` rows (chosen on the mean validation
-    metric over their seeds; a row is one trial without seed repeats) and of the untrained backbone
-    of each of those seeds, each printed as one line.
-
-    Models that share their data and eval settings are evaluated together: one decode and one
-    actor start per split. ``evaluate(models, cache_dir)`` scores a group (default:
-    ``fgray.eval.distributed.evaluate_split``; tests pass a fake one and need no Ray).
-    """
-    from fgray.results import SEED_KEY, mean_std, seed_rows
-
-    if evaluate is None:
-        from fgray.eval.distributed import evaluate_split as evaluate
-    metric = sweep.search.metric
-    if sweep.has_validation:
-        rows = [r for r in seed_rows(trials, metric, sweep.search.mode) if r["values"]][: sweep.eval.test_top]
-        best = [t for r in rows for t in r["trials"] if t["checkpoint"] and metric in t["metrics"]]
-    else:  # nothing to choose by: every row's final model is tested
-        rows = seed_rows(trials, metric, sweep.search.mode)
-        best = [t for r in rows for t in r["trials"] if t["checkpoint"] and t["status"] == "completed"]
-    cache_dir = f"{storage}/{sweep.name}/_embeddings"
-    models = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
-    seeds = sorted({t["overrides"].get(SEED_KEY, sweep.train.seed) for t in best})
-    if best and sweep.eval.baseline:  # the untrained backbone of every evaluated seed: paired gains
-        models += [(f"baseline@{seed}", (sweep.experiment({**rows[0]["overrides"], SEED_KEY: seed}), None))
-                   for seed in seeds]
-    groups: dict[str, list] = {}
-    for name, model in models:
-        key = model[0].data.model_dump_json() + model[0].eval.model_dump_json()
-        groups.setdefault(key, []).append((name, model))
-    results: dict[str, dict[str, Any]] = {}
-    for group in groups.values():
-        scored = evaluate([model for _, model in group], cache_dir)
-        results.update(zip([name for name, _ in group], scored))
-
-    out: dict[str, Any] = {"trials": {}}
-    for trial in best:
-        result = results[trial["trial_id"]]
-        out["protocol"] = result.pop("split")
-        out["trials"][trial["trial_id"]] = result
-        print(f"test ({trial['trial_id']}): {_headline(result)}", flush=True)
-    baselines = {seed: results[f"baseline@{seed}"] for seed in seeds if f"baseline@{seed}" in results}
-    if baselines:
-        experiment = models[-1][1][0]
-        init = "pretrained weights" if experiment.backbone.pretrained else "random init"
-        for result in baselines.values():
-            result.pop("split")
-        first = baselines[seeds[0]]
-        # One seed: that seed's metrics; several: the mean over seeds, per seed in "seeds".
-        baseline = dict(first) if len(baselines) == 1 else {
-            k: mean_std([b[k] for b in baselines.values()])["mean"] for k, v in first.items()
-            if isinstance(v, (int, float))}
-        baseline["init"] = init
-        if len(baselines) > 1:
-            baseline["seeds"] = {str(seed): b for seed, b in baselines.items()}
-        out["baseline"] = baseline
-        print(f"test (untrained {experiment.backbone.name}, {init}"
-              f"{f', mean of {len(baselines)} seeds' if len(baselines) > 1 else ''}): {_headline(baseline)}",
-              flush=True)
-    return out
-
-
-def _headline(result: dict[str, Any]) -> str:
-    probe = [k for k in result if k.startswith("probe@") and k.endswith("/top1")]
-    return (f"recall@1 {100 * result['recall@1']:.2f}%"
-            + (f", {probe[0]} {100 * result[probe[0]]:.2f}%" if probe else ""))
-
-
 def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate the best trials on test, write the report."""
     from fgray.data import pipeline
@@ -285,6 +215,9 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[st
         data_ready = pool.submit(pipeline.resolve_dataset, sweep.data)
         start_ray()
         data_ready.result()
+    from fgray.trial import prepare_frozen
+
+    prepare_frozen(sweep, storage)  # frozen models' caches and boxes, before trials hold the resources
     results = build_tuner(sweep, storage, resume).fit()
     trials = collect_trials(results, storage, sweep.name, epochs=sweep.longest_trial,
                             points=sweep.search.points, base_seed=sweep.train.seed)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -34,8 +34,9 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from fgray.config import ExperimentConfig, SweepConfig
-from fgray.data import embedding_cache, pipeline
-from fgray.data.inputs import DatasetFacts
+from fgray.data import detect, embedding_cache, pipeline
+from fgray.data.inputs import DatasetFacts, Inputs
+from fgray.data.protocols import SplitAssignment
 from fgray.results import checkpoint_epoch, latest_checkpoint, overrides_from, train_run_dir, train_run_name
 from fgray.validation import validate
 
@@ -55,18 +56,16 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     # The sweep was validated whole before Ray started: the schema pass here skips timm's checks.
     sweep_cfg = validate(SweepConfig, sweep, deep=False)
     experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg), deep=False)
-    res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
-    prepared = pipeline.resolve_dataset(data)
-    splits = pipeline.assign(prepared, data)
+    res, data = experiment.resources, experiment.data
+    frozen = frozen_inputs(experiment, storage)
+    prepared, splits, inputs = frozen.prepared, frozen.splits, frozen.inputs
     needed = ("train", "val") if experiment.has_validation else ("train",)
     empty = [name for name in needed if len(getattr(splits, name)) == 0]
     if empty:  # fail before any worker starts, with the reason, rather than after an epoch
         raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
                          f"more images per class or another data.val_fraction (now {data.val_fraction})")
-    use_gpu = True if res.gpus_per_worker > 0 else None
-    caches = {key: embedding_cache.ensure_cache(spec, prepared, data, storage, res.data_cpus, use_gpu)
-              for key, spec in inputs.embeddings}
-    split = pipeline.training_split(prepared, splits.train, data, inputs, experiment.method.name, caches)
+    split = pipeline.training_split(prepared, splits.train, data, inputs, experiment.method.name, frozen.caches,
+                                    boxes=frozen.boxes)
     trial_id = tune.get_context().get_trial_id()
     # A retried or resumed (``--resume``) trial reads only the epochs it has left.
     resumed = tune.get_checkpoint() if res.in_trial else None
@@ -76,9 +75,10 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     epochs = range(first_epoch, experiment.total_epochs)
     rank_rows = split.table.num_rows // world
     rows_per_epoch = steps_per_epoch(rank_rows, experiment) * experiment.train.batch_size
-    datasets = {f"train_{rank}": pipeline.train_dataset(split, inputs, data, seed, res.data_cpus, epochs, rank,
-                                                        world, actors=res.data_actors, rows_per_epoch=rows_per_epoch)
-                for rank in range(world)}
+    datasets = {f"train_{rank}": pipeline.train_dataset(
+        split, inputs, data, seed, res.data_cpus, epochs, rank, world, actors=res.data_actors,
+        rows_per_epoch=rows_per_epoch, batch_size=experiment.train.batch_size, selector=frozen.selector)
+        for rank in range(world)}
     if experiment.has_validation:  # decoded once, in the worker (ValBatches)
         datasets["val"] = pipeline.eval_dataset(prepared, splits.val)
     config = {"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
@@ -110,6 +110,62 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ordered_ingest()),
     )
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
+
+
+@dataclass(frozen=True)
+class FrozenInputs:
+    """What a trial reads besides its images: the dataset, its splits, the method's inputs (a
+    selection placed on its stage's epochs) and the outputs of its frozen models, each computed once
+    per storage (embedding caches, the selector's cache) or per dataset (a detector's boxes)."""
+
+    prepared: pipeline.PreparedDataset
+    splits: SplitAssignment
+    inputs: Inputs
+    caches: dict[str, str]
+    selector: str | None
+    boxes: str | None
+
+
+def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
+    """Resolve the data and compute (or find) the frozen models' outputs an experiment declares. The
+    sweep calls it for every planned row before its trials start (``prepare_frozen``), so a trial
+    finds them complete: one computed inside a trial holding the cluster's GPUs would wait for a GPU
+    that trial itself holds."""
+    res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
+    if inputs.selection is not None:  # composed batches in the epochs of their stage
+        stages = experiment.method.stages(experiment.train.epochs)
+        inputs = replace(inputs, selection=inputs.selection.placed(stages))
+    prepared = pipeline.resolve_dataset(data)
+    splits = pipeline.assign(prepared, data)
+    use_gpu = True if res.gpus_per_worker > 0 else None
+
+    def cache(spec) -> str:
+        return embedding_cache.ensure_cache(spec, prepared, data, storage, res.data_cpus, use_gpu)
+
+    caches = {key: cache(spec) for key, spec in inputs.embeddings}
+    selector = cache(inputs.selection.encoder) if inputs.selection is not None else None
+    # A detector's boxes for the training images (DVA), detected once and stored with the shards.
+    boxes = (detect.ensure_boxes(inputs.detector, prepared, splits.train, use_gpu=use_gpu,
+                                 cpus_per_actor=res.data_cpus) if inputs.detector is not None else None)
+    return FrozenInputs(prepared, splits, inputs, caches, selector, boxes)
+
+
+def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
+    """``frozen_inputs`` of every planned row of a grid sweep (and the base experiment of a sampled
+    one), in the sweep's process before Tune starts trials: nothing is held then, so GPU actors get
+    their GPUs, and concurrent trials do not each compute the same cache."""
+    from fgray.config import grid_points
+
+    seen = set()
+    for overrides in grid_points(sweep.search) if sweep.search.is_grid else [{}]:
+        experiment = sweep.experiment(overrides, deep=False)
+        inputs = experiment.method.inputs
+        if not (inputs.embeddings or inputs.selection or inputs.detector):
+            continue
+        key = experiment.data.model_dump_json() + repr(inputs) + experiment.method.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            frozen_inputs(experiment, storage)
 
 
 def ordered_ingest():

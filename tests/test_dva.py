@@ -26,13 +26,7 @@ FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size
 C = FACTS.num_classes  # the background class index
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only contend with each other (and with other jobs) here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ references (loops)

@@ -2,6 +2,7 @@
 
     python -m fgray.data prepare --dataset cub200 --root /data/CUB_200_2011 --out /data/shards/cub200
     python -m fgray.data info /data/shards/cub200
+    python -m fgray.data detect --root /data/shards/cub200 --detector /models/owlv2-base-patch16-ensemble
 
 Bad input (unknown dataset, missing folder, malformed dataset file, bad option) prints one
 line ``error: ...`` to stderr and exits 2, before Ray starts.
@@ -38,6 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-encode even if the output is up to date")
     i = sub.add_parser("info", help="print the manifest summary of a prepared folder")
     i.add_argument("dir", help="prepared folder (local path or s3://...)")
+    d = sub.add_parser("detect", help="store a zero-shot detector's boxes with the shards (DVA)")
+    d.add_argument("--root", required=True, help="prepared folder (local path or s3://...)")
+    d.add_argument("--detector", required=True, help="local folder of a saved transformers detector")
+    d.add_argument("--prompt", default="class_name", choices=["class_name", "meta_category"])
+    d.add_argument("--meta-category", default="object", help="every image's prompt with meta_category")
+    d.add_argument("--box-threshold", type=float, default=0.35, help="at or below: the whole image")
+    d.add_argument("--batch-size", type=int, default=16, help="images per detector call")
+    d.add_argument("--split", default="train", choices=["train", "all"],
+                   help="train: the training side (train + validation) of --protocol; all: every image")
+    d.add_argument("--protocol", default="open", choices=["open", "closed"])
     return parser
 
 
@@ -88,10 +99,48 @@ def _info(args) -> int:
     return 0
 
 
+_FLAGS = {"path": "--detector", "box_threshold": "--box-threshold", "batch_size": "--batch-size",
+          "data.root": "--root"}
+
+
+def _as_flags(message: str) -> str:
+    """A config error's keys (``path: ...``) as the flags that set them (``--detector: ...``)."""
+    parts = [part.partition(":") for part in message.split("; ")]
+    return "; ".join(f"{_FLAGS.get(key, key)}{colon}{rest}" for key, colon, rest in parts)
+
+
+def _detect(args) -> int:
+    """The trials' detector pass (``fgray.data.detect``), here in this process (on its GPU if any)."""
+    from fgray.config import ConfigError
+    from fgray.data import detect, pipeline
+    from fgray.data.inputs import DetectorSpec
+    from fgray.data.protocols import assign_splits
+    from fgray.validation import validate
+
+    try:
+        options = {"path": args.detector, "prompt": args.prompt, "meta_category": args.meta_category,
+                   "box_threshold": args.box_threshold, "batch_size": args.batch_size}
+        spec = validate(DetectorSpec, options)
+        prepared = pipeline.PreparedDataset(args.root, pipeline.read_manifest(args.root))
+    except ConfigError as e:
+        return _fail(_as_flags(str(e)))
+    ids = None
+    if args.split == "train":  # validation is carved from the training side: both are detected
+        index = pipeline.read_rows(prepared, None, ["image_id", "label", "split"])
+        ids = assign_splits(prepared.name, args.protocol, index["image_id"].to_numpy(zero_copy_only=False),
+                            index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
+                            val_fraction=0.0, seed=0).train
+    folder = detect.ensure_boxes(spec, prepared, ids)
+    boxes = detect.read_boxes(folder)
+    found = sum(boxes.column("detected").to_pylist())
+    print(f"{folder}: {boxes.num_rows} boxes, {found} detected, {boxes.num_rows - found} whole images")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    return _prepare(args) if args.command == "prepare" else _info(args)
+    return {"prepare": _prepare, "info": _info, "detect": _detect}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -120,14 +120,22 @@ def frozen_encoder(spec_json: str, image_size: int):
 
 
 def weights_digest(pretrained: str) -> str:
-    """Content digest of a local weights file; hub tags and ``random`` stand for themselves."""
+    """Content digest of a local weights file or folder (a saved model, an fgray checkpoint: every
+    file in it, by relative name); hub tags and ``random`` stand for themselves."""
     path = os.path.expanduser(pretrained)
-    if not os.path.isfile(path):
+    if os.path.isdir(path):
+        files = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)
+    elif os.path.isfile(path):
+        path, files = os.path.dirname(path), [os.path.basename(path)]
+    else:
         return pretrained
     digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(functools.partial(f.read, 2**22), b""):
-            digest.update(chunk)
+    for name in files:
+        if len(files) > 1 or os.path.isdir(os.path.expanduser(pretrained)):
+            digest.update(name.encode())  # a folder's layout is part of its content; a file's name is not
+        with open(os.path.join(path, name), "rb") as f:
+            for chunk in iter(functools.partial(f.read, 2**22), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 

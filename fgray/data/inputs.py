@@ -7,7 +7,11 @@ A method's config has an ``inputs`` property returning :class:`Inputs`:
 - ``columns``: plain per-image columns of the shards: ``label`` (training classes re-indexed
   0..C-1 under the split protocol), ``bbox`` (x1, y1, x2, y2 in stored-image pixels), ``image_id``;
 - ``embeddings``: batch key -> frozen encoder whose embedding of each image is computed once
-  through the shared embedding cache (``fgray.data.embedding_cache``) and looked up by image id.
+  through the shared embedding cache (``fgray.data.embedding_cache``) and looked up by image id;
+- ``selection``: batches composed by a frozen selector (ASS, ``fgray.data.selection``): each
+  step's first half are anchors, its second half the negatives chosen for them;
+- ``detector``: the training images' ``bbox`` from a zero-shot detector run once
+  (``fgray.data.detect``) instead of the dataset's boxes.
 
 The trial builds exactly what is declared, so ``trial.py``, ``engine.py`` and the pipelines
 never name a method, and a step that reads a key it did not declare fails with a one-line error.
@@ -16,10 +20,11 @@ Nothing here imports torch or Ray: sweep validation stays fast.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 @dataclass(frozen=True)
@@ -93,11 +98,72 @@ class EncoderSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
-    kind: Literal["open_clip", "timm"] = "open_clip"
+    # fgray: a checkpoint folder of an fgray run (``pretrained``), embedded by its method's ``selector_embed``
+    kind: Literal["open_clip", "timm", "fgray"] = "open_clip"
     model: str = "ViT-B-32"  # open_clip architecture or timm model name
     pretrained: str = "openai"
     image_size: int | None = Field(None, ge=16)  # input side; None: the data's image size (timm) / CLIP's own
     seed: int = 0  # init seed when pretrained is random
+
+
+class DetectorSpec(BaseModel):
+    """A zero-shot detector whose boxes replace the dataset's for the training images (DVA, spec
+    dva.md §2.3), detected once per (weights, prompt, threshold, dataset) by ``fgray.data.detect``.
+
+    ``path``: a local folder holding a transformers zero-shot detector and its processor
+    (``save_pretrained`` of e.g. google/owlv2-base-patch16-ensemble); loaded with local_files_only.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    # class_name: each image's class name (the paper's prompt); meta_category: one word for every image
+    prompt: Literal["class_name", "meta_category"] = "class_name"
+    meta_category: str = "object"  # e.g. bird, car, dog (spec §2.3)
+    box_threshold: float = Field(0.35, ge=0, le=1)  # below it: the whole image [spec guess: GroundingDINO's]
+    batch_size: int = Field(16, ge=1)  # images per detector call
+
+    @field_validator("path")
+    @classmethod
+    def _saved_detector(cls, path: str, info: ValidationInfo) -> str:
+        if (info.context or {}).get("schema_only"):  # checked where the sweep starts, not in every trial
+            return path
+        if "://" in path:
+            raise ValueError(f"must be a local folder (transformers loads it local_files_only), got {path}")
+        if not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+            raise ValueError(f"no saved detector in {path} (looked for {path}/config.json): where the hub "
+                             "is reachable, save_pretrained(DIR) AutoModelForZeroShotObjectDetection and "
+                             "AutoProcessor of google/owlv2-base-patch16-ensemble, copy DIR here")
+        return path
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Batches composed by ASS's selector (spec ass.md §2.1) in the epochs of the method's stage
+    ``stage``: of a step's batch of 2N rows, N anchors (the epoch's permutation) then N negatives
+    chosen among ``pool_factor`` x N uniform candidates by ``encoder``'s cached embeddings. The trial
+    places it on its epoch counter (``placed``): ``first`` and ``epochs`` (T_max of the gamma schedule)."""
+
+    encoder: EncoderSpec
+    pool_factor: int = 10  # K
+    tau: float = 16.0
+    schedule: str = "easy_to_hard"  # fgray.data.selection.SCHEDULES
+    replacement: bool = False
+    stage: str = "train"
+    first: int = 0  # first composed epoch (0-based, on the trial's epoch counter)
+    epochs: int = 0  # composed epochs (0 until placed)
+
+    def placed(self, stages) -> "Selection":
+        """This selection on the epochs of its stage among ``stages`` (``Stage``s in trial order)."""
+        first = 0
+        for stage in stages:
+            if stage.name == self.stage:
+                return replace(self, first=first, epochs=stage.epochs)
+            first += stage.epochs
+        raise ValueError(f"selection: no stage {self.stage!r} among {[s.name for s in stages]}")
+
+    def composes(self, epoch: int) -> bool:
+        return self.first <= epoch < self.first + self.epochs
 
 
 @dataclass(frozen=True)
@@ -105,6 +171,8 @@ class Inputs:
     views: tuple[ViewRecipe, ...] = ()
     columns: tuple[str, ...] = ()
     embeddings: tuple[tuple[str, EncoderSpec], ...] = ()  # (batch key, encoder), in a fixed order
+    selection: Selection | None = None  # composed batches (ASS); None: uniform batches
+    detector: DetectorSpec | None = None  # training images' boxes from this detector; None: the dataset's
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.columns if c not in COLUMNS]

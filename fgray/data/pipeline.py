@@ -121,20 +121,28 @@ class _Views:
     """
 
     def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
-                 label_map: dict[int, int] | None, caches: dict[str, str]):
+                 label_map: dict[int, int] | None, caches: dict[str, str], selector: str | None = None,
+                 rank: int = 0):
         import torch
 
         from fgray.data import transforms, views
 
         self.torch, self.decode = torch, transforms.decode
-        self.table = ray.get(table_ref[0])
-        self.inputs, self.seed = inputs, seed
+        # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
+        self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
+        self.inputs, self.seed, self.rank = inputs, seed, rank
         self.recipes = [views.build_recipe(view, image_size) for view in inputs.views]
         self.label_map = label_map
         ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
         self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
+        self.selector = None  # the frozen selector's embedding of every row (ASS)
+        if selector is not None:
+            positions, matrix = lookup_embeddings(selector, ids)
+            self.selector = matrix[[positions[i] for i in ids]]
 
     def __call__(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "candidate" in index:
+            index = self.compose(index)
         rows = self.table.take(pa.array(index["row"]))
         ids = rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
         out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
@@ -158,6 +166,45 @@ class _Views:
         for key, (positions, matrix) in self.embeddings.items():
             batch[key] = matrix[[positions[i] for i in ids]]
         return batch
+
+    def compose(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Index rows of whole steps (``group``: the step; ``candidate``: the K*N candidates after the
+        N anchors) -> each composed step's N anchors then its N selected negatives (ASS Algorithm 1,
+        ``fgray.data.selection``); steps without candidates pass unchanged. Only these are decoded."""
+        from fgray.data.selection import gamma_at, select_negatives, selection_rng
+
+        spec = self.inputs.selection
+        rows, epochs, out_rows, out_epochs = index["row"], index["epoch"], [], []
+        steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
+        for group in _runs(steps):
+            candidate = index["candidate"][group]
+            if not candidate.any() and spec.composes(int(epochs[group][0])):
+                raise ValueError(f"selection: a step of composed epoch {int(epochs[group][0]) + 1} arrived "
+                                 "without its candidates (split across batches)")
+            if not candidate.any():  # a plain step: its rows as they are
+                out_rows.append(rows[group])
+                out_epochs.append(epochs[group])
+                continue
+            anchors, candidates = rows[group][~candidate], rows[group][candidate]
+            epoch, step = int(epochs[group][0]), int(index["group"][group][0])
+            if len(candidates) != spec.pool_factor * len(anchors):
+                raise ValueError(f"selection: step {step} of epoch {epoch + 1} arrived split across batches "
+                                 f"({len(anchors)} anchors, {len(candidates)} candidates)")
+            gamma = gamma_at(spec.schedule, spec.tau, epoch - spec.first + 1, spec.epochs)
+            if not spec.replacement:  # a split smaller than K*N + N repeats candidates: B must not
+                candidates = np.unique(candidates)
+            chosen = select_negatives(self.selector[anchors], self.selector[candidates], gamma, len(anchors),
+                                      selection_rng(self.seed, epoch, step, self.rank), spec.replacement)
+            out_rows.append(np.concatenate([anchors, candidates[chosen]]))
+            out_epochs.append(np.full(2 * len(anchors), epoch))
+        return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs)}
+
+
+def _runs(values: np.ndarray) -> list[slice]:
+    """Slices of the runs of equal consecutive values."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    return [slice(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
 def _boxes(rows: pa.Table) -> np.ndarray:
@@ -221,9 +268,14 @@ def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataCo
 
 
 def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig, inputs: Inputs,
-                   method: str, caches: dict[str, str]) -> TrainingSplit:
-    """The training rows a method's inputs need, its dataset facts and the re-indexed labels."""
+                   method: str, caches: dict[str, str], boxes: str | None = None) -> TrainingSplit:
+    """The training rows a method's inputs need, its dataset facts and the re-indexed labels.
+    ``boxes``: a folder of detected boxes (``fgray.data.detect``) that replace the dataset's."""
     table = read_rows(prepared, image_ids, sorted({*inputs.shard_columns, "label"}))
+    if boxes is not None:
+        from fgray.data.detect import with_boxes  # it imports this module
+
+        table = with_boxes(table, boxes)
     if inputs.needs_boxes:
         missing = table.column("bbox").null_count
         if missing:
@@ -241,7 +293,8 @@ def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1)
 
 def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, cpus_per_task: float,
                   epochs: range, rank: int = 0, world: int = 1, batch_rows: int = 64,
-                  actors: int = 1, rows_per_epoch: int | None = None) -> ray.data.Dataset:
+                  actors: int = 1, rows_per_epoch: int | None = None, batch_size: int | None = None,
+                  selector: str | None = None) -> ray.data.Dataset:
     """The declared inputs of every training image, for each epoch in ``epochs``, as one dataset.
 
     Each epoch is a fresh permutation of the whole split (``epoch_order``) with fresh views. A
@@ -255,14 +308,46 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     rows = [epoch_order(split.table.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
     # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
     order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
-    index = local_dataset(order or [pa.table({"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)})])
+    selection = inputs.selection
+    if selection is not None:  # ASS: every epoch's steps as index groups (composed ones with candidates)
+        if batch_size is None or selector is None:
+            raise ValueError("train_dataset: composed batches need batch_size and the selector's cache")
+        order = [composed_index(r, e, batch_size, selection, split.table.num_rows, seed, rank)
+                 for r, e in zip(rows, epochs)]
+        batch_rows = (selection.pool_factor + 1) * (batch_size // 2)  # one composed step per call
+    empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
+    index = local_dataset(order or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(
         _Views, fn_constructor_kwargs={"table_ref": [split.table_ref], "inputs": inputs,
                                        "image_size": data.image_size, "seed": seed,
-                                       "label_map": split.label_map, "caches": split.facts.caches},
+                                       "label_map": split.label_map, "caches": split.facts.caches,
+                                       "selector": selector, "rank": rank},
         concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
+
+
+def composed_index(rows: np.ndarray, epoch: int, batch_size: int, selection, num_rows: int, seed: int,
+                   rank: int) -> pa.Table:
+    """One epoch's index for ASS: per step a ``group`` of its N = batch_size / 2 anchors (the next
+    rows of the epoch's permutation) and, in a composed epoch, K*N uniform candidates
+    (``candidate``); plain epochs keep the permutation, in groups of a batch."""
+    from fgray.data.selection import candidate_rows
+
+    if not selection.composes(epoch):
+        groups = np.repeat(np.arange(len(rows) // batch_size + 1), batch_size)[: len(rows)]
+        return pa.table({"row": rows, "epoch": np.full(len(rows), epoch), "group": groups,
+                         "candidate": np.zeros(len(rows), bool)})
+    n = batch_size // 2
+    parts = []
+    for step in range(len(rows) // batch_size):
+        anchors = rows[step * n: (step + 1) * n]
+        candidates = candidate_rows(num_rows, selection.pool_factor * n, seed, epoch, step, rank, anchors)
+        parts.append(pa.table({"row": np.concatenate([anchors, candidates]),
+                               "epoch": np.full(len(anchors) + len(candidates), epoch),
+                               "group": np.full(len(anchors) + len(candidates), step),
+                               "candidate": np.r_[np.zeros(len(anchors), bool), np.ones(len(candidates), bool)]}))
+    return pa.concat_tables(parts)
 
 
 def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, batch_rows: int = 128) -> ray.data.Dataset:

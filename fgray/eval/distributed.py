@@ -1,7 +1,8 @@
 """Distributed evaluation: embeddings extracted by the shared Ray Data actor pool
 (``embedding_cache.EmbedActor``: one GPU per actor when the cluster has GPUs; several models per
 pass), cached by (checkpoint, dataset, transform) with
-image ids as keys, then exact search with faiss in a Ray task placed on a GPU when there is one."""
+image ids as keys, then exact search with faiss in a Ray task placed on a GPU when there is one.
+Besides its own test split, a model is scored on the ``eval.transfer`` datasets it never trained on."""
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,7 @@ import ray.train
 import torch
 
 from fgray import checkpoint as ckpt
-from fgray.config import ExperimentConfig
+from fgray.config import ExperimentConfig, TransferConfig
 from fgray.data import pipeline
 from fgray.data.embedding_cache import cluster_gpus, embed_rows
 from fgray.data.inputs import DatasetFacts
@@ -57,22 +58,27 @@ Model = tuple[ExperimentConfig, "str | None"]  # (experiment, checkpoint path or
 
 
 def embed_images(models: list[Model], prepared: pipeline.PreparedDataset, image_ids: np.ndarray,
-                 cache_dir: str | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-    """([embeddings of each model], labels) of ``image_ids``, rows in the order of ``image_ids``.
+                 cache_dir: str | None = None, trained_on: pipeline.PreparedDataset | None = None
+                 ) -> tuple[list[np.ndarray], np.ndarray]:
+    """([embeddings of each model], labels) of ``image_ids`` of ``prepared``, rows in their order.
 
     The models must share ``data`` (same images and eval views). Models already in the cache are
-    read from it; the others are embedded together in one pass over the images.
+    read from it; the others are embedded together in one pass over the images. ``trained_on``: the
+    dataset of the models' ``data`` when ``prepared`` is another one (a transfer dataset); an untrained
+    model is built with its facts (class count), as the trials were.
     """
     data = models[0][0].data
     if any(experiment.data != data for experiment, _ in models):
         raise ValueError("embed_images: models of one pass must share their data config")
     ids = np.asarray(image_ids).astype(str)
-    keys = [_cache_key(experiment, checkpoint, prepared, ids) for experiment, checkpoint in models]
+    trained_on = trained_on or prepared
+    keys = [_cache_key(experiment, checkpoint, prepared, ids, trained_on) 
+            for experiment, checkpoint in models]
     paths = [posixpath.join(cache_dir, f"{key}.parquet") if cache_dir else None for key in keys]
     tables = [_read_cache(path) for path in paths]
     missing = [i for i, table in enumerate(tables) if table is None]
     if missing:
-        computed = _embed_pass([models[i] for i in missing], prepared, ids)
+        computed = _embed_pass([models[i] for i in missing], prepared, ids, trained_on)
         for slot, i in enumerate(missing):
             tables[i] = computed.select(["image_id", "label"]).append_column("embedding", computed[f"embedding_{slot}"])
             if paths[i]:
@@ -87,18 +93,20 @@ def embed_images(models: list[Model], prepared: pipeline.PreparedDataset, image_
     return out, labels
 
 
-def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np.ndarray) -> pa.Table:
-    """One pass (Ray Data, or this process for a small CPU split): columns image_id, label,
-    embedding_<i> for each of ``models``."""
+def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np.ndarray,
+                trained_on: pipeline.PreparedDataset) -> pa.Table:
+    """One pass over ``ids`` of ``prepared`` (Ray Data, or this process for a small CPU split): columns
+    image_id, label, embedding_<i> for each of ``models``, built with the facts of ``trained_on``."""
     experiment = models[0][0]
-    facts, _ = pipeline.dataset_facts(prepared, pipeline.assign(prepared, experiment.data).train, experiment.data)
+    facts, _ = pipeline.dataset_facts(trained_on, pipeline.assign(trained_on, experiment.data).train,
+                                      experiment.data)
     factories = [functools.partial(trained_method, e.model_dump_json(), c, facts) for e, c in models]
     rows = pipeline.read_rows(prepared, ids, ["image", "label", "image_id"])
     return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus,
                       local_max_rows=experiment.eval.local_max_images)
 
 
-def _cache_key(experiment, checkpoint_path, prepared, image_ids) -> str:
+def _cache_key(experiment, checkpoint_path, prepared, image_ids, trained_on=None) -> str:
     meta = ckpt.read_meta(checkpoint_path) if checkpoint_path and "://" not in checkpoint_path else {}
     parts = {
         "checkpoint": checkpoint_path or f"init:{experiment.backbone.model_dump_json()}:{experiment.train.seed}",
@@ -108,6 +116,9 @@ def _cache_key(experiment, checkpoint_path, prepared, image_ids) -> str:
         "transform": [experiment.data.image_size, experiment.data.eval_crop],
         "ids": hashlib.sha1("\n".join(sorted(np.asarray(image_ids).astype(str))).encode()).hexdigest(),
     }
+    if trained_on is not None and trained_on.manifest.content_hash != prepared.manifest.content_hash:
+        # Another dataset's images (transfer): an untrained model's heads follow its training data's facts.
+        parts["trained_on"] = trained_on.manifest.content_hash
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -162,7 +173,46 @@ def evaluate_split(models: list[Model], cache_dir: str | None = None, split: str
             result.update(_probe(e, labels, rows["probe_train"], rows["query" if query_gallery else "test"],
                                  settings.linear_probe, experiment.train.seed))
         results.append({**result, "split": splits.description})
+    for transfer in settings.transfer if split == "test" else ():
+        for result, scores in zip(results, evaluate_transfer(models, transfer, prepared, cache_dir)):
+            result.update(scores)
     return results
+
+
+def evaluate_transfer(models: list[Model], transfer: TransferConfig, trained_on: pipeline.PreparedDataset,
+                      cache_dir: str | None = None) -> list[dict[str, Any]]:
+    """Leave-one-out retrieval metrics of each model on a dataset it was not trained on, keyed
+    ``"<transfer.name>/<metric>"`` (and ``"<name>/split"``: which images), from one pass over its images."""
+    experiment = models[0][0]
+    prepared = pipeline.resolve_dataset(transfer.data_config(experiment.data))
+    ids, description = transfer_images(prepared, transfer)
+    embeddings, labels = embed_images(models, prepared, ids, cache_dir, trained_on=trained_on)
+    ks = transfer.ks or experiment.eval.ks
+    prefix = f"{transfer.name}/"
+    return [{**{prefix + k: v for k, v in _metrics(e, labels, ks=ks).items()}, prefix + "split": description}
+            for e in embeddings]
+
+
+def transfer_images(prepared: pipeline.PreparedDataset, transfer: TransferConfig) -> tuple[np.ndarray, str]:
+    """(image ids, description) of the images a transfer set is scored on (reads the index columns only)."""
+    index = pipeline.read_rows(prepared, None, ["image_id", "label", "split"])
+    splits = index["split"].to_numpy(zero_copy_only=False)
+    keep, description = select_images(index["label"].to_numpy(), splits, transfer.images, transfer.classes)
+    ids = index["image_id"].to_numpy(zero_copy_only=False).astype(str)[keep]
+    return ids, f"{transfer.reader}: {description}; leave-one-out"
+
+
+def select_images(labels: np.ndarray, splits: np.ndarray, images: str, classes: int | None
+                  ) -> tuple[np.ndarray, str]:
+    """(boolean mask, description): ``images`` "all" or the official "train" / "test" side (test: every
+    image not in train, so query / gallery count as test), then the first ``classes`` labels among them."""
+    keep = np.ones(len(labels), bool) if images == "all" else (splits == "train") == (images == "train")
+    kept_classes = np.unique(labels[keep])
+    what = "all images" if images == "all" else f"official {images} images"
+    if classes is not None and classes < len(kept_classes):
+        keep &= np.isin(labels, kept_classes[:classes])
+        what += f" of the first {classes} classes"
+    return keep, f"{what} ({int(keep.sum())} images, {len(np.unique(labels[keep]))} classes)"
 
 
 def _probe(embeddings: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,

@@ -31,6 +31,11 @@ class Method(nn.Module, ABC):
         self.cfg = cfg
         self.facts = facts
 
+    def require_token_model(self, backbone, why: str) -> None:
+        """A ``backbone_family = "vit"`` method's check of its backbone (``why`` it needs tokens)."""
+        if not backbone.is_token_model:
+            raise ValueError(f"{self.name} needs a ViT backbone ({why}), got {backbone.timm_name}")
+
     @classmethod
     def preflight(cls, config) -> None:
         """Checks before Ray starts (e.g. that pretrained weights can be found); raise ConfigError."""

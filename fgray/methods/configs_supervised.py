@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fgray.data.inputs import Inputs, ViewRecipe
+from fgray.data.inputs import DetectorSpec, Inputs, ViewRecipe
 from fgray.methods.configs import CropViews, MethodConfig, method_config
 
 
@@ -137,11 +137,23 @@ class DVAConfig(MethodConfig):
     proxy_scale: float = Field(9.0, gt=0)  # s of ProxyNCA (ProxyNCA++'s 1/T) [spec guess]
     proxy_lr_scale: float = Field(1.0, gt=0)  # the proxies' learning rate over the adapters' (spec §7.4)
     views: ObjectViews = ObjectViews()
+    # Where the training images' boxes come from (spec §2.3): the paper runs a zero-shot detector
+    # prompted with the class name; fgray's default is the dataset's boxes (CUB, Cars, Dogs, Aircraft
+    # and the synthetic set ship them) because no detector weights can be downloaded where it runs.
+    boxes: Literal["dataset", "detector"] = "dataset"
+    detector: DetectorSpec | None = None  # the saved detector (fgray.data.detect) when boxes: detector
 
     @model_validator(mode="after")
     def _dpt_needs_opa(self) -> "DVAConfig":
         if self.dpt and not self.opa:
             raise ValueError("dpt transfers what the proxies learnt on the object views: it needs opa: true")
+        return self
+
+    @model_validator(mode="after")
+    def _detector_given(self) -> "DVAConfig":
+        if self.boxes == "detector" and self.detector is None:
+            raise ValueError("boxes: detector needs detector.path, a local folder holding a saved "
+                             "transformers zero-shot detector (e.g. OWLv2's save_pretrained)")
         return self
 
     @property
@@ -150,4 +162,4 @@ class DVAConfig(MethodConfig):
             crop = ViewRecipe("crop_flip", (("scale", self.views.scale),))
             return Inputs(views=(crop,), columns=("label",))
         return Inputs(views=(ViewRecipe("object_background", tuple(self.views.model_dump().items())),),
-                      columns=("label",))
+                      columns=("label",), detector=self.detector if self.boxes == "detector" else None)

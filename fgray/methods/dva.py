@@ -7,7 +7,7 @@
   attention's output projection (``attn_out``) or the MLP (``mlp``).
 - **OPA** (§2.3): the step's object crops x_d (label y) and, where the box covers < half the
   image, its blurred background x_b (label C, the extra background class), from the
-  ``object_background`` view recipe and the dataset's boxes.
+  ``object_background`` view recipe and the image's box.
 - **Proxies** C in R^{(C+1) x D}: L_pl (Eq. 7) on x_d and x_b; **DPT** (Eq. 8): L_dpt on the
   original images x against the same proxies (detached by default), so the test-time embedding
   of an original image, the class token, carries what the proxies learnt from the objects.
@@ -15,8 +15,10 @@
 L = L_dpt + lam L_pl (Eq. 9). Forward stages per step: ``objects`` (cls of [x_d; x_b],
 (B + n_b, D)), then ``original`` (cls of x, (B, D)) when DPT is on. Table 8's rows: Base = the frozen
 backbone (fgray's untrained baseline), +ICA = ``opa: false, dpt: false`` (L_pl on x), +ICA+OPA =
-``dpt: false``, DVA = the defaults. Boxes come from the dataset (the paper's zero-shot detector
-pass is not built yet).
+``dpt: false``, DVA = the defaults. Boxes come from the dataset (``boxes: dataset``, fgray's default)
+or, as in the paper, from a zero-shot detector prompted with the class name (``boxes: detector``,
+``detector.path``: a saved transformers detector), run once over the training split by
+``fgray.data.detect`` and stored with the shards; the folder is checked when the sweep is validated.
 """
 from __future__ import annotations
 
@@ -43,8 +45,7 @@ class DVA(Method):
 
     def __init__(self, cfg: DVAConfig, backbone: Backbone, facts: DatasetFacts):
         super().__init__(cfg, facts)
-        if not backbone.is_token_model:
-            raise ValueError(f"dva needs a ViT backbone (class token and qkv attention), got {backbone.timm_name}")
+        self.require_token_model(backbone, "class token and qkv attention")
         self.backbone = backbone
         self.embed_dim = backbone.num_features
         self.background_class = facts.num_classes  # proxies 0..C-1: the classes; C: background

@@ -36,6 +36,7 @@ def register_method(name: str) -> Callable[[type], type]:
 def method_configs() -> dict[str, type["MethodConfig"]]:
     """name -> config class, from the configs alone (no method module is imported)."""
     import fgray.methods.configs_supervised  # noqa: F401  (registers VAPNet's and DVA's configs)
+    import fgray.methods.configs_ass  # noqa: F401  (registers ASS's config)
     from fgray.methods.configs import METHOD_CONFIGS
 
     return dict(METHOD_CONFIGS)

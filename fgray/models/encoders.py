@@ -2,6 +2,8 @@
 ``EncoderSpec``: an open_clip image tower or any timm model (hub, local file or seeded random)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,6 +44,8 @@ def build_encoder(spec: EncoderSpec, image_size: int) -> FrozenEncoder:
         teacher = CLIPTeacher(TeacherConfig(model=spec.model, pretrained=spec.pretrained,
                                             image_size=spec.image_size, seed=spec.seed))
         return FrozenEncoder(_CLIPImage(teacher), teacher.embed_dim)
+    if spec.kind == "fgray":
+        return checkpoint_encoder(spec.pretrained)
     from fgray.models.backbone import build_backbone
 
     pretrained: bool | str = {"random": False, "true": True, "hub": True}.get(spec.pretrained.lower(), spec.pretrained)
@@ -49,3 +53,32 @@ def build_encoder(spec: EncoderSpec, image_size: int) -> FrozenEncoder:
         torch.manual_seed(spec.seed)  # random init: every actor builds the same encoder
         backbone = build_backbone(spec.model, pretrained, image_size=spec.image_size or image_size)
     return FrozenEncoder(backbone, backbone.num_features)
+
+
+class _SelectorEmbed(nn.Module):
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.method.selector_embed(images)
+
+
+def checkpoint_encoder(directory: str) -> FrozenEncoder:
+    """The trained model of an fgray checkpoint folder as a frozen encoder: its method's
+    ``selector_embed`` (ASS: encoder + 128-d contrastive head, the selector of spec ass.md §1), else
+    its retrieval embedding."""
+    from fgray import checkpoint as ckpt
+    from fgray.engine import build_method
+
+    directory = os.path.expanduser(directory)
+    method = build_method(ckpt.read_experiment(directory), ckpt.read_facts(directory))
+    ckpt.load(directory, method)
+    if hasattr(method, "selector_embed"):
+        return FrozenEncoder(_SelectorEmbed(method), method.selector_dim)
+    return FrozenEncoder(_RetrievalEmbed(method), method.embed_dim)
+
+
+class _RetrievalEmbed(_SelectorEmbed):
+    def forward(self, images: Tensor) -> Tensor:
+        return self.method.embed(images)
