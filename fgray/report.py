@@ -4,14 +4,17 @@
 ``fgray.cli_progress``'s."""
 from __future__ import annotations
 
+import io
 import json
-import os
+import posixpath
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 
 from fgray.config import PaperRow, SweepConfig
 from fgray.results import finite, mean_std, rank_trials, seed_rows, seed_table
+from fgray.storage import filesystem, write_bytes
 
 PERCENT_METRICS = ("recall@", "map", "rank@", "probe@")
 SOURCES = ("paper", "draft")  # PaperRow.source: the final text's cells, an earlier manuscript's
@@ -94,23 +97,14 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         "paper_source": sweep.paper.source,
         "report": f"{out_dir}/report.md",
     }
-    if "://" not in out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-    _write_text(f"{out_dir}/summary.json", json.dumps(summary, indent=2, default=str))
+    write_bytes(f"{out_dir}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     frame = results_frame(trials)
-    frame.to_parquet(f"{out_dir}/results.parquet", index=False)
-    _write_text(f"{out_dir}/report.md", markdown_report(sweep, summary, frame))
-    if "://" not in out_dir:
-        plot_curves(out_dir, trials, sweep.search.metric)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes(f"{out_dir}/results.parquet", buffer.getvalue())
+    write_bytes(f"{out_dir}/report.md", markdown_report(sweep, summary, frame).encode())
+    plot_curves(out_dir, trials, sweep.search.metric)
     return summary
-
-
-def _write_text(path: str, text: str) -> None:
-    import pyarrow.fs as pafs
-
-    filesystem, target = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    with filesystem.open_output_stream(target) as stream:
-        stream.write(text.encode())
 
 
 def results_frame(trials: list[dict[str, Any]]) -> pd.DataFrame:
@@ -299,19 +293,21 @@ def _pct(value: Any) -> str:
 
 def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None:
     """``curves.png``: the search metric per epoch of every trial (from Tune's progress.csv)."""
-    import glob
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for path in glob.glob(os.path.join(out_dir, "*", "progress.csv")):
-        progress = pd.read_csv(path)
+    fs, base = filesystem(out_dir)
+    for folder in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        path = posixpath.join(folder.path, "progress.csv")
+        if folder.type != pafs.FileType.Directory or fs.get_file_info(path).type != pafs.FileType.File:
+            continue
+        with fs.open_input_stream(path) as stream:
+            progress = pd.read_csv(io.BytesIO(stream.read()))
         if metric in progress and "epoch" in progress:
-            trial_id = (progress["trial_id"].iloc[0] if "trial_id" in progress
-                        else os.path.basename(os.path.dirname(path)))
+            trial_id = progress["trial_id"].iloc[0] if "trial_id" in progress else folder.base_name
             ax.plot(progress["epoch"], 100 * progress[metric], marker="o", label=str(trial_id))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (%)")
@@ -319,5 +315,7 @@ def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None
     if ax.lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "curves.png"), dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    write_bytes(f"{out_dir}/curves.png", image.getvalue())

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
 import pyarrow.fs as pafs
+
+from fgray import storage
 
 if TYPE_CHECKING:  # annotations only: importing config would pull the method registry in
     from fgray.config import SweepConfig
@@ -76,9 +77,8 @@ def latest_checkpoint(storage: str, sweep_name: str, trial_id: str, trial_dir: s
 
 def _checkpoints(folder: str) -> dict[str, int]:
     """checkpoint_* folders in ``folder`` -> the epoch each finished, for the complete ones."""
-    if "://" not in folder:
-        folder = os.path.abspath(os.path.expanduser(folder))  # LocalFileSystem wants absolute
-    filesystem, base = _filesystem(folder)
+    folder = storage.absolute(folder)
+    filesystem, base = storage.filesystem(folder)
     entries = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     folders = [e for e in entries
                if e.type == pafs.FileType.Directory and e.base_name.startswith("checkpoint_")]
@@ -107,14 +107,8 @@ def checkpoint_epoch(checkpoint: str | None) -> int:
     0 for None, so a trial without one starts from the beginning."""
     if checkpoint is None:
         return 0
-    filesystem, base = _filesystem(checkpoint)
+    filesystem, base = storage.filesystem(checkpoint)
     return int(_read_json(filesystem, posixpath.join(base, META_FILE))["epoch"])
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
 
 def _read_json(filesystem: pafs.FileSystem, path: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fgray.config import ConfigError, SweepConfig, grid_points, validate
 from fgray.profiles import PROFILES
+from fgray.provenance import STORAGE_VARIABLE, check_resume
 from fgray.sweep_file import load_sweep
 from fgray.held_out import evaluate_best
 
@@ -29,12 +30,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", choices=sorted(PROFILES), help="smoke: shrink to a CPU-minutes run")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep from its storage folder")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved trials and exit")
-    parser.add_argument("--storage", help="results folder or URI (overrides the file's storage)")
+    parser.add_argument("--storage",
+                        help="results folder or URI (overrides FGRAY_STORAGE and the file's storage)")
+    parser.add_argument("--force", action="store_true", help="--resume even if the sweep's settings changed")
+    parser.add_argument("--verbose", action="store_true", help="keep Ray's notices that fgray hides")
     return parser.parse_args(argv)
 
 
 def resolve_storage(storage: str) -> str:
-    return storage if "://" in storage else os.path.abspath(os.path.expanduser(storage))
+    from fgray.storage import absolute
+
+    return absolute(storage)
 
 
 def planned_trials(sweep: SweepConfig) -> tuple[list[dict[str, Any]] | None, int]:
@@ -100,11 +106,14 @@ def preflight(sweep: SweepConfig) -> None:
 def experiment_exists(storage: str, name: str) -> bool:
     from ray import tune
 
-    return tune.Tuner.can_restore(f"{storage}/{name}")
+    from fgray.storage import ray_storage
+
+    return tune.Tuner.can_restore(*ray_storage(f"{storage}/{name}"))
 
 
-def start_ray() -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray."""
+def start_ray(verbose: bool = False) -> None:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
+    ``verbose``: keep the notices ``_quiet_known_notices`` drops."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
@@ -114,6 +123,8 @@ def start_ray() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
+    if not verbose:
+        _quiet_known_notices()
     # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
     ray.init(log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
@@ -126,6 +137,24 @@ def start_ray() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+def _quiet_known_notices() -> None:
+    """Ray notices a new user reads as errors, each harmless here (``--verbose`` keeps them): the
+    local cluster's token auth turning itself on (it stays on), and Optuna's grid sampler calling
+    ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on)."""
+    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+        _DropMessages("Token authentication is enabled"))
+    logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(_DropMessages("`Study.stop`"))
 
 
 def build_search(sweep: SweepConfig):
@@ -166,6 +195,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from fgray.cli_progress import ProgressPrinter
+    from fgray.storage import ray_storage
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
@@ -175,9 +205,10 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
         bundle = {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01}
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage), bundle)
-    path = f"{storage}/{sweep.name}"
+    storage_path, filesystem = ray_storage(storage)  # an S3 endpoint reaches Ray through the filesystem
     if resume:
-        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tune.Tuner.restore(ray_storage(f"{storage}/{sweep.name}")[0], trainable=trainable,
+                                  resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem)
     space, search_alg, num_samples = build_search(sweep)
     # Without a validation split nothing can be compared while trials run: no early stopping, and
     # the searcher (a grid) is handed the epoch count.
@@ -195,7 +226,8 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
                                     # start, torch imported). A TorchTrainer's driver is never reused: it keeps
                                     # its finished trainer's controller and placement group (CPUs/GPUs) alive.
                                     reuse_actors=res.in_trial),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=0,
+        run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, storage_filesystem=filesystem,
+                                  verbose=0,
                                   callbacks=[ProgressPrinter(sweep.longest_trial, search.metric)],
                                   # Train retries a DDP trial's worker group; Tune a one-worker trial.
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures if res.in_trial
@@ -204,8 +236,10 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     )
 
 
-def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep, evaluate the best trials on test, write the report."""
+def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
+              verbose: bool = False) -> dict[str, Any]:
+    """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
+    the sweep and fgray version with the results (a new sweep, or a forced resume)."""
     from fgray.data import pipeline
     from fgray.report import write_outputs
     from fgray.results import collect_trials
@@ -213,9 +247,17 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False) -> dict[st
     # Generate/verify the data once, before trials race for it, while Ray's processes start.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         data_ready = pool.submit(pipeline.resolve_dataset, sweep.data)
-        start_ray()
+        start_ray(verbose)
         data_ready.result()
+    import ray
+
+    from fgray import provenance
     from fgray.trial import prepare_frozen
+
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    provenance.check_shared_storage(sweep, storage, alive, int(ray.cluster_resources().get("GPU", 0)))
+    if record:
+        provenance.record(sweep, storage)
 
     prepare_frozen(sweep, storage)  # frozen models' caches and boxes, before trials hold the resources
     results = build_tuner(sweep, storage, resume).fit()
@@ -229,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.sweep, args.set, args.profile)
-        if args.storage:
-            sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": args.storage})
+        override = args.storage or os.environ.get(STORAGE_VARIABLE)  # cluster.yaml sets the variable
+        if override:
+            sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": override})
         storage = resolve_storage(sweep.storage)
         if args.dry_run:
             print(describe_plan(sweep, storage))
@@ -242,12 +285,19 @@ def main(argv: list[str] | None = None) -> int:
                               f"or --set name=... / --storage ... for a new one")
         if args.resume and not exists:
             raise ConfigError(f"--resume: no sweep to resume in {storage}/{sweep.name}")
+        if args.resume:
+            check_resume(sweep, storage, args.force)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     print(describe_plan(sweep, storage).splitlines()[0], flush=True)
-    summary = run_sweep(sweep, storage, resume=args.resume)
+    try:
+        summary = run_sweep(sweep, storage, resume=args.resume, record=not args.resume or args.force,
+                            verbose=args.verbose)
+    except ConfigError as err:  # found once Ray is up: the cluster's shape, a dataset missing there
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"done in {time.perf_counter() - started:.0f} s: {summary['report']}", flush=True)
     return 0 if summary["num_completed"] > 0 else 1
 

@@ -38,6 +38,7 @@ from fgray.data import detect, embedding_cache, pipeline
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment
 from fgray.results import checkpoint_epoch, latest_checkpoint, overrides_from, train_run_dir, train_run_name
+from fgray.storage import ray_storage
 from fgray.validation import validate
 
 # torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a one-worker
@@ -99,7 +100,9 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         ),
         run_config=RunConfig(
             name=train_run_name(trial_id),
-            storage_path=train_run_dir(storage, sweep_cfg.name),
+            # (path, filesystem): an S3-compatible endpoint reaches Train's uploads (fgray.storage)
+            storage_path=ray_storage(train_run_dir(storage, sweep_cfg.name))[0],
+            storage_filesystem=ray_storage(storage)[1],
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=res.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -156,7 +159,7 @@ def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
     their GPUs, and concurrent trials do not each compute the same cache."""
     from fgray.config import grid_points
 
-    seen = set()
+    seen, pending = set(), []
     for overrides in grid_points(sweep.search) if sweep.search.is_grid else [{}]:
         experiment = sweep.experiment(overrides, deep=False)
         inputs = experiment.method.inputs
@@ -165,7 +168,15 @@ def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
         key = experiment.data.model_dump_json() + repr(inputs) + experiment.method.model_dump_json()
         if key not in seen:
             seen.add(key)
-            frozen_inputs(experiment, storage)
+            pending.append(experiment)
+    # In a task, one after the other: the actor pools it starts log to Ray's files, not this console.
+    for experiment in pending:
+        ray.get(_frozen_task.remote(experiment, storage))
+
+
+@ray.remote(num_cpus=0)
+def _frozen_task(experiment: ExperimentConfig, storage: str) -> None:
+    frozen_inputs(experiment, storage)
 
 
 def ordered_ingest():

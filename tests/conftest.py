@@ -2,8 +2,24 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# The tests' S3-compatible server (moto, started by ``s3_bucket`` when a test needs it), named the way
+# AWS tools and fgray.storage read an endpoint. Set at import, before any test starts Ray: Ray's
+# workers inherit the environment of the process that starts it, and they write checkpoints there.
+S3_PORT = _free_port()
+os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                   "AWS_REGION": "us-east-1"})
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +45,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """``s3://fgray-test`` on a local S3-compatible server (moto), for the whole session."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], allow_bucket_creation=True
+                      ).create_dir("fgray-test")
+    yield "s3://fgray-test"
+    server.stop()

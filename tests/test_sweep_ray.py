@@ -53,6 +53,11 @@ def test_existing_sweep_needs_resume_and_resume_keeps_results(smoke_sweep, capsy
     assert main([DEMO, "--profile", "smoke", "--storage", storage, "--resume"]) == 0
     after = {t["trial_id"]: t["metrics"]["val/recall@1"] for t in json.loads((out / "summary.json").read_text())["trials"]}
     assert after == before  # finished trials are not rerun
+    # The sweep and fgray's version are stored with the results; a resume under other settings is refused.
+    assert json.loads((out / "sweep.json").read_text())["sweep"]["name"] == "demo-smoke"
+    capsys.readouterr()
+    assert main([DEMO, "--profile", "smoke", "--storage", storage, "--resume", "--set", "train.lr=0.5"]) == 2
+    assert "train.lr: 0.001 -> 0.5" in capsys.readouterr().err
 
 
 def test_nan_loss_is_a_recorded_failure(ray_local, tmp_path):

@@ -35,7 +35,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from fgray.data.embedding_cache import COMPLETE_MARKER, _embed_here, _filesystem, cluster_gpus, weights_digest
+from fgray.storage import filesystem
+from fgray.data.embedding_cache import COMPLETE_MARKER, _embed_here, cluster_gpus, weights_digest
 from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset, read_rows, row_blocks
 from fgray.data.schema import SHARD_SCHEMA
@@ -159,7 +160,7 @@ def boxes_address(spec: DetectorSpec, prepared: PreparedDataset) -> str:
 def complete_folders(base: str) -> list[str]:
     """The finished writer folders under ``base`` (one address), by name. Unlike the embedding
     cache's ``find_complete`` (any one will do), boxes need the folder that covers a split."""
-    fs, path = _filesystem(base)
+    fs, path = filesystem(base)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     folders = [i for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory]
@@ -169,7 +170,7 @@ def complete_folders(base: str) -> list[str]:
 
 def read_boxes(folder: str) -> pa.Table:
     """The boxes table of one writer folder (``_COMPLETE`` is skipped: its name starts with ``_``)."""
-    fs, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     return pads.dataset(path, filesystem=fs, format="parquet").to_table()
 
 
@@ -203,7 +204,7 @@ def _union(tables: list[pa.Table]) -> pa.Table:
 
 
 def _write(out: str, table: pa.Table) -> str:
-    fs, path = _filesystem(out)
+    fs, path = filesystem(out)
     fs.create_dir(path, recursive=True)
     pq.write_table(table, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
     with fs.open_output_stream(posixpath.join(path, COMPLETE_MARKER)) as stream:

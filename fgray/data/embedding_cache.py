@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from fgray.storage import filesystem
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
 from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows, row_blocks
@@ -145,13 +146,9 @@ def cache_address(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
 def find_complete(base: str) -> str | None:
     """A finished writer folder under ``base`` (one cache address), or None."""
-    fs, path = _filesystem(base)
+    fs, path = filesystem(base)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return None
     for info in fs.get_file_info(pafs.FileSelector(path)):
@@ -173,7 +170,7 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
     table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
     out = f"{base}/{uuid.uuid4().hex[:8]}"
-    fs, path = _filesystem(out)
+    fs, path = filesystem(out)
     fs.create_dir(path, recursive=True)
     embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())

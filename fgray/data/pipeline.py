@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.data
 
+from fgray import storage
 from fgray.config import ConfigError, DataConfig
 from fgray.data.inputs import DatasetFacts, Inputs, image_seed
 from fgray.data.protocols import SplitAssignment, assign_splits
@@ -38,10 +38,6 @@ class PreparedDataset:
 
     root: str
     manifest: Manifest
-
-    @property
-    def shard_paths(self) -> list[str]:
-        return [posixpath.join(self.root, name) for name in self.manifest.shards]
 
     @property
     def name(self) -> str:
@@ -62,7 +58,7 @@ def resolve_dataset(data: DataConfig) -> PreparedDataset:
 
 
 def read_manifest(root: str, expected: str | None = None) -> Manifest:
-    filesystem, path = pafs.FileSystem.from_uri(root) if "://" in root else (pafs.LocalFileSystem(), root)
+    filesystem, path = storage.filesystem(root)
     manifest_path = posixpath.join(path, MANIFEST_NAME)
     try:
         with filesystem.open_input_stream(manifest_path) as stream:
@@ -78,8 +74,7 @@ def read_manifest(root: str, expected: str | None = None) -> Manifest:
 
 def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
     """Image ids per role under the config's protocol (reads only the small index columns)."""
-    dataset = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root))
-    index = dataset.to_table(columns=["image_id", "label", "split"])
+    index = _shards(prepared).to_table(columns=["image_id", "label", "split"])
     return assign_splits(prepared.name, data.protocol, index["image_id"].to_numpy(zero_copy_only=False),
                          index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
                          val_fraction=data.val_fraction, seed=data.split_seed)
@@ -88,12 +83,14 @@ def assign(prepared: PreparedDataset, data: DataConfig) -> SplitAssignment:
 def read_rows(prepared: PreparedDataset, image_ids: np.ndarray | None, columns: list[str]) -> pa.Table:
     """The rows of ``image_ids`` (None: every image), encoded, filtered inside the Parquet scan."""
     wanted = None if image_ids is None else pc.field("image_id").isin(pa.array(np.asarray(image_ids).astype(str)))
-    dataset = pads.dataset(prepared.shard_paths, format="parquet", filesystem=_filesystem(prepared.root))
-    return dataset.to_table(columns=sorted({*columns, "image_id"}), filter=wanted).select(columns)
+    return _shards(prepared).to_table(columns=sorted({*columns, "image_id"}), filter=wanted).select(columns)
 
 
-def _filesystem(root: str) -> pafs.FileSystem | None:
-    return pafs.FileSystem.from_uri(root)[0] if "://" in root else None
+def _shards(prepared: PreparedDataset) -> pads.Dataset:
+    """The prepared shards as one pyarrow dataset (local or in object storage)."""
+    filesystem, root = storage.filesystem(prepared.root)
+    return pads.dataset([posixpath.join(root, name) for name in prepared.manifest.shards], format="parquet",
+                        filesystem=filesystem)
 
 
 def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
@@ -215,7 +212,7 @@ def _boxes(rows: pa.Table) -> np.ndarray:
 
 def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(image ids (N,), embeddings (N, d) float32) of an embedding-cache folder (``embedding_cache``)."""
-    fs, local = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs, local = storage.filesystem(path)
     table = pads.dataset(local, filesystem=fs, format="parquet").to_table()  # _COMPLETE is ignored (prefix "_")
     column = table.column("embedding").combine_chunks()
     embeddings = np.asarray(column.flatten(), dtype=np.float32).reshape(len(table), -1)

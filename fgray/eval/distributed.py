@@ -21,6 +21,7 @@ import ray.train
 import torch
 
 from fgray import checkpoint as ckpt
+from fgray import storage
 from fgray.config import ExperimentConfig, TransferConfig
 from fgray.data import pipeline
 from fgray.data.embedding_cache import cluster_gpus, embed_rows
@@ -37,7 +38,8 @@ def trained_method(experiment_json: str, checkpoint: str | None, facts: DatasetF
     experiment = ExperimentConfig.model_validate_json(experiment_json)
     torch.manual_seed(experiment.train.seed)  # untrained baseline == the trials' initial weights
     if checkpoint:
-        with ray.train.Checkpoint(checkpoint).as_directory() as directory:
+        path, filesystem = storage.ray_storage(checkpoint)
+        with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as directory:
             method = build_method(experiment, ckpt.read_facts(directory))
             ckpt.load(directory, method)
     else:
@@ -122,21 +124,17 @@ def _cache_key(experiment, checkpoint_path, prepared, image_ids, trained_on=None
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _filesystem(path: str):
-    return pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-
-
 def _read_cache(path: str | None) -> pa.Table | None:
     if not path:
         return None
-    filesystem, target = _filesystem(path)
+    filesystem, target = storage.filesystem(path)
     if filesystem.get_file_info(target).type == pafs.FileType.NotFound:
         return None
     return pq.read_table(target, filesystem=filesystem)
 
 
 def _write_cache(path: str, table: pa.Table) -> None:
-    filesystem, target = _filesystem(path)
+    filesystem, target = storage.filesystem(path)
     filesystem.create_dir(posixpath.dirname(target), recursive=True)
     pq.write_table(table, target, filesystem=filesystem)
 

@@ -20,7 +20,6 @@ eval mode). The bank receives v after each optimiser step. Retrieval embeds norm
 from __future__ import annotations
 
 import io
-import os
 
 import torch
 import torch.nn.functional as F
@@ -182,12 +181,10 @@ def load_decoder(path: str) -> dict[str, Tensor]:
     local, or a URI pyarrow reads (s3://, gs://, file://)."""
     import pyarrow.fs as pafs
 
+    from fgray import storage
     from fgray.checkpoint import STATE_FILE
 
-    if "://" in path:
-        fs, where = pafs.FileSystem.from_uri(path)
-    else:
-        fs, where = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    fs, where = storage.filesystem(path)
     if fs.get_file_info(where).type == pafs.FileType.Directory:
         where = f"{where.rstrip('/')}/{STATE_FILE}"
     with fs.open_input_stream(where) as stream:

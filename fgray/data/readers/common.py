@@ -63,25 +63,10 @@ def relpath(path: str, root: str) -> str:
 
 
 def filesystem(path: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI.
+    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI (``fgray.storage``)."""
+    from fgray.storage import filesystem as storage_filesystem
 
-    Filesystems are cached per scheme and bucket: resolving an S3 bucket's region is a
-    network round trip that must not happen once per image.
-    """
-    import pyarrow.fs as pafs
-
-    if not is_uri(path):
-        return pafs.LocalFileSystem(), os.path.abspath(path)
-    scheme, rest = str(path).split("://", 1)
-    if scheme in ("file", "local") or "?" in rest:  # options in the URI: no caching
-        return pafs.FileSystem.from_uri(path)
-    key = f"{scheme}://{rest.split('/', 1)[0]}"
-    if key not in _FS_CACHE:
-        _FS_CACHE[key] = pafs.FileSystem.from_uri(path)[0]
-    return _FS_CACHE[key], rest.rstrip("/")
-
-
-_FS_CACHE: dict = {}
+    return storage_filesystem(path)
 
 
 def _info(path: str):

@@ -1,0 +1,83 @@
+"""Where results, checkpoints, caches and shards live: a local folder or a URI (``s3://``, ``gs://``,
+``file://``), always through pyarrow filesystems, decided here only.
+
+One place, because of S3-compatible services (MinIO, a cloud's own object store, the tests' local
+server): their endpoint is given as AWS tools take it, ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL``, which pyarrow ignores. Every reader and writer of fgray, and Ray's own storage
+(``ray_storage``: Tune's and Train's ``storage_filesystem``, checkpoints), gets the filesystem from
+here, so the endpoint reaches them all; nothing branches on "is this a local path" elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+
+import pyarrow.fs as pafs
+
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); a URI as it is."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
+
+
+def join(base: str, *parts: str) -> str:
+    """``base`` / parts, for local paths and URIs alike."""
+    return posixpath.join(base.rstrip("/"), *parts) if is_uri(base) else os.path.join(base, *parts)
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """``(pyarrow filesystem, path inside it)`` of a local path or a URI. Filesystems are cached per
+    scheme, bucket and endpoint: resolving a bucket's region is a network round trip."""
+    path = str(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), absolute(path)
+    scheme, rest = path.split("://", 1)
+    endpoint = _endpoint() if scheme == "s3" else None
+    if endpoint is None and (scheme in ("file", "local") or "?" in rest):  # options in the URI: not cached
+        return pafs.FileSystem.from_uri(path)
+    key = (scheme, rest.split("/", 1)[0], endpoint)
+    if key not in _CACHE:
+        _CACHE[key] = (pafs.S3FileSystem(endpoint_override=endpoint) if endpoint
+                       else pafs.FileSystem.from_uri(path)[0])
+    return _CACHE[key], rest.rstrip("/")
+
+
+_CACHE: dict[tuple, pafs.FileSystem] = {}
+
+
+def _endpoint() -> str | None:
+    return next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
+
+
+def ray_storage(path: str) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Tune / Train / ``Checkpoint``: a URI becomes its
+    filesystem and the path inside it (so an S3 endpoint reaches Ray), a local path stays as it is."""
+    if not is_uri(path):
+        return absolute(path), None
+    fs, inner = filesystem(path)
+    return inner, fs
+
+
+def exists(path: str) -> bool:
+    fs, inner = filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def read_bytes(path: str) -> bytes:
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a file, creating its folder (object stores have none to create)."""
+    fs, inner = filesystem(path)
+    fs.create_dir(posixpath.dirname(inner), recursive=True)
+    with fs.open_output_stream(inner) as stream:
+        stream.write(data)
