@@ -140,7 +140,7 @@ def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
         inputs = replace(inputs, selection=inputs.selection.placed(stages))
     prepared = pipeline.resolve_dataset(data)
     splits = pipeline.assign(prepared, data)
-    use_gpu = True if res.gpus_per_worker > 0 else None
+    use_gpu = res.gpus_per_worker > 0  # GPU actors because the sweep asks for GPUs, not because some are up
 
     def cache(spec) -> str:
         return embedding_cache.ensure_cache(spec, prepared, data, storage, res.data_cpus, use_gpu)

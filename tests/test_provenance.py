@@ -1,5 +1,5 @@
 """The sweep record stored with the results (a changed --resume is refused with what changed), the
-default storage from the environment, and the refusal of node-local storage on a cluster. No Ray."""
+default storage from the environment, and the refusal of node-local storage on a cluster. No Ray is started."""
 from __future__ import annotations
 
 import json
@@ -66,3 +66,12 @@ def test_the_environment_names_the_default_storage(tmp_path, monkeypatch, capsys
     assert f"results: {tmp_path / 'from_env'}/demo-smoke" in capsys.readouterr().out
     assert main([DEMO, "--profile", "smoke", "--dry-run", "--storage", str(tmp_path / "flag")]) == 0
     assert f"results: {tmp_path / 'flag'}/demo-smoke" in capsys.readouterr().out  # the flag wins
+
+
+def test_evaluation_uses_gpus_because_the_sweep_asks_for_them():
+    from fgray.devices import local_device
+    from fgray.eval.distributed import uses_gpus
+
+    assert not uses_gpus(demo().experiment())
+    assert uses_gpus(demo("resources.gpus_per_worker=1").experiment())
+    assert local_device().type == "cpu"  # no accelerator here: the CPU, without naming a device kind

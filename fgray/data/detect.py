@@ -35,11 +35,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from fgray.storage import filesystem
 from fgray.data.embedding_cache import COMPLETE_MARKER, _embed_here, cluster_gpus, weights_digest
 from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset, read_rows, row_blocks
 from fgray.data.schema import SHARD_SCHEMA
+from fgray.devices import local_device
+from fgray.storage import filesystem
 
 BOXES_FOLDER = "_boxes"
 BOX_TYPE = SHARD_SCHEMA.field("bbox").type  # fixed-size list<float32>[4], as the shards hold boxes
@@ -65,7 +66,7 @@ class DetectActor:
         from fgray.data.transforms import decode
 
         self.torch, self.decode, self.spec = torch, decode, spec
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = local_device()
         path = os.path.expanduser(spec.path)
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, local_files_only=True)

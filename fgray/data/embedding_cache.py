@@ -30,10 +30,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from fgray.storage import filesystem
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
 from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows, row_blocks
+from fgray.devices import local_device
+from fgray.storage import filesystem
 
 COMPLETE_MARKER = "_COMPLETE"
 CACHE_FOLDER = "_embedding_cache"
@@ -50,7 +51,7 @@ class EmbedActor:
         import torch
 
         self.torch = torch
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = local_device()
         self.models = [factory() for factory in factories]
         self.views = EvalViews(image_size, eval_crop)  # decoding here too: one stage, one pool
 
@@ -112,11 +113,9 @@ def _embed_here(actor: EmbedActor, rows: pa.Table, batch_rows: int) -> pa.Table:
 
 def frozen_encoder(spec_json: str, image_size: int):
     """Model factory of a frozen encoder (runs inside the actor: model code loads there only)."""
-    import torch
-
     from fgray.models.encoders import build_encoder
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = local_device()
     return build_encoder(EncoderSpec.model_validate_json(spec_json), image_size).to(device)
 
 

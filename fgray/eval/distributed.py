@@ -24,8 +24,9 @@ from fgray import checkpoint as ckpt
 from fgray import storage
 from fgray.config import ExperimentConfig, TransferConfig
 from fgray.data import pipeline
-from fgray.data.embedding_cache import cluster_gpus, embed_rows
+from fgray.data.embedding_cache import embed_rows
 from fgray.data.inputs import DatasetFacts
+from fgray.devices import local_device
 from fgray.eval.linear_probe import linear_probe_fractions
 from fgray.eval.metrics import retrieval_metrics
 
@@ -44,16 +45,26 @@ def trained_method(experiment_json: str, checkpoint: str | None, facts: DatasetF
             ckpt.load(directory, method)
     else:
         method = build_method(experiment, facts)
-    return inference_embed(method, torch.device("cuda" if torch.cuda.is_available() else "cpu"), experiment)
+    return inference_embed(method, local_device(), experiment)
 
 
-def _metrics(*args, **kwargs) -> dict[str, float]:
-    """retrieval_metrics on a GPU of the cluster when it has one (a Ray task), else right here: on a
-    CPU-only cluster a task would only add a process start to the same CPU work."""
-    if not cluster_gpus():
+def uses_gpus(experiment: ExperimentConfig) -> bool:
+    """Whether the evaluation runs on GPUs: because the sweep asks for them (``gpus_per_worker``), not
+    because some happen to be up (an autoscaling cluster's GPU nodes come and go)."""
+    return experiment.resources.gpus_per_worker > 0
+
+
+def _metrics(*args, use_gpu: bool = False, **kwargs) -> dict[str, float]:
+    """retrieval_metrics in a one-GPU Ray task when the sweep uses GPUs, else right here: on the CPU a
+    task would only add a process start to the same work."""
+    if not use_gpu:
         return retrieval_metrics(*args, **kwargs)
-    search = ray.remote(num_cpus=1, num_gpus=1)(retrieval_metrics)
-    return ray.get(search.remote(*args, device="cuda", **kwargs))
+    return ray.get(_search_on_accelerator.remote(*args, **kwargs))
+
+
+@ray.remote(num_cpus=1, num_gpus=1)
+def _search_on_accelerator(*args, **kwargs) -> dict[str, float]:
+    return retrieval_metrics(*args, device=local_device(), **kwargs)
 
 
 Model = tuple[ExperimentConfig, "str | None"]  # (experiment, checkpoint path or None for the untrained backbone)
@@ -105,7 +116,7 @@ def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np
     factories = [functools.partial(trained_method, e.model_dump_json(), c, facts) for e, c in models]
     rows = pipeline.read_rows(prepared, ids, ["image", "label", "image_id"])
     return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus,
-                      local_max_rows=experiment.eval.local_max_images)
+                      use_gpu=uses_gpus(experiment), local_max_rows=experiment.eval.local_max_images)
 
 
 def _cache_key(experiment, checkpoint_path, prepared, image_ids, trained_on=None) -> str:
@@ -163,10 +174,10 @@ def evaluate_split(models: list[Model], cache_dir: str | None = None, split: str
     for (experiment, _), e in zip(models, embeddings):
         if query_gallery:
             q, g = rows["query"], rows["gallery"]
-            result = _metrics(e[q], labels[q], e[g], labels[g], ks=settings.ks,
+            result = _metrics(e[q], labels[q], e[g], labels[g], ks=settings.ks, use_gpu=uses_gpus(experiment),
                               query_ids=parts["query"], gallery_ids=parts["gallery"])
         else:
-            result = _metrics(e[rows["test"]], labels[rows["test"]], ks=settings.ks)
+            result = _metrics(e[rows["test"]], labels[rows["test"]], ks=settings.ks, use_gpu=uses_gpus(experiment))
         if settings.linear_probe:
             result.update(_probe(e, labels, rows["probe_train"], rows["query" if query_gallery else "test"],
                                  settings.linear_probe, experiment.train.seed))
@@ -187,8 +198,9 @@ def evaluate_transfer(models: list[Model], transfer: TransferConfig, trained_on:
     embeddings, labels = embed_images(models, prepared, ids, cache_dir, trained_on=trained_on)
     ks = transfer.ks or experiment.eval.ks
     prefix = f"{transfer.name}/"
-    return [{**{prefix + k: v for k, v in _metrics(e, labels, ks=ks).items()}, prefix + "split": description}
-            for e in embeddings]
+    use_gpu = uses_gpus(experiment)
+    return [{**{prefix + k: v for k, v in _metrics(e, labels, ks=ks, use_gpu=use_gpu).items()},
+             prefix + "split": description} for e in embeddings]
 
 
 def transfer_images(prepared: pipeline.PreparedDataset, transfer: TransferConfig) -> tuple[np.ndarray, str]:
