@@ -229,7 +229,9 @@ class ResourcesConfig(Strict):
     data_actors: int = Field(1, ge=1)  # augmentation actors per trial (each reserves data_cpus)
     max_concurrent_trials: int = Field(1, ge=1)
     driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
-    max_failures: int = Field(1, ge=0)  # restarts of a failed trial's training, from its last checkpoint
+    # Restarts of a failed trial (Tune) and of a DDP trial's worker group (Train), each from the last
+    # checkpoint; a spot node's preemption notice does not count (Train: unlimited), a lost node does.
+    max_failures: int = Field(3, ge=0)
 
     @property
     def in_trial(self) -> bool:

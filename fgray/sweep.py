@@ -229,9 +229,9 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, storage_filesystem=filesystem,
                                   verbose=0,
                                   callbacks=[ProgressPrinter(sweep.longest_trial, search.metric)],
-                                  # Train retries a DDP trial's worker group; Tune a one-worker trial.
-                                  failure_config=tune.FailureConfig(max_failures=res.max_failures if res.in_trial
-                                                                    else 0),
+                                  # Tune retries a trial (a one-worker trial's training, a DDP trial's
+                                  # driver); Train retries a DDP trial's worker group, each from its checkpoint.
+                                  failure_config=tune.FailureConfig(max_failures=res.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 

@@ -70,8 +70,9 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     trial_id = tune.get_context().get_trial_id()
     # A retried or resumed (``--resume``) trial reads only the epochs it has left.
     resumed = tune.get_checkpoint() if res.in_trial else None
-    first_epoch = (_checkpoint_epoch(resumed) if resumed is not None
-                   else checkpoint_epoch(latest_checkpoint(storage, sweep_cfg.name, trial_id)))
+    # A DDP trial's driver retried by Tune (or a resumed sweep) hands its Train run's last checkpoint on.
+    latest = None if res.in_trial else latest_checkpoint(storage, sweep_cfg.name, trial_id)
+    first_epoch = _checkpoint_epoch(resumed) if resumed is not None else checkpoint_epoch(latest)
     world, seed = res.workers_per_trial, experiment.train.seed
     epochs = range(first_epoch, experiment.total_epochs)
     rank_rows = split.table.num_rows // world
@@ -104,13 +105,15 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
             storage_path=ray_storage(train_run_dir(storage, sweep_cfg.name))[0],
             storage_filesystem=ray_storage(storage)[1],
             callbacks=[TuneReportCallback()],
-            failure_config=FailureConfig(max_failures=res.max_failures),
+            # Worker-group failures: max_failures; node preemptions (spot): counted apart, unlimited.
+            failure_config=FailureConfig(max_failures=res.max_failures, max_preemption_failures=-1),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
         datasets=datasets,
         # Every rank reads its own dataset whole: no streaming_split coordinator (measured: 93 % of a
         # core on small blocks, starving a single worker), and each rank's rows are fixed by the seed.
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ordered_ingest()),
+        resume_from_checkpoint=Checkpoint(*ray_storage(latest)) if latest else None,
     )
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
 
@@ -281,6 +284,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
 
     from fgray import checkpoint as ckpt
     from fgray.engine import build_method, evaluate, place_method, use_deterministic_kernels
+    from fgray.methods.parts import replicas_agree
     from fgray.stages import StageRunner
 
     facts = DatasetFacts(**{**config["facts"], "class_names": tuple(config["facts"]["class_names"])})
@@ -332,6 +336,9 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
                 raise ValueError("validation: no query has a relevant image (each validation class has one image); "
                                  "the split needs classes with 2+ images (data.val_fraction)")
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
+        if world > 1:  # what DDP neither syncs nor broadcasts (MoCo's queue, key encoder) is still one copy
+            agree = replicas_agree(runner.method, runner.method.replicated_prefixes)
+            metrics["train/replicas_agree"] = float(agree)
         metrics["time/epoch_s"] = time.perf_counter() - started
         metrics["time/epoch_end"] = time.time()  # a sweep's timeline across trials (bench/small_trial.py)
         _report(session, metrics, runner, facts, epoch + 1)

@@ -2,6 +2,8 @@
 outside the gradient, MoCo v2's head, shuffle-BN on one worker and across two gloo ranks."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -163,3 +165,18 @@ def test_shuffle_bn_across_two_gloo_ranks(tmp_path):
     assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == list(range(2 * IMAGES))
     for result in ranks:
         assert len(result["seen"]) == IMAGES and set(result["seen"]) != set(result["own"])
+
+
+def test_replica_digest_sees_the_replicated_state_but_not_per_rank_statistics():
+    from fgray.methods.parts import replica_digest
+
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    b = copy.deepcopy(a)
+    assert torch.equal(replica_digest(a, ("0.", "1.")), replica_digest(b, ("0.", "1.")))
+    b[1].running_mean += 1.0  # each rank's own batches move these: not part of the replica
+    assert torch.equal(replica_digest(a, ("0.", "1.")), replica_digest(b, ("0.", "1.")))
+    with torch.no_grad():
+        b[0].weight[0, 0] += 1e-6
+    assert not torch.equal(replica_digest(a, ("0.", "1.")), replica_digest(b, ("0.", "1.")))
+    assert torch.equal(replica_digest(a, ("1.",)), replica_digest(b, ("1.",)))  # only what the prefixes name

@@ -23,6 +23,9 @@ class Method(nn.Module, ABC):
     # Parameter/buffer prefixes DDP neither synchronises nor broadcasts: momentum copies, queues and
     # frozen teachers that every rank updates identically by itself (parts.ddp_ignore).
     ddp_ignore_prefixes: tuple[str, ...] = ()
+    # Of those, the state each rank keeps on purpose for itself (OLDFS's feature bank of its own
+    # features); the rest must stay identical on every rank, which DDP trials check every epoch.
+    per_rank_prefixes: tuple[str, ...] = ()
     embed_dim: int  # width D of ``embed``'s output, set by each method
     backbone_family: str = "any"  # "vit": needs a timm ViT (class token, fused qkv attention)
 
@@ -30,6 +33,11 @@ class Method(nn.Module, ABC):
         super().__init__()
         self.cfg = cfg
         self.facts = facts
+
+    @property
+    def replicated_prefixes(self) -> tuple[str, ...]:
+        """State every rank keeps identical by itself (``ddp_ignore_prefixes`` minus the per-rank)."""
+        return tuple(p for p in self.ddp_ignore_prefixes if p not in self.per_rank_prefixes)
 
     def require_token_model(self, backbone, why: str) -> None:
         """A ``backbone_family = "vit"`` method's check of its backbone (``why`` it needs tokens)."""

@@ -42,6 +42,7 @@ class OLDFS(Method):
     # MoCo base: the momentum encoder and queue are identical on every rank; the bank too (every
     # rank pushes its own v, so it is per-rank state DDP must not broadcast).
     ddp_ignore_prefixes = (*(f"moco.{p}" for p in MoCoEncoders.IGNORED), "bank.")
+    per_rank_prefixes = ("bank.",)
 
     def __init__(self, cfg: OLDFSConfig, backbone: Backbone, facts: DatasetFacts):
         super().__init__(cfg, facts)

@@ -255,3 +255,36 @@ def ddp_ignore(module: nn.Module, prefixes: Iterable[str]) -> list[str]:
     # DDP._set_params_and_buffers_to_ignore_for_model, sets exactly this).
     module._ddp_params_and_buffers_to_ignore = names
     return names
+
+
+# Per-rank statistics inside otherwise replicated modules: a key encoder's BatchNorm running
+# statistics follow the rank's own (shuffled) batches, by design.
+_PER_RANK_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@torch.no_grad()
+def replica_digest(module: nn.Module, prefixes: Iterable[str]) -> Tensor:
+    """float64 checksums (sum, position-weighted sum) of every parameter and buffer under ``prefixes``,
+    BatchNorm running statistics left out: equal on every rank iff those replicas are (in practice)."""
+    prefixes = tuple(prefixes)
+    sums = []
+    for name, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if prefixes and name.startswith(prefixes) and not name.endswith(_PER_RANK_BUFFERS):
+            flat = tensor.detach().double().flatten()
+            weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
+            sums += [flat.sum(), (flat * weights).sum()]
+    if not sums:
+        return torch.zeros(1, dtype=torch.float64, device=next(module.parameters()).device)
+    return torch.stack(sums)
+
+
+def replicas_agree(module: nn.Module, prefixes: Iterable[str]) -> bool:
+    """Whether the state every rank keeps identical by itself (DDP neither syncs nor broadcasts it:
+    ``ddp_ignore``) is identical on every rank; True when not distributed. A collective: every rank
+    calls it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return True
+    digest = replica_digest(module, prefixes)
+    gathered = [torch.empty_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(other, gathered[0]) for other in gathered)
