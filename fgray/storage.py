@@ -12,9 +12,13 @@ from __future__ import annotations
 import os
 import posixpath
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+COMPLETE_MARKER = "_COMPLETE"  # written last into a writer folder: readers take only folders that have it
 
 
 def is_uri(path: str) -> bool:
@@ -81,3 +85,36 @@ def write_bytes(path: str, data: bytes) -> None:
     fs.create_dir(posixpath.dirname(inner), recursive=True)
     with fs.open_output_stream(inner) as stream:
         stream.write(data)
+
+
+# ------------------------------------------------------------------------------ writer folders
+# Computed-once outputs (the embedding cache, a detector's boxes) live under an address that hashes
+# what they depend on, one folder per writer: writers that race never share a file, and a folder
+# counts once its ``_COMPLETE`` marker, written last, is there.
+
+
+def complete_folders(base: str) -> list[str]:
+    """The finished writer folders under ``base`` (one address), by name."""
+    fs, path = filesystem(base)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    folders = sorted((i for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory),
+                     key=lambda i: i.base_name)
+    return [f"{base.rstrip('/')}/{info.base_name}" for info in folders
+            if fs.get_file_info(posixpath.join(info.path, COMPLETE_MARKER)).type == pafs.FileType.File]
+
+
+def write_complete(folder: str, table: pa.Table) -> str:
+    """Write ``table`` as a writer folder's one Parquet file, then its marker; returns ``folder``."""
+    fs, path = filesystem(folder)
+    fs.create_dir(path, recursive=True)
+    pq.write_table(table, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
+    with fs.open_output_stream(posixpath.join(path, COMPLETE_MARKER)) as stream:
+        stream.write(b"ok\n")
+    return folder
+
+
+def read_folder(folder: str) -> pa.Table:
+    """A writer folder's table (the marker is skipped: its name starts with ``_``)."""
+    fs, path = filesystem(folder)
+    return pads.dataset(path, filesystem=fs, format="parquet").to_table()

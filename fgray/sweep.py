@@ -14,10 +14,10 @@ import time
 from typing import Any
 
 from fgray.config import ConfigError, SweepConfig, grid_points, validate
+from fgray.held_out import evaluate_best
 from fgray.profiles import PROFILES
 from fgray.provenance import STORAGE_VARIABLE, check_resume
 from fgray.sweep_file import load_sweep
-from fgray.held_out import evaluate_best
 
 DEFAULT_RANDOM_SAMPLES = 8
 

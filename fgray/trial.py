@@ -90,6 +90,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         return
     import ray.train.torch
 
+    run_path, filesystem = ray_storage(train_run_dir(storage, sweep_cfg.name))
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
         train_loop_config=config,
@@ -102,8 +103,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
         run_config=RunConfig(
             name=train_run_name(trial_id),
             # (path, filesystem): an S3-compatible endpoint reaches Train's uploads (fgray.storage)
-            storage_path=ray_storage(train_run_dir(storage, sweep_cfg.name))[0],
-            storage_filesystem=ray_storage(storage)[1],
+            storage_path=run_path,
+            storage_filesystem=filesystem,
             callbacks=[TuneReportCallback()],
             # Worker-group failures: max_failures; node preemptions (spot): counted apart, unlimited.
             failure_config=FailureConfig(max_failures=res.max_failures, max_preemption_failures=-1),
@@ -158,8 +159,8 @@ def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
 
 def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
     """``frozen_inputs`` of every planned row of a grid sweep (and the base experiment of a sampled
-    one), in the sweep's process before Tune starts trials: nothing is held then, so GPU actors get
-    their GPUs, and concurrent trials do not each compute the same cache."""
+    one), before Tune starts trials: nothing is held then, so GPU actors get their GPUs, and
+    concurrent trials do not each compute the same cache."""
     from fgray.config import grid_points
 
     seen, pending = set(), []
@@ -168,7 +169,7 @@ def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
         inputs = experiment.method.inputs
         if not (inputs.embeddings or inputs.selection or inputs.detector):
             continue
-        key = experiment.data.model_dump_json() + repr(inputs) + experiment.method.model_dump_json()
+        key = experiment.data.model_dump_json() + experiment.method.model_dump_json()  # what inputs follow
         if key not in seen:
             seen.add(key)
             pending.append(experiment)

@@ -20,6 +20,8 @@ from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset
 from fgray.data.synthetic import SyntheticSpec
 from fgray.data.synthetic_shards import write_shards
+from fgray.data.embedding_cache import embed_in_process
+from fgray.storage import read_folder, write_complete
 from fgray.methods.configs_supervised import DVAConfig
 from fgray.validation import validate
 
@@ -147,14 +149,14 @@ def test_boxes_are_detected_once_and_reused(tiny_detector, prepared, monkeypatch
     first = detect.ensure_boxes(spec, prepared, ids[:5])
     assert first.startswith(f"{prepared.root}/_boxes/{detect.boxes_address(spec, prepared)}/")
     assert os.path.isfile(f"{first}/_COMPLETE") and os.path.isfile(f"{first}/part-00000.parquet")
-    table = detect.read_boxes(first)
+    table = read_folder(first)
     assert table.schema == detect.BOX_SCHEMA
     assert sorted(table.column("image_id").to_pylist()) == sorted(ids[:5])
     assert detect.ensure_boxes(spec, prepared, ids[:5]) == first and detected == [5]  # reused: no second pass
     # A larger split: only its new images are detected, into a folder that holds them all.
     every = detect.ensure_boxes(spec, prepared, None)
     assert detected == [5, len(ids) - 5] and every != first
-    assert sorted(detect.read_boxes(every).column("image_id").to_pylist()) == sorted(ids)
+    assert sorted(read_folder(every).column("image_id").to_pylist()) == sorted(ids)
     assert detect.ensure_boxes(spec, prepared, ids[3:]) == every and len(detected) == 2
     # Another threshold is another address.
     other = detect.ensure_boxes(DetectorSpec(path=tiny_detector, box_threshold=0.9), prepared, ids[:2])
@@ -172,7 +174,7 @@ def test_training_split_takes_the_detected_boxes_by_image_id(ray_local, prepared
     boxes = {image_id: [i, i + 1, i + 10, i + 12] for i, image_id in enumerate(ids)}
     table = pa.table({"image_id": [ids[i] for i in order], "bbox": [boxes[ids[i]] for i in order],
                       "score": np.ones(len(ids), np.float32), "detected": np.ones(len(ids), bool)})
-    folder = detect._write(str(tmp_path / "boxes" / "w"), table.cast(detect.BOX_SCHEMA))
+    folder = write_complete(str(tmp_path / "boxes" / "w"), table.cast(detect.BOX_SCHEMA))
     inputs = Inputs(views=(ViewRecipe("object_background"),), columns=("label",))
     split = pipeline.training_split(prepared, ids, data, inputs, "dva", {}, boxes=folder)
     got = dict(zip(split.table.column("image_id").to_pylist(), split.table.column("bbox").to_pylist()))
@@ -187,7 +189,7 @@ def test_detector_pool_matches_the_in_process_pass(ray_local, tiny_detector, pre
     spec = DetectorSpec(path=tiny_detector, box_threshold=0.0, batch_size=4)
     rows = pipeline.read_rows(prepared, None, ["image", "image_id", "class_name"])
     pooled = detect.detect_rows(spec, rows, use_gpu=False, max_actors=1, local_max_rows=0)  # a Ray Data actor
-    here = detect.box_table(detect._embed_here(detect.DetectActor(spec), rows, spec.batch_size))
+    here = detect.box_table(embed_in_process(detect.DetectActor(spec), rows, spec.batch_size))
     pooled = pooled.sort_by("image_id")
     assert pooled.schema == detect.BOX_SCHEMA and pooled.num_rows == rows.num_rows
     np.testing.assert_allclose(np.stack(pooled.column("bbox").to_pylist()),
@@ -229,7 +231,7 @@ def test_cli_detect_stores_the_boxes_with_the_shards(tiny_detector, prepared, ca
     folder = line.split(":")[0]
     assert folder.startswith(f"{prepared.root}/_boxes/")
     assert line.endswith("12 boxes, 12 detected, 0 whole images")
-    assert detect.read_boxes(folder).num_rows == 12
+    assert read_folder(folder).num_rows == 12
     assert main(["detect", "--root", prepared.root, "--detector", tiny_detector, "--box-threshold", "0"]) == 0
     assert capsys.readouterr().out.startswith(f"{folder}: 12 boxes")  # the training side: already there
     # Bad input: one line on stderr, exit 2.

@@ -115,6 +115,7 @@ def _detect(args) -> int:
     from fgray.data import detect, pipeline
     from fgray.data.inputs import DetectorSpec
     from fgray.data.protocols import assign_splits
+    from fgray.storage import read_folder
     from fgray.validation import validate
 
     try:
@@ -131,7 +132,7 @@ def _detect(args) -> int:
                             index["label"].to_numpy(), index["split"].to_numpy(zero_copy_only=False),
                             val_fraction=0.0, seed=0).train
     folder = detect.ensure_boxes(spec, prepared, ids)
-    boxes = detect.read_boxes(folder)
+    boxes = read_folder(folder)
     found = sum(boxes.column("detected").to_pylist())
     print(f"{folder}: {boxes.num_rows} boxes, {found} detected, {boxes.num_rows - found} whole images")
     return 0

@@ -23,24 +23,20 @@ import hashlib
 import inspect
 import json
 import os
-import posixpath
 import re
 import uuid
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
-from fgray.data.embedding_cache import COMPLETE_MARKER, _embed_here, cluster_gpus, weights_digest
+from fgray.data.embedding_cache import cluster_gpus, embed_in_process, weights_digest
 from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset, read_rows, row_blocks
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
-from fgray.storage import filesystem
+from fgray.storage import complete_folders, read_folder, write_complete
 
 BOXES_FOLDER = "_boxes"
 BOX_TYPE = SHARD_SCHEMA.field("bbox").type  # fixed-size list<float32>[4], as the shards hold boxes
@@ -129,7 +125,7 @@ def detect_rows(spec: DetectorSpec, rows: pa.Table, use_gpu: bool | None = None,
     gpus = cluster_gpus() if ray.is_initialized() else 0
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     if not ray.is_initialized() or (not use_gpu and rows.num_rows <= local_max_rows):
-        return box_table(_embed_here(DetectActor(spec), rows, spec.batch_size))
+        return box_table(embed_in_process(DetectActor(spec), rows, spec.batch_size))
     slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
     ds = row_blocks(rows, spec.batch_size).map_batches(
         DetectActor, fn_constructor_kwargs={"spec": spec},
@@ -158,23 +154,6 @@ def boxes_address(spec: DetectorSpec, prepared: PreparedDataset) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def complete_folders(base: str) -> list[str]:
-    """The finished writer folders under ``base`` (one address), by name. Unlike the embedding
-    cache's ``find_complete`` (any one will do), boxes need the folder that covers a split."""
-    fs, path = filesystem(base)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
-    folders = [i for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.Directory]
-    return [f"{base.rstrip('/')}/{info.base_name}" for info in sorted(folders, key=lambda i: i.base_name)
-            if fs.get_file_info(posixpath.join(info.path, COMPLETE_MARKER)).type == pafs.FileType.File]
-
-
-def read_boxes(folder: str) -> pa.Table:
-    """The boxes table of one writer folder (``_COMPLETE`` is skipped: its name starts with ``_``)."""
-    fs, path = filesystem(folder)
-    return pads.dataset(path, filesystem=fs, format="parquet").to_table()
-
-
 def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.ndarray | None,
                  root: str | None = None, use_gpu: bool | None = None, cpus_per_actor: float = 1.0,
                  local_max_rows: int = 256) -> str:
@@ -184,7 +163,7 @@ def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.nd
     wanted = read_rows(prepared, image_ids, ["image_id"]).column("image_id")
     known: list[pa.Table] = []
     for folder in complete_folders(base):
-        table = read_boxes(folder)
+        table = read_folder(folder)
         if pc.all(pc.is_in(wanted, table.column("image_id"))).as_py():
             return folder
         known.append(table)
@@ -193,7 +172,7 @@ def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.nd
     rows = read_rows(prepared, missing.to_numpy(zero_copy_only=False), ["image", "image_id", "class_name"])
     if rows.num_rows or not known:  # no rows but folders: together they cover the split, none alone
         known.append(detect_rows(spec, rows, use_gpu, cpus_per_actor, local_max_rows=local_max_rows))
-    return _write(f"{base}/{uuid.uuid4().hex[:8]}", _union(known))
+    return write_complete(f"{base}/{uuid.uuid4().hex[:8]}", _union(known))
 
 
 def _union(tables: list[pa.Table]) -> pa.Table:
@@ -204,19 +183,10 @@ def _union(tables: list[pa.Table]) -> pa.Table:
     return table.take(pa.array(np.sort(first)))
 
 
-def _write(out: str, table: pa.Table) -> str:
-    fs, path = filesystem(out)
-    fs.create_dir(path, recursive=True)
-    pq.write_table(table, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
-    with fs.open_output_stream(posixpath.join(path, COMPLETE_MARKER)) as stream:
-        stream.write(b"ok\n")  # last: a reader never takes a folder without it
-    return out
-
-
 def with_boxes(table: pa.Table, folder: str) -> pa.Table:
     """``table`` (encoded training rows) with its ``bbox`` column replaced by the detected boxes of
     ``folder``, joined by image id; every row must have one."""
-    boxes = read_boxes(folder)
+    boxes = read_folder(folder)
     ids = table.column("image_id")
     positions = pc.index_in(ids, boxes.column("image_id"))
     if positions.null_count:

@@ -20,23 +20,18 @@ import functools
 import hashlib
 import json
 import os
-import posixpath
 import uuid
 from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
 from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows, row_blocks
 from fgray.devices import local_device
-from fgray.storage import filesystem
-
-COMPLETE_MARKER = "_COMPLETE"
+from fgray.storage import complete_folders, write_complete
 CACHE_FOLDER = "_embedding_cache"
 
 # A model factory: called once in each actor, returns images (B, 3, S, S) normalised -> (B, d).
@@ -85,7 +80,7 @@ def embed_rows(factories: list[ModelFactory], rows: pa.Table, data: DataConfig, 
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     kwargs = {"factories": factories, "image_size": data.image_size, "eval_crop": data.eval_crop}
     if not use_gpu and 0 < rows.num_rows <= local_max_rows:
-        return _embed_here(EmbedActor(**kwargs), rows, batch_rows)
+        return embed_in_process(EmbedActor(**kwargs), rows, batch_rows)
     slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
     ds = row_blocks(rows, batch_rows).map_batches(
         EmbedActor, fn_constructor_kwargs=kwargs,
@@ -95,8 +90,9 @@ def embed_rows(factories: list[ModelFactory], rows: pa.Table, data: DataConfig, 
     return pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
 
 
-def _embed_here(actor: EmbedActor, rows: pa.Table, batch_rows: int) -> pa.Table:
-    """``actor`` called in this process on ``rows`` in batches, as Ray Data would call it."""
+def embed_in_process(actor: Callable[[dict], dict], rows: pa.Table, batch_rows: int) -> pa.Table:
+    """``actor`` (``EmbedActor``, ``detect.DetectActor``) called in this process on ``rows`` in batches, as
+    Ray Data would call it."""
     parts = [actor({name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names,
                                                                                       batch.columns)})
              for batch in rows.to_batches(batch_rows)]
@@ -123,7 +119,8 @@ def weights_digest(pretrained: str) -> str:
     """Content digest of a local weights file or folder (a saved model, an fgray checkpoint: every
     file in it, by relative name); hub tags and ``random`` stand for themselves."""
     path = os.path.expanduser(pretrained)
-    if os.path.isdir(path):
+    folder = os.path.isdir(path)
+    if folder:
         files = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)
     elif os.path.isfile(path):
         path, files = os.path.dirname(path), [os.path.basename(path)]
@@ -131,7 +128,7 @@ def weights_digest(pretrained: str) -> str:
         return pretrained
     digest = hashlib.sha1()
     for name in files:
-        if len(files) > 1 or os.path.isdir(os.path.expanduser(pretrained)):
+        if folder:
             digest.update(name.encode())  # a folder's layout is part of its content; a file's name is not
         with open(os.path.join(path, name), "rb") as f:
             for chunk in iter(functools.partial(f.read, 2**22), b""):
@@ -146,15 +143,8 @@ def cache_address(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig
 
 
 def find_complete(base: str) -> str | None:
-    """A finished writer folder under ``base`` (one cache address), or None."""
-    fs, path = filesystem(base)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return None
-    for info in fs.get_file_info(pafs.FileSelector(path)):
-        marker = posixpath.join(info.path, COMPLETE_MARKER)
-        if info.type == pafs.FileType.Directory and fs.get_file_info(marker).type == pafs.FileType.File:
-            return base.rstrip("/") + "/" + info.base_name
-    return None
+    """A finished writer folder under ``base`` (one cache address), or None: any one will do."""
+    return next(iter(complete_folders(base)), None)
 
 
 def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig, storage: str,
@@ -168,14 +158,8 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     rows = read_rows(prepared, None, ["image", "image_id"])
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
     table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
-    out = f"{base}/{uuid.uuid4().hex[:8]}"
-    fs, path = filesystem(out)
-    fs.create_dir(path, recursive=True)
     embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     written = pa.table({"image_id": table["image_id"].cast(pa.string()),
                         "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])})
-    pq.write_table(written, posixpath.join(path, "part-00000.parquet"), filesystem=fs)
-    with fs.open_output_stream(posixpath.join(path, COMPLETE_MARKER)) as stream:
-        stream.write(b"ok\n")
-    return out
+    return write_complete(f"{base}/{uuid.uuid4().hex[:8]}", written)

@@ -175,10 +175,10 @@ class _Views:
         steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
         for group in _runs(steps):
             candidate = index["candidate"][group]
-            if not candidate.any() and spec.composes(int(epochs[group][0])):
-                raise ValueError(f"selection: a step of composed epoch {int(epochs[group][0]) + 1} arrived "
-                                 "without its candidates (split across batches)")
             if not candidate.any():  # a plain step: its rows as they are
+                if spec.composes(int(epochs[group][0])):
+                    raise ValueError(f"selection: a step of composed epoch {int(epochs[group][0]) + 1} arrived "
+                                     "without its candidates (split across batches)")
                 out_rows.append(rows[group])
                 out_epochs.append(epochs[group])
                 continue
@@ -212,8 +212,7 @@ def _boxes(rows: pa.Table) -> np.ndarray:
 
 def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(image ids (N,), embeddings (N, d) float32) of an embedding-cache folder (``embedding_cache``)."""
-    fs, local = storage.filesystem(path)
-    table = pads.dataset(local, filesystem=fs, format="parquet").to_table()  # _COMPLETE is ignored (prefix "_")
+    table = storage.read_folder(path)
     column = table.column("embedding").combine_chunks()
     embeddings = np.asarray(column.flatten(), dtype=np.float32).reshape(len(table), -1)
     return table.column("image_id").to_numpy(zero_copy_only=False).astype(str), embeddings
@@ -332,8 +331,7 @@ def composed_index(rows: np.ndarray, epoch: int, batch_size: int, selection, num
     from fgray.data.selection import candidate_rows
 
     if not selection.composes(epoch):
-        groups = np.repeat(np.arange(len(rows) // batch_size + 1), batch_size)[: len(rows)]
-        return pa.table({"row": rows, "epoch": np.full(len(rows), epoch), "group": groups,
+        return pa.table({"row": rows, "epoch": np.full(len(rows), epoch), "group": np.arange(len(rows)) // batch_size,
                          "candidate": np.zeros(len(rows), bool)})
     n = batch_size // 2
     parts = []

@@ -55,13 +55,15 @@ def build_encoder(spec: EncoderSpec, image_size: int) -> FrozenEncoder:
     return FrozenEncoder(backbone, backbone.num_features)
 
 
-class _SelectorEmbed(nn.Module):
-    def __init__(self, method: nn.Module):
+class _MethodEmbed(nn.Module):
+    """One of a method's embedding functions (``selector_embed``, ``embed``) as a module."""
+
+    def __init__(self, method: nn.Module, function: str):
         super().__init__()
-        self.method = method
+        self.method, self.function = method, function
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.method.selector_embed(images)
+        return getattr(self.method, self.function)(images)
 
 
 def checkpoint_encoder(directory: str) -> FrozenEncoder:
@@ -75,10 +77,5 @@ def checkpoint_encoder(directory: str) -> FrozenEncoder:
     method = build_method(ckpt.read_experiment(directory), ckpt.read_facts(directory))
     ckpt.load(directory, method)
     if hasattr(method, "selector_embed"):
-        return FrozenEncoder(_SelectorEmbed(method), method.selector_dim)
-    return FrozenEncoder(_RetrievalEmbed(method), method.embed_dim)
-
-
-class _RetrievalEmbed(_SelectorEmbed):
-    def forward(self, images: Tensor) -> Tensor:
-        return self.method.embed(images)
+        return FrozenEncoder(_MethodEmbed(method, "selector_embed"), method.selector_dim)
+    return FrozenEncoder(_MethodEmbed(method, "embed"), method.embed_dim)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+# Paths and filesystems are fgray.storage's (the readers' and prepare's names for them).
+from fgray.storage import absolute, filesystem, is_uri, join  # noqa: F401
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 Box = tuple[float, float, float, float]
@@ -36,22 +38,10 @@ class DatasetFormatError(ValueError):
 # --------------------------------------------------------------------------- paths / files
 
 
-def is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
 def normalize_root(root: str | os.PathLike) -> str:
     """Absolute local path, or the URI unchanged (minus a trailing slash)."""
-    root = str(root)
-    if is_uri(root):
-        return root.rstrip("/")
-    return os.path.abspath(os.path.expanduser(root))
-
-
-def join(root: str, *parts: str) -> str:
-    if is_uri(root):
-        return posixpath.join(root.rstrip("/"), *parts)
-    return os.path.join(root, *parts)
+    root = absolute(str(root))
+    return root.rstrip("/") if is_uri(root) else root
 
 
 def relpath(path: str, root: str) -> str:
@@ -60,13 +50,6 @@ def relpath(path: str, root: str) -> str:
         prefix = root.rstrip("/") + "/"
         return path[len(prefix):] if path.startswith(prefix) else path
     return os.path.relpath(path, root).replace(os.sep, "/")
-
-
-def filesystem(path: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or a URI (``fgray.storage``)."""
-    from fgray.storage import filesystem as storage_filesystem
-
-    return storage_filesystem(path)
 
 
 def _info(path: str):
