@@ -3,7 +3,7 @@ of an epoch, the trainer's data wait <= 5 %).
 
 1. Algorithm 1 alone (``fgray.data.selection.select_negatives``) per step at the paper's sizes
    (N anchors, K = 10, 128-d) and the demo's.
-2. The view actor (``pipeline._Views``, run here without Ray) on the demo's data: one composed step
+2. The view actor (``view_actor.ViewActor``, run here without Ray) on the demo's data: one composed step
    (selection on the cached embeddings, then decode + crop of the 2N chosen images) against one
    plain step of 2N images; the selection's share of the actor's work.
 3. The trainer's step at the demo's size (``gpu_check.measure_step``, fgray's own step): the
@@ -32,6 +32,7 @@ from gpu_check import case_facts, measure_step  # noqa: E402
 from fgray.data import pipeline  # noqa: E402
 from fgray.data.declared import declared_batch  # noqa: E402
 from fgray.data.selection import candidate_rows, select_negatives, selection_rng  # noqa: E402
+from fgray.data.view_actor import ViewActor  # noqa: E402
 from fgray.sweep_file import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def actor_costs(sweep_path: str, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)  # a stand-in for the selector's cached 128-d embeddings
     selector = rng.standard_normal((table.num_rows, 128)).astype(np.float32)
     selector /= np.linalg.norm(selector, axis=1, keepdims=True)
-    actor = pipeline._Views([table], inputs, data.image_size, 0, label_map, {})  # in this process
+    actor = ViewActor([table], inputs, data.image_size, 0, label_map, {})  # in this process
     actor.selector = selector
     batch = experiment.train.batch_size
     order = pipeline.epoch_order(table.num_rows, 0, 0)

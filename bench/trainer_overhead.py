@@ -8,7 +8,7 @@ batch size, torch thread count and MoCo v2 augmentation, through ``fgray.engine.
   ``DataLoader(num_workers=0)`` would. ``--dataloader`` adds a ``DataLoader(num_workers=1)``
   variant (augmentation in one forked worker, overlapping the step) for reference.
 * ray: one ``TorchTrainer`` running the real ``fgray.trial.worker_loop`` on the datasets
-  ``fgray.trial.trial_driver`` builds (``pipeline.train_dataset`` / ``eval_dataset``). Its
+  ``fgray.trial.worker_loop`` builds (``pipeline.train_dataset``, validation rows read in the worker). Its
   per-epoch ``train/images_per_s`` and ``train/data_wait`` are read (inside the worker,
   ``train_one_epoch`` is wrapped only to log them with per-batch wait times); steady state =
   epochs after the first.
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import math
 import os
 import statistics
@@ -196,31 +195,27 @@ class PlainRun:
 def instrumented_worker_loop(config: dict[str, Any]) -> None:
     """fgray.trial.worker_loop with train_one_epoch wrapped: per-batch waits logged to a file and,
     when interleaving, a wait for the driver's go-ahead before each epoch (outside the timing)."""
-    import ray.train
-
     import fgray.stages as stages
     import fgray.trial as trial
 
+    from fgray.data import pipeline
+
     bench = config["bench"]
     # worker_loop's StageRunner calls fgray.stages.train_one_epoch: patch it there
-    original_epoch, original_shard = stages.train_one_epoch, ray.train.get_dataset_shard
+    original_epoch, original_dataset = stages.train_one_epoch, pipeline.train_dataset
     prefetch = bench.get("prefetch_batches")
 
-    class Shard:  # the real train shard, with the benchmark's experimental iterator options
-        def __init__(self, shard):
-            self._shard = shard
-
-        def __getattr__(self, name):
-            return getattr(self._shard, name)
+    class Prefetching:  # the real training dataset, with the benchmark's experimental iterator options
+        def __init__(self, dataset):
+            self._dataset = dataset
 
         def iter_batches(self, **kwargs):
             if prefetch is not None:
                 kwargs.setdefault("prefetch_batches", prefetch)
-            return self._shard.iter_batches(**kwargs)
+            return self._dataset.iter_batches(**kwargs)
 
-    def get_dataset_shard(name):
-        shard = original_shard(name)
-        return Shard(shard) if name.startswith("train") else shard
+    def train_dataset(*args, **kwargs):
+        return Prefetching(original_dataset(*args, **kwargs))
 
     def timed_epoch(model, batches, *args, **kwargs):
         epoch = kwargs["epoch"] + 1
@@ -244,12 +239,11 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
             f.write(json.dumps(record) + "\n")
         return stats
 
-    stages.train_one_epoch = timed_epoch
-    ray.train.get_dataset_shard = get_dataset_shard
+    stages.train_one_epoch, pipeline.train_dataset = timed_epoch, train_dataset
     try:
         trial.worker_loop(config)
     finally:
-        stages.train_one_epoch, ray.train.get_dataset_shard = original_epoch, original_shard
+        stages.train_one_epoch, pipeline.train_dataset = original_epoch, original_dataset
 
 
 def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepared, splits, workdir: str,
@@ -267,24 +261,21 @@ def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepar
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    # As fgray.trial.trial_driver builds it: every epoch in one dataset, read through one iterator.
+    # As fgray.trial.trial_driver configures it: the worker builds one dataset of every epoch, read
+    # through one iterator.
     inputs = experiment.method.inputs
     split = pipeline.training_split(prepared, splits.train, experiment.data, inputs, experiment.method.name, {})
-    train = pipeline.train_dataset(split, inputs, experiment.data, experiment.train.seed, res.data_cpus,
-                                   range(experiment.total_epochs), actors=res.data_actors)
     trainer = ray.train.torch.TorchTrainer(
         instrumented_worker_loop,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
-                           "rank_rows": split.table.num_rows, "first_epoch": 0,
+        train_loop_config={"experiment": experiment.model_dump(mode="json"), "split": split, "inputs": inputs,
+                           "val": pipeline.Rows(prepared, splits.val, ("image", "label", "image_id")),
+                           "selector": None,
                            "bench": {"log": os.path.join(workdir, "epochs.jsonl"), "sync": sync,
                                      "prefetch_batches": args.prefetch_batches}},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": res.cpus_per_worker}),
         run_config=RunConfig(name="trainer-overhead", storage_path=os.path.join(workdir, "storage"),
                              failure_config=FailureConfig(max_failures=0),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets={"train_0": train,
-                  "val": pipeline.eval_dataset(prepared, splits.val)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # one worker: as fgray.trial
     )
     outcome: dict[str, Any] = {}
 

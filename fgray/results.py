@@ -102,12 +102,13 @@ def _complete_meta(filesystem: pafs.FileSystem, folder: str) -> dict[str, Any] |
     return meta if all(info.size == size for info, size in zip(infos, sizes.values())) else None
 
 
-def checkpoint_epoch(checkpoint: str | None) -> int:
-    """How many epochs the checkpoint (a folder or URI from ``latest_checkpoint``) has finished;
-    0 for None, so a trial without one starts from the beginning."""
+def checkpoint_epoch(checkpoint: str | None, filesystem: pafs.FileSystem | None = None) -> int:
+    """How many epochs the checkpoint (a folder or URI from ``latest_checkpoint``; a path in
+    ``filesystem`` when given) has finished, from its meta file alone; 0 for None, so a trial
+    without one starts from the beginning."""
     if checkpoint is None:
         return 0
-    filesystem, base = storage.filesystem(checkpoint)
+    filesystem, base = (filesystem, checkpoint) if filesystem is not None else storage.filesystem(checkpoint)
     return int(_read_json(filesystem, posixpath.join(base, META_FILE))["epoch"])
 
 

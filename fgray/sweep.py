@@ -148,13 +148,38 @@ class _DropMessages(logging.Filter):
         return not any(fragment in record.getMessage() for fragment in self.fragments)
 
 
+WORKER_POOL_NOTICE = "worker processes have been started on node"
+
+
 def _quiet_known_notices() -> None:
     """Ray notices a new user reads as errors, each harmless here (``--verbose`` keeps them): the
-    local cluster's token auth turning itself on (it stays on), and Optuna's grid sampler calling
-    ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on)."""
+    local cluster's token auth turning itself on (it stays on), Optuna's grid sampler calling
+    ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on), and
+    a raylet's "N PYTHON worker processes have been started" (every trial starts a few processes:
+    its driver, Ray Data's actors; the raylet's own log keeps the line)."""
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _DropMessages("Token authentication is enabled"))
     logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(_DropMessages("`Study.stop`"))
+    _drop_console_lines(WORKER_POOL_NOTICE)
+
+
+def _drop_console_lines(fragment: str) -> None:
+    """Drop the lines holding ``fragment`` from what Ray's driver prints for the cluster (job errors:
+    its listener thread prints them straight to stdout, through ``print_to_stdstream``, with no
+    logger or option to filter them); every other line, a real error included, still prints."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "fgray_drops", None) == fragment:
+        return
+
+    def filtered(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if fragment not in line]
+        if lines:
+            original({**data, "lines": lines}, ignore_prefix)
+
+    filtered.fgray_drops = fragment
+    ray_worker.print_to_stdstream = filtered
 
 
 def build_search(sweep: SweepConfig):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -37,7 +37,7 @@ from fgray.config import ExperimentConfig, SweepConfig
 from fgray.data import detect, embedding_cache, pipeline
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment
-from fgray.results import checkpoint_epoch, latest_checkpoint, overrides_from, train_run_dir, train_run_name
+from fgray.results import checkpoint_epoch, overrides_from, train_run_dir, train_run_name
 from fgray.storage import ray_storage
 from fgray.validation import validate
 
@@ -49,53 +49,40 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     """Tune trainable: train the experiment these params select, here (one worker) or through a
     TorchTrainer (DDP).
 
-    It builds exactly the inputs the method declares: its frozen encoders' embeddings (once per
-    storage, ``embedding_cache``), then one dataset of training batches per DDP rank (a rank's
-    share of every epoch's permutation, from the epoch a resumed trial restarts at) and the
-    encoded validation rows.
+    It resolves exactly the inputs the method declares: its frozen encoders' embeddings (once per
+    storage, ``embedding_cache``), the training split (which images, their labels) and the validation
+    images. It reads no image: each trainer reads the rows it uses (``worker_loop``).
     """
     # The sweep was validated whole before Ray started: the schema pass here skips timm's checks.
     sweep_cfg = validate(SweepConfig, sweep, deep=False)
     experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg), deep=False)
     res, data = experiment.resources, experiment.data
     frozen = frozen_inputs(experiment, storage)
-    prepared, splits, inputs = frozen.prepared, frozen.splits, frozen.inputs
+    prepared, splits = frozen.prepared, frozen.splits
     needed = ("train", "val") if experiment.has_validation else ("train",)
     empty = [name for name in needed if len(getattr(splits, name)) == 0]
     if empty:  # fail before any worker starts, with the reason, rather than after an epoch
         raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
                          f"more images per class or another data.val_fraction (now {data.val_fraction})")
-    split = pipeline.training_split(prepared, splits.train, data, inputs, experiment.method.name, frozen.caches,
-                                    boxes=frozen.boxes)
-    trial_id = tune.get_context().get_trial_id()
-    # A retried or resumed (``--resume``) trial reads only the epochs it has left.
-    resumed = tune.get_checkpoint() if res.in_trial else None
-    # A DDP trial's driver retried by Tune (or a resumed sweep) hands its Train run's last checkpoint on.
-    latest = None if res.in_trial else latest_checkpoint(storage, sweep_cfg.name, trial_id)
-    first_epoch = _checkpoint_epoch(resumed) if resumed is not None else checkpoint_epoch(latest)
-    world, seed = res.workers_per_trial, experiment.train.seed
-    epochs = range(first_epoch, experiment.total_epochs)
-    rank_rows = split.table.num_rows // world
-    rows_per_epoch = steps_per_epoch(rank_rows, experiment) * experiment.train.batch_size
-    datasets = {f"train_{rank}": pipeline.train_dataset(
-        split, inputs, data, seed, res.data_cpus, epochs, rank, world, actors=res.data_actors,
-        rows_per_epoch=rows_per_epoch, batch_size=experiment.train.batch_size, selector=frozen.selector)
-        for rank in range(world)}
-    if experiment.has_validation:  # decoded once, in the worker (ValBatches)
-        datasets["val"] = pipeline.eval_dataset(prepared, splits.val)
-    config = {"experiment": experiment.model_dump(mode="json"), "facts": asdict(split.facts),
-              "rank_rows": rank_rows, "first_epoch": first_epoch}
-    if res.in_trial:
-        worker_loop(config, TrialSession(datasets, resumed, use_gpu=res.gpus_per_worker > 0))
+    split = pipeline.training_split(prepared, splits.train, data, frozen.inputs, experiment.method.name,
+                                    frozen.caches, boxes=frozen.boxes)
+    val = pipeline.Rows(prepared, splits.val, ("image", "label", "image_id")) if experiment.has_validation else None
+    config = {"experiment": experiment.model_dump(mode="json"), "split": split, "val": val,
+              "inputs": frozen.inputs, "selector": frozen.selector}
+    if res.in_trial:  # Tune restores a retried or resumed (``--resume``) trial's checkpoint
+        worker_loop(config, TrialSession(tune.get_checkpoint(), use_gpu=res.gpus_per_worker > 0))
         return
     import ray.train.torch
 
+    trial_id = tune.get_context().get_trial_id()
+    # One Train run per trial (its name): a driver retried by Tune, or resumed with the sweep, starts
+    # the same run again, and Train V2 hands its last checkpoint to the workers (ray.train.get_checkpoint).
     run_path, filesystem = ray_storage(train_run_dir(storage, sweep_cfg.name))
     trainer = ray.train.torch.TorchTrainer(
         worker_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=world,
+            num_workers=res.workers_per_trial,
             use_gpu=res.gpus_per_worker > 0,
             resources_per_worker={"CPU": res.cpus_per_worker,
                                   **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})},
@@ -110,11 +97,6 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
             failure_config=FailureConfig(max_failures=res.max_failures, max_preemption_failures=-1),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
-        datasets=datasets,
-        # Every rank reads its own dataset whole: no streaming_split coordinator (measured: 93 % of a
-        # core on small blocks, starving a single worker), and each rank's rows are fixed by the seed.
-        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ordered_ingest()),
-        resume_from_checkpoint=Checkpoint(*ray_storage(latest)) if latest else None,
     )
     trainer.fit()  # a failed run raises here, and Tune records the trial as errored
 
@@ -183,19 +165,9 @@ def _frozen_task(experiment: ExperimentConfig, storage: str) -> None:
     frozen_inputs(experiment, storage)
 
 
-def ordered_ingest():
-    """Train's ingest options with the rows kept in order. Train replaces each dataset's own
-    execution options with these (DataConfig.configure), and its defaults copy the global
-    DataContext, whose preserve_order is off: a DDP trial's batches then depended on which view
-    task finished first, so two runs (or a run and its resume) trained on different batches."""
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
-
-
 class TrainSession:
     """What ``worker_loop`` needs from its host, in a Ray Train worker: rank, device, DDP wrapper,
-    the checkpoint to resume from, this rank's datasets, and per-epoch reports to Train."""
+    the checkpoint to resume from, and per-epoch reports to Train."""
 
     def __init__(self) -> None:
         import ray.train.torch
@@ -208,21 +180,18 @@ class TrainSession:
     def checkpoint(self) -> Checkpoint | None:
         return ray.train.get_checkpoint()
 
-    def dataset(self, name: str):
-        return ray.train.get_dataset_shard(name)
-
     def report(self, metrics: dict[str, float], directory: str | None) -> None:
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory) if directory else None)
 
 
 class TrialSession:
-    """The same for a one-worker trial training in its Tune trial process: the datasets as built,
-    the checkpoint Tune restored (a retry or ``--resume``), reports and checkpoints to Tune."""
+    """The same for a one-worker trial training in its Tune trial process: the checkpoint Tune
+    restored (a retry or ``--resume``), reports and checkpoints to Tune."""
 
     rank, world = 0, 1
 
-    def __init__(self, datasets: dict[str, Any], resumed: tune.Checkpoint | None, use_gpu: bool):
-        self.datasets, self.resumed, self.use_gpu = datasets, resumed, use_gpu
+    def __init__(self, resumed: tune.Checkpoint | None, use_gpu: bool):
+        self.resumed, self.use_gpu = resumed, use_gpu
 
     @property
     def device(self):
@@ -237,9 +206,6 @@ class TrialSession:
     def checkpoint(self) -> tune.Checkpoint | None:
         return self.resumed
 
-    def dataset(self, name: str):
-        return self.datasets[name]
-
     def report(self, metrics: dict[str, float], directory: str | None) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory) if directory else None)
 
@@ -251,8 +217,7 @@ def steps_per_epoch(rank_rows: int, experiment: ExperimentConfig) -> int:
 
 
 def _checkpoint_epoch(checkpoint: Checkpoint | tune.Checkpoint) -> int:
-    with checkpoint.as_directory() as directory:
-        return checkpoint_epoch(directory)
+    return checkpoint_epoch(checkpoint.path, checkpoint.filesystem)  # its meta file, not a download
 
 
 def fetch_ahead(batches: Iterable) -> Iterator:
@@ -278,8 +243,18 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     session = session or TrainSession()
     experiment = validate(ExperimentConfig, config["experiment"], deep=False)
     rank, world = session.rank, session.world
-    train_batches = fetch_ahead(session.dataset(f"train_{rank}").iter_batches(
-        batch_size=experiment.train.batch_size, drop_last=True, batch_format="numpy"))
+    split: pipeline.TrainingSplit = config["split"]
+    resumed = session.checkpoint()
+    start_epoch = _checkpoint_epoch(resumed) if resumed is not None else 0
+    steps = steps_per_epoch(split.num_rows // world, experiment)
+    # This rank's batches from the epoch it resumes at, its rows read here (the trainer's node).
+    res, train_cfg = experiment.resources, experiment.train
+    dataset = pipeline.train_dataset(
+        split, config["inputs"], experiment.data, train_cfg.seed, res.data_cpus,
+        range(start_epoch, experiment.total_epochs), rank, world, actors=res.data_actors,
+        rows_per_epoch=steps * train_cfg.batch_size, batch_size=train_cfg.batch_size, selector=config["selector"])
+    train_batches = fetch_ahead(dataset.iter_batches(batch_size=train_cfg.batch_size, drop_last=True,
+                                                     batch_format="numpy"))
 
     import torch
 
@@ -288,8 +263,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     from fgray.methods.parts import replicas_agree
     from fgray.stages import StageRunner
 
-    facts = DatasetFacts(**{**config["facts"], "class_names": tuple(config["facts"]["class_names"])})
-    train_cfg, ks = experiment.train, experiment.eval.ks
+    facts, ks = split.facts, experiment.eval.ks
     # Never more threads than reserved cores: an extra OpenMP thread beside a Ray Data task on the
     # same cores made steps 4x slower (measured: 1.5 CPUs, 2 threads: 17-29 s/epoch; 1 thread: 5-7 s).
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_worker)))
@@ -297,23 +271,16 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     use_deterministic_kernels(train_cfg.deterministic)  # both ways: Tune may reuse this process
 
     method = place_method(build_method(experiment, facts), session.device, train_cfg)
-    steps = steps_per_epoch(config["rank_rows"], experiment)
     runner = StageRunner(method, experiment, steps, session.device, rank, world, wrap=session.wrap)
     state, last_val = None, {}
-    resumed = session.checkpoint()
     if resumed is not None:
         with resumed.as_directory() as directory:
             state = ckpt.load(directory, method)
             last_val = {k: v for k, v in ckpt.read_meta(directory)["metrics"].items() if k.startswith("val/")}
-    start_epoch = state["epoch"] if state else 0
-
-    # The dataset starts at the epoch the driver resumed from; a worker group restarted inside the
-    # same fit() starts later: skip the batches of the epochs it already trained.
-    for _ in range((start_epoch - config["first_epoch"]) * steps):
-        next(train_batches)
-    val_batches = ValBatches(session.dataset("val"), experiment.eval.batch_size,
+    # Validation images: read by the rank that validates, decoded once (ValBatches).
+    val_batches = ValBatches(pipeline.TableBatches(config["val"].read()), experiment.eval.batch_size,
                              pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop)
-                             ) if experiment.has_validation else None
+                             ) if rank == 0 and config["val"] is not None else None
     started = time.perf_counter()
 
     def on_epoch(epoch: int, stats, runner: StageRunner) -> None:

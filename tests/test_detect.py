@@ -177,9 +177,11 @@ def test_training_split_takes_the_detected_boxes_by_image_id(ray_local, prepared
     folder = write_complete(str(tmp_path / "boxes" / "w"), table.cast(detect.BOX_SCHEMA))
     inputs = Inputs(views=(ViewRecipe("object_background"),), columns=("label",))
     split = pipeline.training_split(prepared, ids, data, inputs, "dva", {}, boxes=folder)
-    got = dict(zip(split.table.column("image_id").to_pylist(), split.table.column("bbox").to_pylist()))
+    rows = pipeline.split_rows(split)  # as a trainer reads them: in the split's row order
+    assert rows.column("image_id").to_pylist() == list(split.ids)
+    got = dict(zip(rows.column("image_id").to_pylist(), rows.column("bbox").to_pylist()))
     assert got == {k: [float(v) for v in box] for k, box in boxes.items()}
-    assert split.table.schema.field("bbox").type == detect.BOX_TYPE
+    assert rows.schema.field("bbox").type == detect.BOX_TYPE
     with pytest.raises(KeyError) as err:  # a training image without a detected box
         detect.with_boxes(pipeline.read_rows(prepared, None, ["image_id", "bbox"]), folder)
     assert "no detected box" in str(err.value) and "\n" not in str(err.value)
@@ -187,9 +189,9 @@ def test_training_split_takes_the_detected_boxes_by_image_id(ray_local, prepared
 
 def test_detector_pool_matches_the_in_process_pass(ray_local, tiny_detector, prepared):
     spec = DetectorSpec(path=tiny_detector, box_threshold=0.0, batch_size=4)
-    rows = pipeline.read_rows(prepared, None, ["image", "image_id", "class_name"])
+    rows = pipeline.Rows(prepared, None, ("image", "image_id", "class_name"))
     pooled = detect.detect_rows(spec, rows, use_gpu=False, max_actors=1, local_max_rows=0)  # a Ray Data actor
-    here = detect.box_table(embed_in_process(detect.DetectActor(spec), rows, spec.batch_size))
+    here = detect.box_table(embed_in_process(detect.DetectActor(spec), rows.read(), spec.batch_size))
     pooled = pooled.sort_by("image_id")
     assert pooled.schema == detect.BOX_SCHEMA and pooled.num_rows == rows.num_rows
     np.testing.assert_allclose(np.stack(pooled.column("bbox").to_pylist()),

@@ -68,7 +68,7 @@ def test_each_epoch_reads_its_own_permutation_when_cut_to_whole_batches(ray_loca
     data, prepared, splits = _synthetic(tmp_path, monkeypatch)
     inputs = Inputs(views=(ViewRecipe("crop_flip"),), columns=("image_id",))
     split = pipeline.training_split(prepared, splits.train, data, inputs, "test", {})
-    ids = split.table.column("image_id").to_numpy(zero_copy_only=False)
+    ids = split.ids
 
     def run(epochs):
         ds = pipeline.train_dataset(split, inputs, data, seed=3, cpus_per_task=0.25, epochs=epochs,
@@ -147,7 +147,7 @@ def test_small_cpu_splits_embed_in_process_like_the_actor_pool(ray_local, tmp_pa
     from fgray.data.inputs import EncoderSpec
 
     data, prepared, splits = _synthetic(tmp_path, monkeypatch)
-    rows = pipeline.read_rows(prepared, splits.test, ["image", "label", "image_id"])
+    rows = pipeline.Rows(prepared, splits.test, ("image", "label", "image_id"))  # read here, or by Ray Data
     spec = EncoderSpec(kind="timm", model="test_resnet", pretrained="random", seed=3)
     encoder = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
     here = embed_rows([encoder], rows, data, 8, 0.25, use_gpu=False, local_max_rows=rows.num_rows)

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fgray.data import pipeline
+from fgray.data.view_actor import ViewActor, _runs
 from fgray.data import selection as sel
 from fgray.data.inputs import EncoderSpec, Inputs, Selection, ViewRecipe
 from fgray.data.selection import (candidate_rows, gamma_at, select_negatives, selection_probabilities,
@@ -263,8 +264,8 @@ def test_plain_epochs_keep_the_permutation():
 
 
 def views_actor(selection: Selection, selector: np.ndarray, seed: int = SEED, rank: int = RANK):
-    """A ``_Views`` actor without Ray: only what ``compose`` reads."""
-    obj = pipeline._Views.__new__(pipeline._Views)
+    """A ``ViewActor`` without Ray: only what ``compose`` reads."""
+    obj = ViewActor.__new__(ViewActor)
     obj.inputs = Inputs(views=(ViewRecipe("crop_flip"),), selection=selection)
     obj.seed, obj.rank, obj.selector = seed, rank, selector
     return obj
@@ -403,6 +404,6 @@ def test_a_step_split_across_two_calls_raises(cut):
 
 def test_runs_are_the_runs_of_equal_values():
     values = np.array([3, 3, 1, 1, 1, 3, 7])
-    runs = pipeline._runs(values)
+    runs = _runs(values)
     assert [(r.start, r.stop) for r in runs] == [(0, 2), (2, 5), (5, 6), (6, 7)]
-    assert [(r.start, r.stop) for r in pipeline._runs(np.array([4]))] == [(0, 1)]
+    assert [(r.start, r.stop) for r in _runs(np.array([4]))] == [(0, 1)]

@@ -1,7 +1,9 @@
 """A two-node Ray cluster on this machine with results in S3 (tests/two_node_cluster.py, run in its
-own process): node-local storage refused before any trial, a spot node lost after a checkpoint and
-the trial finished from it on the replacement node, and a 2-worker DDP trial whose per-rank
-replicas (MoCo's queue and key encoder) agree."""
+own process): the worker node in its own mount namespace (its data cache apart from the head's),
+node-local storage refused before any trial, a spot node lost after a checkpoint and the trial
+finished from it on the replacement node, and a 2-worker DDP trial whose driver is killed mid-run,
+retried and resumed from its Train run's checkpoint, and whose per-rank replicas (MoCo's queue and
+key encoder) agree."""
 from __future__ import annotations
 
 import json
@@ -26,6 +28,8 @@ def test_two_node_cluster_spot_loss_and_ddp(s3_bucket, tmp_path):
     wall = time.perf_counter() - started
     assert out.exists(), run.stderr[-3000:]
     report = json.loads(out.read_text())
+    if report["namespace"]:  # root with unshare (CI): what one node writes to its cache, the other never sees
+        assert not report["head_file_seen_on_worker"] and not report["worker_file_seen_on_head"], report
     assert report["local_storage_exit"] == 2, report
     assert "folder of this machine" in run.stderr
 
@@ -40,7 +44,14 @@ def test_two_node_cluster_spot_loss_and_ddp(s3_bucket, tmp_path):
     assert 0 <= spot["test"]["recall@1"] <= 1
 
     ddp = report["ddp"]
+    assert report["driver_killed"], report
     assert report["ddp_exit"] == 0 and ddp["status"] == "completed", (report, run.stdout[-3000:])
-    assert ddp["metrics"]["train/replicas_agree"] == 1.0
+    assert ddp["epochs"] == 10 and ddp["metrics"]["train/replicas_agree"] == 1.0
+    # The retried driver resumed the Train run's checkpoint: no epoch trained (reported) twice, and
+    # the first epoch reported after the kill is not the first one.
+    epochs = [e for e, _ in report["ddp_epochs"]]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 10, report["ddp_epochs"]
+    after = [e for e, end in report["ddp_epochs"] if end > report["driver_killed_at"]]
+    assert after and after[0] > 1, report["ddp_epochs"]
     print(f"two-node suite: {wall:.0f} s (refusal {report['local_storage_s']:.0f} s, spot loss "
-          f"{report['spot_s']:.0f} s, DDP {report['ddp_s']:.0f} s)")
+          f"{report['spot_s']:.0f} s, DDP with its driver killed {report['ddp_s']:.0f} s)")

@@ -33,7 +33,7 @@ import ray
 
 from fgray.data.embedding_cache import cluster_gpus, embed_in_process, weights_digest
 from fgray.data.inputs import DetectorSpec
-from fgray.data.pipeline import PreparedDataset, read_rows, row_blocks
+from fgray.data.pipeline import PreparedDataset, Rows, read_rows
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
 from fgray.storage import complete_folders, read_folder, write_complete
@@ -112,22 +112,23 @@ class DetectActor:
         return (boxes[best].astype(np.float32) if passed else whole), float(scores[best]), passed
 
 
-def detect_rows(spec: DetectorSpec, rows: pa.Table, use_gpu: bool | None = None, cpus_per_actor: float = 1.0,
+def detect_rows(spec: DetectorSpec, rows: Rows, use_gpu: bool | None = None, cpus_per_actor: float = 1.0,
                 max_actors: int = 4, local_max_rows: int = 0) -> pa.Table:
     """One pass of ``DetectActor`` over encoded ``rows`` -> the boxes table (``box_table``).
 
-    A Ray Data actor pool runs it (one GPU per actor when the cluster has GPUs). Without Ray, or for
-    at most ``local_max_rows`` rows on CPU, it runs in this process instead: an actor's start (a
-    process importing torch and transformers) costs more than detecting a small split.
+    Ray Data's read tasks stream the rows into an actor pool that runs it (one GPU per actor when the
+    cluster has GPUs). Without Ray, or for at most ``local_max_rows`` rows on CPU, the rows are read
+    and detected in this process instead: an actor's start (a process importing torch and
+    transformers) costs more than detecting a small split.
     """
     if rows.num_rows == 0:
         return BOX_SCHEMA.empty_table()
     gpus = cluster_gpus() if ray.is_initialized() else 0
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     if not ray.is_initialized() or (not use_gpu and rows.num_rows <= local_max_rows):
-        return box_table(embed_in_process(DetectActor(spec), rows, spec.batch_size))
+        return box_table(embed_in_process(DetectActor(spec), rows.read(), spec.batch_size))
     slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
-    ds = row_blocks(rows, spec.batch_size).map_batches(
+    ds = rows.dataset(num_cpus=min(1.0, cpus_per_actor)).map_batches(
         DetectActor, fn_constructor_kwargs={"spec": spec},
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
         num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
@@ -169,7 +170,7 @@ def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.nd
         known.append(table)
     done = pa.concat_tables(known).column("image_id") if known else pa.array([], pa.string())
     missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, done)))
-    rows = read_rows(prepared, missing.to_numpy(zero_copy_only=False), ["image", "image_id", "class_name"])
+    rows = Rows(prepared, missing.to_numpy(zero_copy_only=False), ("image", "image_id", "class_name"))
     if rows.num_rows or not known:  # no rows but folders: together they cover the split, none alone
         known.append(detect_rows(spec, rows, use_gpu, cpus_per_actor, local_max_rows=local_max_rows))
     return write_complete(f"{base}/{uuid.uuid4().hex[:8]}", _union(known))

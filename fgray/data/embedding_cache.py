@@ -29,7 +29,7 @@ import ray
 
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews, PreparedDataset, read_rows, row_blocks
+from fgray.data.pipeline import EvalViews, PreparedDataset, Rows
 from fgray.devices import local_device
 from fgray.storage import complete_folders, write_complete
 CACHE_FOLDER = "_embedding_cache"
@@ -66,23 +66,24 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-def embed_rows(factories: list[ModelFactory], rows: pa.Table, data: DataConfig, batch_rows: int,
+def embed_rows(factories: list[ModelFactory], rows: Rows, data: DataConfig, batch_rows: int,
                cpus_per_actor: float, use_gpu: bool | None = None, max_actors: int = 8,
                local_max_rows: int = 0) -> pa.Table:
     """One pass of ``EmbedActor`` over encoded ``rows`` (``image``, ``image_id`` (, ``label``)):
-    ``image_id`` (, ``label``), ``embedding_<i>``.
+    ``image_id`` (, ``label``), ``embedding_<i>``, in no particular order.
 
-    A Ray Data actor pool embeds them (one GPU per actor when the cluster has GPUs); at most
-    ``local_max_rows`` rows on CPU are embedded in this process instead: for a small split, an
-    actor's start (a process importing torch and the model code) costs more than the embedding.
+    Ray Data's read tasks stream the rows into an actor pool that embeds them (one GPU per actor when
+    the cluster has GPUs); at most ``local_max_rows`` rows on CPU are read and embedded in this
+    process instead: for a small split, an actor's start (a process importing torch and the model
+    code) costs more than the embedding.
     """
     gpus = cluster_gpus()
     use_gpu = gpus > 0 if use_gpu is None else use_gpu
     kwargs = {"factories": factories, "image_size": data.image_size, "eval_crop": data.eval_crop}
     if not use_gpu and 0 < rows.num_rows <= local_max_rows:
-        return embed_in_process(EmbedActor(**kwargs), rows, batch_rows)
+        return embed_in_process(EmbedActor(**kwargs), rows.read(), batch_rows)
     slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
-    ds = row_blocks(rows, batch_rows).map_batches(
+    ds = rows.dataset(num_cpus=min(1.0, cpus_per_actor)).map_batches(
         EmbedActor, fn_constructor_kwargs=kwargs,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
         num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
@@ -155,9 +156,9 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     found = find_complete(base)
     if found is not None:
         return found
-    rows = read_rows(prepared, None, ["image", "image_id"])
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
-    table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
+    table = embed_rows([factory], Rows(prepared, None, ("image", "image_id")), data, batch_rows, cpus_per_actor,
+                       use_gpu, 4)
     embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     written = pa.table({"image_id": table["image_id"].cast(pa.string()),

@@ -1,22 +1,25 @@
 """Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
 
-The encoded rows of a split are read once (pyarrow, predicate pushed into the scan) into the
-object store. Training batches hold exactly the inputs a method declares (``fgray.data.inputs``):
-a tiny index dataset lists (row, epoch) in a seeded whole-split permutation per epoch, and a Ray
-Data actor pool turns each index row into that image's views (``fgray.data.views``), columns and
-cached embeddings, under a per-image seed, so a trial's batches are reproducible. Evaluation rows
-stay encoded until the process that embeds them (``EvalViews``): a Train worker
-for the small validation split, the embedding actors for large test splits.
+Rows are read where they are used, with the image ids pushed into the Parquet scan. A trial's
+driver reads only small index columns (ids, labels, boxes); each trainer (a Train worker, or the
+trial process of a one-worker trial) reads its split's encoded rows into its node's object store,
+once, for its view actors, which run on the same node. Training batches hold exactly the inputs a
+method declares (``fgray.data.inputs``): a tiny index dataset lists (row, epoch) in a seeded
+whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.view_actor``) turns each
+index row into that image's views (``fgray.data.views``), columns and cached embeddings, under a
+per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the process that embeds them
+(``EvalViews``): the rank-0 trainer for the small validation split; for large test splits and
+frozen-model caches, Ray Data's read tasks on the cluster stream them into the embedding actors
+(``Rows.dataset``).
 
-torchvision (``fgray.data.transforms``) is imported only where images are decoded: the Tune
-driver, Train controller and dataset manager of every trial unpickle these datasets but never
-decode, and each ~2 s of imports saved there shortens every trial's start-up.
+torchvision (``fgray.data.transforms``) is imported only where images are decoded: a DDP
+trial's Tune driver and Train controller import this module but never decode, and each ~2 s of
+imports saved there shortens every trial's start-up.
 """
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -24,12 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.data
+from ray.data.expressions import col
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fgray import storage
 from fgray.config import ConfigError, DataConfig
-from fgray.data.inputs import DatasetFacts, Inputs, image_seed
+from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment, assign_splits
 from fgray.data.schema import MANIFEST_NAME, Manifest
+from fgray.data.view_actor import ViewActor
 
 
 @dataclass(frozen=True)
@@ -86,18 +92,71 @@ def read_rows(prepared: PreparedDataset, image_ids: np.ndarray | None, columns: 
     return _shards(prepared).to_table(columns=sorted({*columns, "image_id"}), filter=wanted).select(columns)
 
 
+def on_this_node(prepared: PreparedDataset) -> None:
+    """The built-in synthetic set, in a folder of this machine, is rendered where it is read: on a
+    cluster each node generates the same shards (deterministic, published atomically) into its own
+    cache once, instead of every node needing the disk of the node that generated it first. A
+    no-op (one manifest read) when they are there."""
+    if prepared.name == "synthetic" and not storage.is_uri(prepared.root):
+        from fgray.data.synthetic import SyntheticSpec
+        from fgray.data.synthetic_shards import write_shards
+
+        write_shards(SyntheticSpec.from_dict(prepared.manifest.extra), prepared.root)
+
+
 def _shards(prepared: PreparedDataset) -> pads.Dataset:
     """The prepared shards as one pyarrow dataset (local or in object storage)."""
+    on_this_node(prepared)
     filesystem, root = storage.filesystem(prepared.root)
     return pads.dataset([posixpath.join(root, name) for name in prepared.manifest.shards], format="parquet",
                         filesystem=filesystem)
 
 
-def row_blocks(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
-    # Encoded rows go to the object store once, in blocks of the batch size; reading them here
-    # avoids Ray Data read tasks competing with the trainers for CPUs.
-    blocks = [table.slice(start, rows_per_block) for start in range(0, table.num_rows, rows_per_block)]
-    return local_dataset(blocks or [table])
+@dataclass(frozen=True)
+class Rows:
+    """The encoded rows of some images (``ids``; None: every image) of a prepared dataset, to be read
+    where they are used: in this process (``read``) or by Ray Data's read tasks on the cluster,
+    streamed into an actor pool (``dataset``). Rows in neither case arrive in ``ids``' order."""
+
+    prepared: PreparedDataset
+    ids: np.ndarray | None
+    columns: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return self.prepared.manifest.num_images if self.ids is None else len(self.ids)
+
+    def read(self) -> pa.Table:
+        return read_rows(self.prepared, self.ids, list(self.columns))
+
+    def dataset(self, num_cpus: float) -> ray.data.Dataset:
+        """Ray Data read tasks (``num_cpus`` each), the ids pushed into their scans: anywhere in the
+        cluster for shards in object storage, on this node for a folder of this machine (another
+        node may not mount it)."""
+        filesystem, root = storage.filesystem(self.prepared.root)
+        placement = {}
+        if not storage.is_uri(self.prepared.root):
+            on_this_node(self.prepared)
+            placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False)}
+        ds = ray.data.read_parquet([posixpath.join(root, name) for name in self.prepared.manifest.shards],
+                                   filesystem=filesystem, columns=sorted({*self.columns, "image_id"}),
+                                   num_cpus=num_cpus, ray_remote_args=placement)
+        if self.ids is not None:
+            ds = ds.filter(expr=col("image_id").is_in(np.asarray(self.ids).astype(str).tolist()))
+        return ds.select_columns(list(self.columns))
+
+
+class TableBatches:
+    """An Arrow table read in this process, iterated as Ray Data iterates a dataset (numpy batches)."""
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
+        for start in range(0, self.table.num_rows, batch_size):
+            batch = self.table.slice(start, batch_size)
+            yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
 
 
 def local_dataset(blocks: list[pa.Table]) -> ray.data.Dataset:
@@ -105,128 +164,6 @@ def local_dataset(blocks: list[pa.Table]) -> ray.data.Dataset:
     each block's metadata in a 1-CPU task, which never runs while trials hold all but a fraction
     of a CPU (a one-worker trial holds its CPUs from its start); from_blocks reads it here."""
     return ray.data.from_blocks(blocks)
-
-
-class _Views:
-    """Ray Data actor: index rows (``row``, ``epoch``) -> the declared inputs of each image.
-
-    It holds the split's encoded rows (one shared copy in the object store) and draws every
-    image's views under its own seed, ``image_seed(train.seed, epoch, image_id)``: the batches are
-    bit-identical whichever actor or worker draws them and however many there are. An actor lives
-    for the whole trial; plain tasks were each started in a fresh worker process after the first
-    trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
-    """
-
-    def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
-                 label_map: dict[int, int] | None, caches: dict[str, str], selector: str | None = None,
-                 rank: int = 0):
-        import torch
-
-        from fgray.data import transforms, views
-
-        self.torch, self.decode = torch, transforms.decode
-        # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
-        self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
-        self.inputs, self.seed, self.rank = inputs, seed, rank
-        self.recipes = [views.build_recipe(view, image_size) for view in inputs.views]
-        self.label_map = label_map
-        ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-        self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
-        self.selector = None  # the frozen selector's embedding of every row (ASS)
-        if selector is not None:
-            positions, matrix = lookup_embeddings(selector, ids)
-            self.selector = matrix[[positions[i] for i in ids]]
-
-    def __call__(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "candidate" in index:
-            index = self.compose(index)
-        rows = self.table.take(pa.array(index["row"]))
-        ids = rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-        out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
-        boxes = _boxes(rows) if "bbox" in rows.column_names else None
-        for i, (encoded, image_id, epoch) in enumerate(zip(rows.column("image").to_pylist(), ids, index["epoch"])):
-            image = self.decode(encoded)
-            box = None if boxes is None or np.isnan(boxes[i]).any() else self.torch.from_numpy(boxes[i])
-            self.torch.manual_seed(image_seed(self.seed, int(epoch), image_id))
-            for recipe in self.recipes:
-                for key, value in recipe(image, box).items():
-                    out[key].append(value)
-        batch = {key: self.torch.stack(values).numpy() for key, values in out.items()}
-        columns = self.inputs.columns
-        if "label" in columns:
-            labels = rows.column("label").to_numpy()
-            batch["label"] = np.array([self.label_map[int(v)] for v in labels], dtype=np.int64)
-        if "bbox" in columns:
-            batch["bbox"] = boxes
-        if "image_id" in columns:
-            batch["image_id"] = ids
-        for key, (positions, matrix) in self.embeddings.items():
-            batch[key] = matrix[[positions[i] for i in ids]]
-        return batch
-
-    def compose(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Index rows of whole steps (``group``: the step; ``candidate``: the K*N candidates after the
-        N anchors) -> each composed step's N anchors then its N selected negatives (ASS Algorithm 1,
-        ``fgray.data.selection``); steps without candidates pass unchanged. Only these are decoded."""
-        from fgray.data.selection import gamma_at, select_negatives, selection_rng
-
-        spec = self.inputs.selection
-        rows, epochs, out_rows, out_epochs = index["row"], index["epoch"], [], []
-        steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
-        for group in _runs(steps):
-            candidate = index["candidate"][group]
-            if not candidate.any():  # a plain step: its rows as they are
-                if spec.composes(int(epochs[group][0])):
-                    raise ValueError(f"selection: a step of composed epoch {int(epochs[group][0]) + 1} arrived "
-                                     "without its candidates (split across batches)")
-                out_rows.append(rows[group])
-                out_epochs.append(epochs[group])
-                continue
-            anchors, candidates = rows[group][~candidate], rows[group][candidate]
-            epoch, step = int(epochs[group][0]), int(index["group"][group][0])
-            if len(candidates) != spec.pool_factor * len(anchors):
-                raise ValueError(f"selection: step {step} of epoch {epoch + 1} arrived split across batches "
-                                 f"({len(anchors)} anchors, {len(candidates)} candidates)")
-            gamma = gamma_at(spec.schedule, spec.tau, epoch - spec.first + 1, spec.epochs)
-            if not spec.replacement:  # a split smaller than K*N + N repeats candidates: B must not
-                candidates = np.unique(candidates)
-            chosen = select_negatives(self.selector[anchors], self.selector[candidates], gamma, len(anchors),
-                                      selection_rng(self.seed, epoch, step, self.rank), spec.replacement)
-            out_rows.append(np.concatenate([anchors, candidates[chosen]]))
-            out_epochs.append(np.full(2 * len(anchors), epoch))
-        return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs)}
-
-
-def _runs(values: np.ndarray) -> list[slice]:
-    """Slices of the runs of equal consecutive values."""
-    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
-    ends = np.r_[starts[1:], len(values)]
-    return [slice(int(a), int(b)) for a, b in zip(starts, ends)]
-
-
-def _boxes(rows: pa.Table) -> np.ndarray:
-    """(N, 4) float32 x1, y1, x2, y2; NaN rows where an image has no box."""
-    values = rows.column("bbox").to_pylist()
-    return np.array([v if v is not None else [np.nan] * 4 for v in values], dtype=np.float32).reshape(-1, 4)
-
-
-def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids (N,), embeddings (N, d) float32) of an embedding-cache folder (``embedding_cache``)."""
-    table = storage.read_folder(path)
-    column = table.column("embedding").combine_chunks()
-    embeddings = np.asarray(column.flatten(), dtype=np.float32).reshape(len(table), -1)
-    return table.column("image_id").to_numpy(zero_copy_only=False).astype(str), embeddings
-
-
-def lookup_embeddings(path: str, image_ids: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
-    """(image id -> row, (N, d) float32) of a cache folder, checked to cover ``image_ids``."""
-    ids, matrix = read_embeddings(path)
-    positions = {image_id: row for row, image_id in enumerate(ids)}
-    missing = [i for i in image_ids if i not in positions]
-    if missing:
-        raise KeyError(f"{len(missing)} images have no cached embedding in {path}, e.g. {missing[0]!r}: "
-                       "delete the cache folder to rebuild it")
-    return positions, matrix
 
 
 class EvalViews:
@@ -245,12 +182,20 @@ class EvalViews:
 
 @dataclass(frozen=True)
 class TrainingSplit:
-    """A trial's training rows and what the method is built with."""
+    """A trial's training split as its driver knows it: which images, in the row order the epochs'
+    permutations index, and what the method is built with. The encoded images are read by each
+    trainer (``split_rows``), never by a DDP trial's driver."""
 
-    table: pa.Table  # encoded rows: image, image_id, label (+ bbox when the inputs need boxes)
+    prepared: PreparedDataset
+    ids: np.ndarray  # image ids (str), in row order
+    columns: tuple[str, ...]  # the encoded columns the declared inputs need (image_id included)
+    boxes: str | None  # a folder of detected boxes (``fgray.data.detect``) replacing the dataset's
     facts: DatasetFacts
     label_map: dict[int, int]  # dataset label -> training class 0..C-1
-    table_ref: Any  # the table in the object store: one copy that every rank's view actors share
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.ids)
 
 
 def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataConfig,
@@ -263,22 +208,37 @@ def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataCo
     return facts, {int(c): i for i, c in enumerate(classes)}
 
 
+def _with_boxes(table: pa.Table, boxes: str | None) -> pa.Table:
+    if boxes is None:
+        return table
+    from fgray.data.detect import with_boxes  # it imports this module
+
+    return with_boxes(table, boxes)
+
+
 def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig, inputs: Inputs,
                    method: str, caches: dict[str, str], boxes: str | None = None) -> TrainingSplit:
-    """The training rows a method's inputs need, its dataset facts and the re-indexed labels.
-    ``boxes``: a folder of detected boxes (``fgray.data.detect``) that replace the dataset's."""
-    table = read_rows(prepared, image_ids, sorted({*inputs.shard_columns, "label"}))
-    if boxes is not None:
-        from fgray.data.detect import with_boxes  # it imports this module
-
-        table = with_boxes(table, boxes)
+    """The training split a method's inputs need, its dataset facts and the re-indexed labels, from the
+    index columns only (and the boxes, checked here before any worker starts, when the method needs
+    them). ``boxes``: a folder of detected boxes (``fgray.data.detect``) that replace the dataset's."""
+    columns = tuple(sorted({*inputs.shard_columns, "label", "image_id"}))
+    index = _with_boxes(read_rows(prepared, image_ids, [c for c in columns if c != "image"]), boxes)
     if inputs.needs_boxes:
-        missing = table.column("bbox").null_count
+        missing = index.column("bbox").null_count
         if missing:
-            raise ValueError(f"data: method {method!r} needs boxes, but {missing} of {table.num_rows} training "
+            raise ValueError(f"data: method {method!r} needs boxes, but {missing} of {index.num_rows} training "
                              f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
     facts, label_map = dataset_facts(prepared, image_ids, data, caches)
-    return TrainingSplit(table, facts, label_map, ray.put(table))
+    ids = index.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+    return TrainingSplit(prepared, ids, columns, boxes, facts, label_map)
+
+
+def split_rows(split: TrainingSplit) -> pa.Table:
+    """The split's encoded rows in its row order, read (ids pushed into the scan) by the process that
+    consumes them."""
+    table = _with_boxes(read_rows(split.prepared, split.ids, list(split.columns)), split.boxes)
+    positions = pc.index_in(pa.array(split.ids), table.column("image_id").cast(pa.string()))
+    return table.take(positions)
 
 
 def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -301,26 +261,45 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     """
     # ``rows_per_epoch`` (the epoch's steps x batch size) keeps each epoch's batches inside its own
     # permutation: a trial resumed at epoch e then reads exactly what an uninterrupted one read there.
-    rows = [epoch_order(split.table.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
+    rows = [epoch_order(split.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
     # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
     order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
     selection = inputs.selection
     if selection is not None:  # ASS: every epoch's steps as index groups (composed ones with candidates)
         if batch_size is None or selector is None:
             raise ValueError("train_dataset: composed batches need batch_size and the selector's cache")
-        order = [composed_index(r, e, batch_size, selection, split.table.num_rows, seed, rank)
+        order = [composed_index(r, e, batch_size, selection, split.num_rows, seed, rank)
                  for r, e in zip(rows, epochs)]
         batch_rows = (selection.pool_factor + 1) * (batch_size // 2)  # one composed step per call
     empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
-    index = local_dataset(order or [pa.table(empty)])
+    index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
+    # The rows go to this node's object store, read here: the view actors run on this node too
+    # (soft: elsewhere if it has no room), beside the trainer that consumes their batches.
+    table_ref = ray.put(split_rows(split))
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(
-        _Views, fn_constructor_kwargs={"table_ref": [split.table_ref], "inputs": inputs,
+        ViewActor, fn_constructor_kwargs={"table_ref": [table_ref], "inputs": inputs,
                                        "image_size": data.image_size, "seed": seed,
                                        "label_map": split.label_map, "caches": split.facts.caches,
                                        "selector": selector, "rank": rank},
-        concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task)
+        concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task,
+        scheduling_strategy=here)
+
+
+def index_blocks(order: list[pa.Table], batch_rows: int, largest: int = 16) -> list[pa.Table]:
+    """The index cut into blocks of 1, 2, 4, ... up to ``largest`` view batches. A view actor's task
+    hands its output on when it ends, so the first block decides when the first step can start: one
+    block per epoch kept a trial's first step waiting for a whole epoch of views (measured on the
+    demo: ~5 s). The blocks then grow, so a long trial's index stays a few thousand objects."""
+    table = pa.concat_tables(order) if order else None
+    blocks, start, size = [], 0, 1
+    while table is not None and start < table.num_rows:
+        blocks.append(table.slice(start, size * batch_rows))
+        start += size * batch_rows
+        size = min(2 * size, largest)
+    return blocks
 
 
 def composed_index(rows: np.ndarray, epoch: int, batch_size: int, selection, num_rows: int, seed: int,
@@ -343,10 +322,3 @@ def composed_index(rows: np.ndarray, epoch: int, batch_size: int, selection, num
                                "group": np.full(len(anchors) + len(candidates), step),
                                "candidate": np.r_[np.zeros(len(anchors), bool), np.ones(len(candidates), bool)]}))
     return pa.concat_tables(parts)
-
-
-def eval_dataset(prepared: PreparedDataset, image_ids: np.ndarray, batch_rows: int = 128) -> ray.data.Dataset:
-    """The encoded rows of an evaluation split: ``image`` (bytes), ``label``, ``image_id``; decode them
-    with ``EvalViews`` where they are embedded (a validation pass in a Train worker decodes ~500 images
-    once and keeps them: a Ray Data map stage would cost each trial a process start for that)."""
-    return row_blocks(read_rows(prepared, image_ids, ["image", "label", "image_id"]), batch_rows)

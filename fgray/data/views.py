@@ -6,9 +6,10 @@ A recipe is built once per pipeline actor and called once per decoded image::
     out = recipe(image, box)  # image (3, H, W) uint8 RGB; box (4,) x1, y1, x2, y2 pixels or None
 
 ``out`` holds exactly ``RECIPES[name].keys``: uint8 images (3, S, S), grid crops (M, 3, S, S),
-boxes float32, flags bool, S = image_size. Every random draw comes from torch's global RNG (the
-torchvision v2 transforms use it), so the caller's ``torch.manual_seed(image_seed(...))`` makes
-an image's views bit-identical whichever actor draws them.
+boxes float32, flags bool, S = image_size. Every random draw comes from torch's global CPU RNG
+(the torchvision v2 transforms use it), so the caller's
+``torch.default_generator.manual_seed(image_seed(...))`` makes an image's views bit-identical
+whichever actor draws them.
 """
 from __future__ import annotations
 

@@ -1,0 +1,134 @@
+"""The Ray Data actor of a trial's training pipeline (``pipeline.train_dataset``): index rows ->
+each image's declared inputs (views, columns, cached embeddings), and ASS's composed steps."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from fgray import storage
+from fgray.data.inputs import Inputs, image_seed
+
+
+class ViewActor:
+    """Ray Data actor: index rows (``row``, ``epoch``) -> the declared inputs of each image.
+
+    It holds the split's encoded rows (one copy in its trainer's node's object store) and draws every
+    image's views under its own seed, ``image_seed(train.seed, epoch, image_id)``: the batches are
+    bit-identical whichever actor or worker draws them and however many there are. An actor lives
+    for the whole trial; plain tasks were each started in a fresh worker process after the first
+    trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
+    """
+
+    def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
+                 label_map: dict[int, int] | None, caches: dict[str, str], selector: str | None = None,
+                 rank: int = 0):
+        import torch
+
+        from fgray.data import transforms, views
+
+        self.torch, self.decode = torch, transforms.decode
+        # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
+        self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
+        self.inputs, self.seed, self.rank = inputs, seed, rank
+        self.recipes = [views.build_recipe(view, image_size) for view in inputs.views]
+        self.label_map = label_map
+        ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+        self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
+        self.selector = None  # the frozen selector's embedding of every row (ASS)
+        if selector is not None:
+            positions, matrix = lookup_embeddings(selector, ids)
+            self.selector = matrix[[positions[i] for i in ids]]
+
+    def __call__(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "candidate" in index:
+            index = self.compose(index)
+        rows = self.table.take(pa.array(index["row"]))
+        ids = rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+        out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
+        boxes = _boxes(rows) if "bbox" in rows.column_names else None
+        for i, (encoded, image_id, epoch) in enumerate(zip(rows.column("image").to_pylist(), ids, index["epoch"])):
+            image = self.decode(encoded)
+            box = None if boxes is None or np.isnan(boxes[i]).any() else self.torch.from_numpy(boxes[i])
+            # The CPU generator only: torch.manual_seed also queues a CUDA seeding with a stack trace
+            # (torch.cuda._lazy_call), measured at ~20 % of a 64 px image's views.
+            self.torch.default_generator.manual_seed(image_seed(self.seed, int(epoch), image_id))
+            for recipe in self.recipes:
+                for key, value in recipe(image, box).items():
+                    out[key].append(value)
+        batch = {key: self.torch.stack(values).numpy() for key, values in out.items()}
+        columns = self.inputs.columns
+        if "label" in columns:
+            labels = rows.column("label").to_numpy()
+            batch["label"] = np.array([self.label_map[int(v)] for v in labels], dtype=np.int64)
+        if "bbox" in columns:
+            batch["bbox"] = boxes
+        if "image_id" in columns:
+            batch["image_id"] = ids
+        for key, (positions, matrix) in self.embeddings.items():
+            batch[key] = matrix[[positions[i] for i in ids]]
+        return batch
+
+    def compose(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Index rows of whole steps (``group``: the step; ``candidate``: the K*N candidates after the
+        N anchors) -> each composed step's N anchors then its N selected negatives (ASS Algorithm 1,
+        ``fgray.data.selection``); steps without candidates pass unchanged. Only these are decoded."""
+        from fgray.data.selection import gamma_at, select_negatives, selection_rng
+
+        spec = self.inputs.selection
+        rows, epochs, out_rows, out_epochs = index["row"], index["epoch"], [], []
+        steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
+        for group in _runs(steps):
+            candidate = index["candidate"][group]
+            if not candidate.any():  # a plain step: its rows as they are
+                if spec.composes(int(epochs[group][0])):
+                    raise ValueError(f"selection: a step of composed epoch {int(epochs[group][0]) + 1} arrived "
+                                     "without its candidates (split across batches)")
+                out_rows.append(rows[group])
+                out_epochs.append(epochs[group])
+                continue
+            anchors, candidates = rows[group][~candidate], rows[group][candidate]
+            epoch, step = int(epochs[group][0]), int(index["group"][group][0])
+            if len(candidates) != spec.pool_factor * len(anchors):
+                raise ValueError(f"selection: step {step} of epoch {epoch + 1} arrived split across batches "
+                                 f"({len(anchors)} anchors, {len(candidates)} candidates)")
+            gamma = gamma_at(spec.schedule, spec.tau, epoch - spec.first + 1, spec.epochs)
+            if not spec.replacement:  # a split smaller than K*N + N repeats candidates: B must not
+                candidates = np.unique(candidates)
+            chosen = select_negatives(self.selector[anchors], self.selector[candidates], gamma, len(anchors),
+                                      selection_rng(self.seed, epoch, step, self.rank), spec.replacement)
+            out_rows.append(np.concatenate([anchors, candidates[chosen]]))
+            out_epochs.append(np.full(2 * len(anchors), epoch))
+        return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs)}
+
+
+def _runs(values: np.ndarray) -> list[slice]:
+    """Slices of the runs of equal consecutive values."""
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    return [slice(int(a), int(b)) for a, b in zip(starts, ends)]
+
+
+def _boxes(rows: pa.Table) -> np.ndarray:
+    """(N, 4) float32 x1, y1, x2, y2; NaN rows where an image has no box."""
+    values = rows.column("bbox").to_pylist()
+    return np.array([v if v is not None else [np.nan] * 4 for v in values], dtype=np.float32).reshape(-1, 4)
+
+
+def read_embeddings(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids (N,), embeddings (N, d) float32) of an embedding-cache folder (``embedding_cache``)."""
+    table = storage.read_folder(path)
+    column = table.column("embedding").combine_chunks()
+    embeddings = np.asarray(column.flatten(), dtype=np.float32).reshape(len(table), -1)
+    return table.column("image_id").to_numpy(zero_copy_only=False).astype(str), embeddings
+
+
+def lookup_embeddings(path: str, image_ids: np.ndarray) -> tuple[dict[str, int], np.ndarray]:
+    """(image id -> row, (N, d) float32) of a cache folder, checked to cover ``image_ids``."""
+    ids, matrix = read_embeddings(path)
+    positions = {image_id: row for row, image_id in enumerate(ids)}
+    missing = [i for i in image_ids if i not in positions]
+    if missing:
+        raise KeyError(f"{len(missing)} images have no cached embedding in {path}, e.g. {missing[0]!r}: "
+                       "delete the cache folder to rebuild it")
+    return positions, matrix
