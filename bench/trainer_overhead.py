@@ -198,8 +198,6 @@ def instrumented_worker_loop(config: dict[str, Any]) -> None:
     import fgray.stages as stages
     import fgray.trial as trial
 
-    from fgray.data import pipeline
-
     bench = config["bench"]
     # worker_loop's StageRunner calls fgray.stages.train_one_epoch: patch it there
     original_epoch, original_dataset = stages.train_one_epoch, pipeline.train_dataset
@@ -268,7 +266,8 @@ def start_trainer(args: argparse.Namespace, experiment: ExperimentConfig, prepar
     trainer = ray.train.torch.TorchTrainer(
         instrumented_worker_loop,
         train_loop_config={"experiment": experiment.model_dump(mode="json"), "split": split, "inputs": inputs,
-                           "val": pipeline.Rows(prepared, splits.val, ("image", "label", "image_id")),
+                           "val": pipeline.Rows(prepared, splits.val, ("image", "label", "image_id"))
+                           if experiment.has_validation else None,
                            "selector": None,
                            "bench": {"log": os.path.join(workdir, "epochs.jsonl"), "sync": sync,
                                      "prefetch_batches": args.prefetch_batches}},

@@ -1,8 +1,8 @@
 """The only Ray-aware training code: one Tune trial trains one experiment.
 
 ``trial_driver`` is the Tune trainable (a plain function, Train V2): it resolves the trial's
-experiment config, builds the Ray Data pipelines and runs ``worker_loop`` on them, in one of two
-ways:
+experiment config and its training split (ids and labels, no images) and runs ``worker_loop``,
+which reads its rows and builds its Ray Data pipeline, in one of two ways:
 
 - one worker (``resources.in_trial``): in the trial's own Tune process, reporting and
   checkpointing to Tune, which retries a failed trial from its last checkpoint
@@ -66,7 +66,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
                          f"more images per class or another data.val_fraction (now {data.val_fraction})")
     split = pipeline.training_split(prepared, splits.train, data, frozen.inputs, experiment.method.name,
                                     frozen.caches, boxes=frozen.boxes)
-    val = pipeline.Rows(prepared, splits.val, ("image", "label", "image_id")) if experiment.has_validation else None
+    val = (pipeline.Rows(prepared, splits.val, ("image", "label", "image_id"))
+           if experiment.has_validation else None)
     config = {"experiment": experiment.model_dump(mode="json"), "split": split, "val": val,
               "inputs": frozen.inputs, "selector": frozen.selector}
     if res.in_trial:  # Tune restores a retried or resumed (``--resume``) trial's checkpoint

@@ -159,3 +159,16 @@ def test_small_cpu_splits_embed_in_process_like_the_actor_pool(ray_local, tmp_pa
     assert here["label"].to_pylist() == pool["label"].to_pylist()
     embedded = [np.stack(t["embedding_0"].to_numpy(zero_copy_only=False)) for t in (here, pool)]
     assert len(embedded[0]) == rows.num_rows and np.allclose(*embedded, atol=1e-5)
+
+
+def test_ray_data_reads_exactly_the_rows_asked_for(ray_local, tmp_path, monkeypatch):
+    # Shards in a bucket or on a shared mount are read by Ray Data's read tasks, ids pushed into the
+    # scan (the synthetic set, rendered per node, is read here instead): the same rows either way.
+    import dataclasses
+
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    shared = dataclasses.replace(prepared, manifest=dataclasses.replace(prepared.manifest, dataset="imagefolder"))
+    rows = pipeline.Rows(shared, splits.test, ("image_id", "label"))
+    read = sorted(zip(*(rows.dataset(num_cpus=0.25).to_pandas()[c].tolist() for c in ("image_id", "label"))))
+    here = sorted(zip(*(rows.read().column(c).to_pylist() for c in ("image_id", "label"))))
+    assert read == here and [i for i, _ in read] == sorted(splits.test.astype(str))

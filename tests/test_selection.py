@@ -407,3 +407,23 @@ def test_runs_are_the_runs_of_equal_values():
     runs = _runs(values)
     assert [(r.start, r.stop) for r in runs] == [(0, 2), (2, 5), (5, 6), (6, 7)]
     assert [(r.start, r.stop) for r in _runs(np.array([4]))] == [(0, 1)]
+
+
+def test_index_blocks_never_split_a_composed_step():
+    # A plain epoch (3 batches: 1.5 composed steps' rows) before two composed ones: blocks are cut per
+    # epoch, so each block the view actor receives holds whole composed steps; the first is one batch.
+    selection = placed_selection(stages=(Stage("warmup", 1), Stage("pretrain", 2)))
+    step_rows = (K + 1) * N
+    order = [pipeline.composed_index(np.arange(3 * BATCH), 0, BATCH, selection, NUM_ROWS, SEED, RANK),
+             *[pipeline.composed_index(np.arange(2 * BATCH) + 8 * epoch, epoch, BATCH, selection, NUM_ROWS, SEED,
+                                       RANK) for epoch in (1, 2)]]
+    blocks = pipeline.index_blocks(order, step_rows)
+    assert blocks[0].num_rows == step_rows
+    actor = views_actor(selection, selector_matrix())
+    for block in blocks:
+        actor.compose(as_numpy(block))  # raises on a step split across calls
+    whole = pa.concat_tables(order)
+    assert pa.concat_tables(blocks).equals(whole)
+    composed = {e for b in blocks for e, c in zip(b.column("epoch").to_pylist(), b.column("candidate").to_pylist())
+                if c}
+    assert composed == {1, 2}

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,12 @@ DEMO = os.path.join(REPO, "sweeps", "demo.yaml")
 ON_HEAD = ["--set", "resources.driver_resources={TRAIN_DRIVER: 1}"]
 SHORT = ["--profile", "smoke", "--set", "search.space={}", "--set", "search.num_samples=1",
          "--set", "search.scheduler.name=none", "--set", "eval.baseline=false"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def can_unshare() -> bool:
@@ -68,6 +75,10 @@ class WorkerNode:
             pass
         self.process.wait()
         self.log.close()
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def wait_for_nodes(count: int, timeout: float = 120) -> None:
@@ -172,7 +183,8 @@ def main(storage: str, out: str) -> None:
     # The dashboard as on a real head: Ray Train's placement-group cleaner asks its state API whether
     # a killed driver's Train controller is gone (without it, the dead run's CPUs stay reserved).
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "resources": {"TRAIN_DRIVER": 2}, "include_dashboard": True})
+        "num_cpus": 0, "resources": {"TRAIN_DRIVER": 2}, "include_dashboard": True,
+        "dashboard_port": free_port()})  # the test session's Ray holds the default port
     nodes = [WorkerNode(cluster.address, [cache], namespace)]
     os.environ["RAY_ADDRESS"] = cluster.address
     report: dict = {"namespace": namespace}
@@ -223,7 +235,7 @@ def main(storage: str, out: str) -> None:
             json.dump(report, f, default=str)
         ray.shutdown()
         for node in nodes:
-            node.kill()
+            node.remove()
         cluster.shutdown()
         shutil.rmtree(cache, ignore_errors=True)
 

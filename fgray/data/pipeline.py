@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data.expressions import col
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from ray._raylet import RAY_NODE_ID_KEY  # the node-id label every node carries
 
 from fgray import storage
 from fgray.config import ConfigError, DataConfig
@@ -129,19 +129,19 @@ class Rows:
     def read(self) -> pa.Table:
         return read_rows(self.prepared, self.ids, list(self.columns))
 
-    def dataset(self, num_cpus: float) -> ray.data.Dataset:
-        """Ray Data read tasks (``num_cpus`` each), the ids pushed into their scans: anywhere in the
-        cluster for shards in object storage, on this node for a folder of this machine (another
-        node may not mount it)."""
+    def dataset(self, num_cpus: float, rows_per_block: int = 256) -> ray.data.Dataset:
+        """Ray Data read tasks (``num_cpus`` each) anywhere in the cluster, the ids pushed into their
+        scans (shards in object storage or on a mount every node has). The built-in synthetic set is
+        rendered per node, so its rows are read here and handed to the pool as blocks instead: a task
+        pinned to this node would never run on a head without CPUs."""
+        if self.prepared.name == "synthetic" and not storage.is_uri(self.prepared.root):
+            table = self.read()
+            return local_dataset([table.slice(start, rows_per_block)
+                                  for start in range(0, table.num_rows, rows_per_block)] or [table])
         filesystem, root = storage.filesystem(self.prepared.root)
-        placement = {}
-        if not storage.is_uri(self.prepared.root):
-            on_this_node(self.prepared)
-            placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=False)}
         ds = ray.data.read_parquet([posixpath.join(root, name) for name in self.prepared.manifest.shards],
                                    filesystem=filesystem, columns=sorted({*self.columns, "image_id"}),
-                                   num_cpus=num_cpus, ray_remote_args=placement)
+                                   num_cpus=num_cpus)
         if self.ids is not None:
             ds = ds.filter(expr=col("image_id").is_in(np.asarray(self.ids).astype(str).tolist()))
         return ds.select_columns(list(self.columns))
@@ -189,7 +189,9 @@ class TrainingSplit:
     prepared: PreparedDataset
     ids: np.ndarray  # image ids (str), in row order
     columns: tuple[str, ...]  # the encoded columns the declared inputs need (image_id included)
-    boxes: str | None  # a folder of detected boxes (``fgray.data.detect``) replacing the dataset's
+    # A detector's boxes (``fgray.data.detect``) in row order, replacing the dataset's ``bbox``:
+    # carried here (16 bytes an image), as their folder may be on the driver's node only.
+    boxes: pa.Array | None
     facts: DatasetFacts
     label_map: dict[int, int]  # dataset label -> training class 0..C-1
 
@@ -208,21 +210,17 @@ def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataCo
     return facts, {int(c): i for i, c in enumerate(classes)}
 
 
-def _with_boxes(table: pa.Table, boxes: str | None) -> pa.Table:
-    if boxes is None:
-        return table
-    from fgray.data.detect import with_boxes  # it imports this module
-
-    return with_boxes(table, boxes)
-
-
 def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataConfig, inputs: Inputs,
                    method: str, caches: dict[str, str], boxes: str | None = None) -> TrainingSplit:
     """The training split a method's inputs need, its dataset facts and the re-indexed labels, from the
     index columns only (and the boxes, checked here before any worker starts, when the method needs
     them). ``boxes``: a folder of detected boxes (``fgray.data.detect``) that replace the dataset's."""
     columns = tuple(sorted({*inputs.shard_columns, "label", "image_id"}))
-    index = _with_boxes(read_rows(prepared, image_ids, [c for c in columns if c != "image"]), boxes)
+    index = read_rows(prepared, image_ids, [c for c in columns if c != "image"])
+    if boxes is not None:
+        from fgray.data.detect import with_boxes  # it imports this module
+
+        index = with_boxes(index, boxes)
     if inputs.needs_boxes:
         missing = index.column("bbox").null_count
         if missing:
@@ -230,15 +228,22 @@ def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataC
                              f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
     facts, label_map = dataset_facts(prepared, image_ids, data, caches)
     ids = index.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-    return TrainingSplit(prepared, ids, columns, boxes, facts, label_map)
+    detected = index.column("bbox").combine_chunks() if boxes is not None else None
+    return TrainingSplit(prepared, ids, columns, detected, facts, label_map)
 
 
 def split_rows(split: TrainingSplit) -> pa.Table:
     """The split's encoded rows in its row order, read (ids pushed into the scan) by the process that
     consumes them."""
-    table = _with_boxes(read_rows(split.prepared, split.ids, list(split.columns)), split.boxes)
+    columns = [c for c in split.columns if split.boxes is None or c != "bbox"]
+    table = read_rows(split.prepared, split.ids, columns)
     positions = pc.index_in(pa.array(split.ids), table.column("image_id").cast(pa.string()))
-    return table.take(positions)
+    if positions.null_count:
+        missing = pc.filter(pa.array(split.ids), pc.is_null(positions))[0].as_py()
+        raise KeyError(f"{positions.null_count} training images of '{split.prepared.name}' are not in "
+                       f"{split.prepared.root} on this node, e.g. {missing!r}")
+    table = table.take(positions)
+    return table if split.boxes is None else table.append_column("bbox", split.boxes)
 
 
 def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
@@ -262,7 +267,7 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     # ``rows_per_epoch`` (the epoch's steps x batch size) keeps each epoch's batches inside its own
     # permutation: a trial resumed at epoch e then reads exactly what an uninterrupted one read there.
     rows = [epoch_order(split.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
-    # The index is tiny (two integers per row and epoch); the encoded images stay in one shared copy.
+    # The index is tiny (two integers per row and epoch); the encoded images stay in one copy, below.
     order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
     selection = inputs.selection
     if selection is not None:  # ASS: every epoch's steps as index groups (composed ones with candidates)
@@ -275,9 +280,9 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
     # The rows go to this node's object store, read here: the view actors run on this node too
-    # (soft: elsewhere if it has no room), beside the trainer that consumes their batches.
+    # (elsewhere only if it has no room), beside the trainer that consumes their batches.
     table_ref = ray.put(split_rows(split))
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = {RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(
         ViewActor, fn_constructor_kwargs={"table_ref": [table_ref], "inputs": inputs,
@@ -285,20 +290,22 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
                                        "label_map": split.label_map, "caches": split.facts.caches,
                                        "selector": selector, "rank": rank},
         concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task,
-        scheduling_strategy=here)
+        label_selector=here, fallback_strategy=[{"label_selector": {}}])
 
 
 def index_blocks(order: list[pa.Table], batch_rows: int, largest: int = 16) -> list[pa.Table]:
-    """The index cut into blocks of 1, 2, 4, ... up to ``largest`` view batches. A view actor's task
-    hands its output on when it ends, so the first block decides when the first step can start: one
-    block per epoch kept a trial's first step waiting for a whole epoch of views (measured on the
-    demo: ~5 s). The blocks then grow, so a long trial's index stays a few thousand objects."""
-    table = pa.concat_tables(order) if order else None
-    blocks, start, size = [], 0, 1
-    while table is not None and start < table.num_rows:
-        blocks.append(table.slice(start, size * batch_rows))
-        start += size * batch_rows
-        size = min(2 * size, largest)
+    """Each epoch's index cut into blocks of 1, 2, 4, ... up to ``largest`` view batches. A view
+    actor's task hands its output on when it ends, so the first block decides when the first step can
+    start: one block per epoch kept a trial's first step waiting for a whole epoch of views (measured
+    on the demo: ~5 s). The blocks then grow, so a long trial's index stays a few thousand objects.
+    Cut per epoch, a block never holds part of a composed step (ASS: ``batch_rows`` rows a step)."""
+    blocks, size = [], 1
+    for epoch in order:
+        start = 0
+        while start < epoch.num_rows:
+            blocks.append(epoch.slice(start, size * batch_rows))
+            start += size * batch_rows
+            size = min(2 * size, largest)
     return blocks
 
 
