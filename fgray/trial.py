@@ -267,7 +267,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     facts, ks = split.facts, experiment.eval.ks
     # Never more threads than reserved cores: an extra OpenMP thread beside a Ray Data task on the
     # same cores made steps 4x slower (measured: 1.5 CPUs, 2 threads: 17-29 s/epoch; 1 thread: 5-7 s).
-    torch.set_num_threads(max(1, int(experiment.resources.cpus_per_worker)))
+    torch.set_num_threads(max(1, int(res.cpus_per_worker)))
     torch.manual_seed(train_cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
     use_deterministic_kernels(train_cfg.deterministic)  # both ways: Tune may reuse this process
 

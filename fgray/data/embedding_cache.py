@@ -29,7 +29,7 @@ import ray
 
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews, PreparedDataset, Rows
+from fgray.data.pipeline import EvalViews, PreparedDataset, Rows, TableBatches
 from fgray.devices import local_device
 from fgray.storage import complete_folders, write_complete
 CACHE_FOLDER = "_embedding_cache"
@@ -94,9 +94,7 @@ def embed_rows(factories: list[ModelFactory], rows: Rows, data: DataConfig, batc
 def embed_in_process(actor: Callable[[dict], dict], rows: pa.Table, batch_rows: int) -> pa.Table:
     """``actor`` (``EmbedActor``, ``detect.DetectActor``) called in this process on ``rows`` in batches, as
     Ray Data would call it."""
-    parts = [actor({name: column.to_numpy(zero_copy_only=False) for name, column in zip(batch.schema.names,
-                                                                                      batch.columns)})
-             for batch in rows.to_batches(batch_rows)]
+    parts = [actor(batch) for batch in TableBatches(rows).iter_batches(batch_rows)]
     columns = {}
     for key in parts[0]:
         values = np.concatenate([part[key] for part in parts])

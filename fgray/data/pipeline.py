@@ -7,10 +7,10 @@ once, for its view actors, which run on the same node. Training batches hold exa
 method declares (``fgray.data.inputs``): a tiny index dataset lists (row, epoch) in a seeded
 whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.view_actor``) turns each
 index row into that image's views (``fgray.data.views``), columns and cached embeddings, under a
-per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the process that embeds them
-(``EvalViews``): the rank-0 trainer for the small validation split; for large test splits and
-frozen-model caches, Ray Data's read tasks on the cluster stream them into the embedding actors
-(``Rows.dataset``).
+per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the
+process that embeds them (``EvalViews``): the rank-0 trainer for the small validation split; for
+large test splits and frozen-model caches, Ray Data's read tasks on the cluster stream them into
+the embedding actors (``Rows.dataset``).
 
 torchvision (``fgray.data.transforms``) is imported only where images are decoded: a DDP
 trial's Tune driver and Train controller import this module but never decode, and each ~2 s of
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -48,6 +49,11 @@ class PreparedDataset:
     @property
     def name(self) -> str:
         return self.manifest.dataset
+
+    @property
+    def rendered_per_node(self) -> bool:
+        """The built-in synthetic set in a folder of this machine: each node renders its own copy."""
+        return self.name == "synthetic" and not storage.is_uri(self.root)
 
 
 def resolve_dataset(data: DataConfig) -> PreparedDataset:
@@ -97,7 +103,7 @@ def on_this_node(prepared: PreparedDataset) -> None:
     cluster each node generates the same shards (deterministic, published atomically) into its own
     cache once, instead of every node needing the disk of the node that generated it first. A
     no-op (one manifest read) when they are there."""
-    if prepared.name == "synthetic" and not storage.is_uri(prepared.root):
+    if prepared.rendered_per_node:
         from fgray.data.synthetic import SyntheticSpec
         from fgray.data.synthetic_shards import write_shards
 
@@ -134,7 +140,7 @@ class Rows:
         scans (shards in object storage or on a mount every node has). The built-in synthetic set is
         rendered per node, so its rows are read here and handed to the pool as blocks instead: a task
         pinned to this node would never run on a head without CPUs."""
-        if self.prepared.name == "synthetic" and not storage.is_uri(self.prepared.root):
+        if self.prepared.rendered_per_node:
             table = self.read()
             return local_dataset([table.slice(start, rows_per_block)
                                   for start in range(0, table.num_rows, rows_per_block)] or [table])
@@ -153,7 +159,7 @@ class TableBatches:
     def __init__(self, table: pa.Table):
         self.table = table
 
-    def iter_batches(self, batch_size: int, batch_format: str = "numpy"):
+    def iter_batches(self, batch_size: int, batch_format: str = "numpy") -> Iterator[dict[str, np.ndarray]]:
         for start in range(0, self.table.num_rows, batch_size):
             batch = self.table.slice(start, batch_size)
             yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
@@ -203,7 +209,14 @@ class TrainingSplit:
 def dataset_facts(prepared: PreparedDataset, train_ids: np.ndarray, data: DataConfig,
                   caches: dict[str, str] | None = None) -> tuple[DatasetFacts, dict[int, int]]:
     """The facts a method is built with, and dataset label -> training class 0..C-1 (sorted labels)."""
-    classes = np.unique(read_rows(prepared, train_ids, ["label"]).column("label").to_numpy())
+    return labels_facts(prepared, read_rows(prepared, train_ids, ["label"]).column("label").to_numpy(), data,
+                        caches)
+
+
+def labels_facts(prepared: PreparedDataset, labels: np.ndarray, data: DataConfig,
+                 caches: dict[str, str] | None = None) -> tuple[DatasetFacts, dict[int, int]]:
+    """``dataset_facts`` from the training images' labels, already read."""
+    classes = np.unique(labels)
     names = prepared.manifest.classes
     facts = DatasetFacts(num_classes=len(classes), image_size=data.image_size, caches=dict(caches or {}),
                          class_names=tuple(names[c] if c < len(names) else str(c) for c in classes))
@@ -226,7 +239,7 @@ def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataC
         if missing:
             raise ValueError(f"data: method {method!r} needs boxes, but {missing} of {index.num_rows} training "
                              f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
-    facts, label_map = dataset_facts(prepared, image_ids, data, caches)
+    facts, label_map = labels_facts(prepared, index.column("label").to_numpy(), data, caches)
     ids = index.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     detected = index.column("bbox").combine_chunks() if boxes is not None else None
     return TrainingSplit(prepared, ids, columns, detected, facts, label_map)
