@@ -5,9 +5,9 @@ on the same synthetic images, split, model (``fgray.engine.build_method``), view
 ``moco_pair`` recipe), optimiser and schedule, then score the test classes:
 
 * fgray: ``python -m fgray.sweep sweeps/demo.yaml --set search.space={} ...`` as a user runs it,
-  local Ray start, Tune (the one-worker trial trains in its Tune trial process; ``--set
-  resources.train_in_trial=false`` times a TorchTrainer instead), Ray Data, test evaluation and
-  report included;
+  local Ray start, Tune (the one-worker trial trains in its Tune trial process, its views drawn by
+  a process it forks; ``--set resources.train_in_trial=false`` times a TorchTrainer with a Ray Data
+  pipeline instead), test evaluation and report included;
 * plain: this file with ``--plain``: one process, the train split decoded once, views drawn in
   the process, ``train_one_epoch``, then ``retrieval_metrics`` on the test classes.
 

@@ -2,7 +2,8 @@
 
 A sweep file is one :class:`SweepConfig` in YAML: the experiment every trial starts from, plus
 ``search`` (what varies) and ``paper`` (the published numbers to print beside ours). Every
-value is validated once, at the entry point, before Ray starts; unknown keys are rejected.
+value is validated once, at the entry point (the schema before Ray starts, timm's model names
+beside it: ``fgray.sweep``); unknown keys are rejected.
 Errors surface as :class:`ConfigError` with one line per problem:
 ``method.temperature: must be > 0, got -1``. Reading a sweep file and checking its search
 against this schema: :mod:`fgray.sweep_file`.
@@ -14,6 +15,7 @@ import functools
 import itertools
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -218,6 +220,10 @@ class EvalConfig(Strict):
         return tuple(sorted(set(fractions), reverse=True))
 
 
+# A one-worker trial forks its view workers on Linux (fgray.data.forked_views), else Ray Data actors.
+FORKED_VIEWS = sys.platform == "linux"  # macOS: fork is unsafe beside its system libraries
+
+
 class ResourcesConfig(Strict):
     workers_per_trial: int = Field(1, ge=1)  # DDP workers of one trial's TorchTrainer
     # A one-worker trial trains inside its Tune trial process (no TorchTrainer: seconds less start-up
@@ -225,8 +231,8 @@ class ResourcesConfig(Strict):
     train_in_trial: bool = True
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
-    data_cpus: float = Field(0.5, gt=0)  # logical CPUs per Ray Data decode/augment actor or task
-    data_actors: int = Field(1, ge=1)  # augmentation actors per trial (each reserves data_cpus)
+    data_cpus: float = Field(0.5, gt=0)  # logical CPUs per view worker (trial_process_cpus) or eval task
+    data_actors: int = Field(1, ge=1)  # view workers per trainer (each reserves data_cpus)
     max_concurrent_trials: int = Field(1, ge=1)
     driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
     # Restarts of a failed trial (Tune) and of a DDP trial's worker group (Train), each from the last
@@ -237,6 +243,11 @@ class ResourcesConfig(Strict):
     def in_trial(self) -> bool:
         """Whether a trial trains in its own Tune process (one worker) rather than a TorchTrainer."""
         return self.train_in_trial and self.workers_per_trial == 1
+
+    @property
+    def trial_process_cpus(self) -> float:
+        """A one-worker trial process's CPUs: its step's and its forked view workers' (FORKED_VIEWS)."""
+        return self.cpus_per_worker + (self.data_actors * self.data_cpus if FORKED_VIEWS else 0)
 
 
 # --------------------------------------------------------------------------------------------

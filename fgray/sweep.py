@@ -1,23 +1,27 @@
 """``python -m fgray.sweep SWEEP.yaml``: a sweep file -> Ray Tune (Optuna + ASHA) -> report.
 
-Bad input exits 2 with one line before Ray starts. Uses the running cluster when there is
-one (``RAY_ADDRESS``, ``ray job submit``), otherwise starts a local Ray instance.
+Bad input exits 2 with one line: a schema error (an unknown key, a bad value) or a storage one (a
+sweep already there, nothing to resume) before Ray starts; one that the checks loading timm and the
+methods find (a model name, a weights file) once the local Ray started beside them is stopped.
+Uses the running cluster when there is one (``RAY_ADDRESS``, ``ray job submit``), otherwise
+starts a local Ray instance.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
 import logging
+import multiprocessing
 import os
 import sys
 import time
 from typing import Any
 
-from fgray.config import ConfigError, SweepConfig, grid_points, validate
+from fgray.config import ConfigError, DataConfig, SweepConfig, grid_points, validate
 from fgray.held_out import evaluate_best
 from fgray.profiles import PROFILES
 from fgray.provenance import STORAGE_VARIABLE, check_resume
-from fgray.sweep_file import load_sweep
+from fgray.sweep_file import check_deep, load_sweep
 
 DEFAULT_RANDOM_SAMPLES = 8
 
@@ -91,7 +95,7 @@ def _short(value: Any) -> str:
 
 
 def preflight(sweep: SweepConfig) -> None:
-    """Checks that need more than the schema (e.g. pretrained weights on disk), before Ray starts."""
+    """Checks that need more than the schema (e.g. pretrained weights on disk), before trials start."""
     from fgray.methods.registry import method_class
 
     for overrides in (grid_points(sweep.search) if sweep.search.is_grid else [{}]):
@@ -100,7 +104,7 @@ def preflight(sweep: SweepConfig) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Ray side (imported lazily: bad input is rejected before Ray is even imported)
+# Ray side (imported lazily: a schema error is rejected before Ray is even imported)
 
 
 def experiment_exists(storage: str, name: str) -> bool:
@@ -111,9 +115,10 @@ def experiment_exists(storage: str, name: str) -> bool:
     return tune.Tuner.can_restore(*ray_storage(f"{storage}/{name}"))
 
 
-def start_ray(verbose: bool = False) -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray.
-    ``verbose``: keep the notices ``_quiet_known_notices`` drops."""
+def start_ray(verbose: bool = False) -> bool:
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray;
+    False when this process was connected already. ``verbose``: keep the notices
+    ``_quiet_known_notices`` drops."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
@@ -122,7 +127,7 @@ def start_ray(verbose: bool = False) -> None:
     # often: short laptop epochs always trigger it, and a local snapshot costs milliseconds.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
-        return
+        return False
     if not verbose:
         _quiet_known_notices()
     # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
@@ -137,6 +142,7 @@ def start_ray(verbose: bool = False) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return True
 
 
 class _DropMessages(logging.Filter):
@@ -224,8 +230,8 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
-    if res.in_trial:  # the trial process trains: it holds the worker's CPUs / GPUs
-        bundle = {"cpu": res.cpus_per_worker, **({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    if res.in_trial:  # the trial process trains (and forks its view workers): it holds their CPUs / GPUs
+        bundle = {"cpu": res.trial_process_cpus, **({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})}
     else:  # the driver only orchestrates (workers hold the CPUs/GPUs); Tune needs a non-empty bundle
         bundle = {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01}
     trainable = tune.with_resources(
@@ -261,19 +267,41 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     )
 
 
-def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
-              verbose: bool = False) -> dict[str, Any]:
-    """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
-    the sweep and fgray version with the results (a new sweep, or a forced resume)."""
+def render_ahead(data: DataConfig) -> concurrent.futures.Future | None:
+    """The built-in synthetic set found, or rendered (seconds on a fresh machine), by a process forked
+    now, while this one loads timm for the checks and starts Ray: rendering is single-threaded Python,
+    which in a thread would hold the GIL the others need. None (resolved when Ray is up): a prepared
+    dataset (its manifest is read in milliseconds), or a process already in Ray (a fork copies its
+    threads' state)."""
+    if data.name != "synthetic" or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+        return None
+    # Forked before Ray or torch start any thread here; the pool's one process ends after its task.
+    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+    future = pool.submit(_resolve_dataset, data)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _resolve_dataset(data: DataConfig):
     from fgray.data import pipeline
+
+    return pipeline.resolve_dataset(data)
+
+
+def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
+              verbose: bool = False, data_ready: concurrent.futures.Future | None = None) -> dict[str, Any]:
+    """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
+    the sweep and fgray version with the results (a new sweep, or a forced resume); ``data_ready``:
+    ``render_ahead``'s dataset (None: resolved here)."""
     from fgray.report import write_outputs
     from fgray.results import collect_trials
 
-    # Generate/verify the data once, before trials race for it, while Ray's processes start.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        data_ready = pool.submit(pipeline.resolve_dataset, sweep.data)
-        start_ray(verbose)
+    start_ray(verbose)
+    # The data generated or verified once, before trials race for it.
+    if data_ready is not None:
         data_ready.result()
+    else:
+        _resolve_dataset(sweep.data)
     import ray
 
     from fgray import provenance
@@ -292,34 +320,61 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bo
     return write_outputs(sweep, storage, trials, tests)
 
 
+def check_storage(sweep: SweepConfig, storage: str, resume: bool, force: bool) -> None:
+    """A sweep already in the storage (refused without ``--resume``), or the one to resume."""
+    exists = experiment_exists(storage, sweep.name)
+    if exists and not resume:
+        raise ConfigError(f"{storage}/{sweep.name} already holds a sweep: pass --resume to continue it, "
+                          f"or --set name=... / --storage ... for a new one")
+    if resume and not exists:
+        raise ConfigError(f"--resume: no sweep to resume in {storage}/{sweep.name}")
+    if resume:
+        check_resume(sweep, storage, force)
+
+
+def checked(sweep: SweepConfig) -> SweepConfig:
+    """The checks that load timm and the methods' code: model names and arguments, the method's
+    files (``preflight``)."""
+    sweep = check_deep(sweep)
+    preflight(sweep)
+    return sweep
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep, args.set, args.profile)
+        sweep = load_sweep(args.sweep, args.set, args.profile, deep=False)
         override = args.storage or os.environ.get(STORAGE_VARIABLE)  # cluster.yaml sets the variable
         if override:
-            sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": override})
+            sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": override}, deep=False)
         storage = resolve_storage(sweep.storage)
         if args.dry_run:
-            print(describe_plan(sweep, storage))
+            print(describe_plan(check_deep(sweep), storage))
             return 0
-        preflight(sweep)
-        exists = experiment_exists(storage, sweep.name)
-        if exists and not args.resume:
-            raise ConfigError(f"{storage}/{sweep.name} already holds a sweep: pass --resume to continue it, "
-                              f"or --set name=... / --storage ... for a new one")
-        if args.resume and not exists:
-            raise ConfigError(f"--resume: no sweep to resume in {storage}/{sweep.name}")
-        if args.resume:
-            check_resume(sweep, storage, args.force)
+        check_storage(sweep, storage, args.resume, args.force)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    # Ray's start is mostly waiting for its processes: the checks that load timm run beside it, in a
+    # thread (ray.init wants the main thread), and the synthetic set renders in a forked process.
+    data_ready = render_ahead(sweep.data)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        checks = pool.submit(checked, sweep)
+        ours = start_ray(args.verbose)
+        try:
+            sweep = checks.result()
+        except ConfigError as err:
+            if ours:
+                import ray
+
+                ray.shutdown()
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     started = time.perf_counter()
     print(describe_plan(sweep, storage).splitlines()[0], flush=True)
     try:
         summary = run_sweep(sweep, storage, resume=args.resume, record=not args.resume or args.force,
-                            verbose=args.verbose)
+                            verbose=args.verbose, data_ready=data_ready)
     except ConfigError as err:  # found once Ray is up: the cluster's shape, a dataset missing there
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -327,5 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if summary["num_completed"] > 0 else 1
 
 
+def exit_now(code: int) -> None:
+    """Stop Ray, flush, and leave without the interpreter's teardown: after Ray's, its C++ side held
+    the prompt ~2 s more after everything was written (measured on the demo)."""
+    if "ray" in sys.modules:
+        sys.modules["ray"].shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,6 +1,6 @@
 """Reading a sweep file: YAML -> overrides and profile -> a validated :class:`SweepConfig`, with
-every searched value, table row and paper row checked against the schema (``fgray.config``)
-before Ray starts."""
+every searched value, table row and paper row checked against the schema (``fgray.config``): the
+schema before Ray starts, the checks that load timm (``check_deep``) beside its start."""
 from __future__ import annotations
 
 import os
@@ -15,8 +15,10 @@ from fgray.validation import ConfigError, parse_set, set_dotted, validate
 
 
 def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (),
-               profile: str | None = None) -> SweepConfig:
-    """Read, override, profile and fully validate a sweep file (including every searched value)."""
+               profile: str | None = None, deep: bool = True) -> SweepConfig:
+    """Read, override, profile and fully validate a sweep file (including every searched value).
+    ``deep`` False: the schema only (every key and value), without the checks that load timm
+    (``check_deep``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
@@ -34,8 +36,15 @@ def load_sweep(path: str | os.PathLike, sets: list[str] | tuple[str, ...] = (),
         data = apply_profile(profile, data)
     for assignment in sets:
         set_dotted(data, *parse_set(assignment))
-    check_search(validate(SweepConfig, data, deep=False), deep=False)  # every schema error, before timm loads
-    sweep = validate(SweepConfig, data)
+    sweep = validate(SweepConfig, data, deep=False)
+    check_search(sweep, deep=False)  # every schema error, before timm loads
+    return check_deep(sweep) if deep else sweep
+
+
+def check_deep(sweep: SweepConfig) -> SweepConfig:
+    """A schema-valid sweep's checks that load timm: backbone names and arguments, in the base
+    experiment and every searched value."""
+    sweep = validate(SweepConfig, sweep.model_dump())
     check_search(sweep)
     return sweep
 

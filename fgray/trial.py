@@ -2,13 +2,18 @@
 
 ``trial_driver`` is the Tune trainable (a plain function, Train V2): it resolves the trial's
 experiment config and its training split (ids and labels, no images) and runs ``worker_loop``,
-which reads its rows and builds its Ray Data pipeline, in one of two ways:
+which reads its rows and draws its batches, in one of two ways:
 
 - one worker (``resources.in_trial``): in the trial's own Tune process, reporting and
   checkpointing to Tune, which retries a failed trial from its last checkpoint
-  (``tune.FailureConfig``). No TorchTrainer: a laptop trial starts seconds sooner.
-- several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``; Train
-  restarts a failed worker group from the last checkpoint (``ray.train.FailureConfig``).
+  (``tune.FailureConfig``); its views are drawn by DataLoader workers it forks
+  (``fgray.data.forked_views``). No TorchTrainer, no view process to start: a laptop trial
+  trains seconds sooner.
+- several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``, each with
+  a Ray Data pipeline; Train restarts a failed worker group from the last checkpoint
+  (``ray.train.FailureConfig``).
+
+Both draw the same batches (the same index, view code and per-image seeds).
 
 Either way the loop reports once per epoch (loss parts, ``val/...`` metrics and the 1-based
 ``epoch`` ASHA keys on) and rank 0 checkpoints, so a retried trial or a ``--resume``d sweep
@@ -33,7 +38,7 @@ from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from fgray.config import ExperimentConfig, SweepConfig
+from fgray.config import FORKED_VIEWS, ExperimentConfig, SweepConfig
 from fgray.data import detect, embedding_cache, pipeline
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment
@@ -41,8 +46,8 @@ from fgray.results import checkpoint_epoch, overrides_from, train_run_dir, train
 from fgray.storage import ray_storage
 from fgray.validation import validate
 
-# torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a one-worker
-# trial starts its data pipeline first, and the pipeline's actor starts while torch loads here.
+# torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a DDP worker
+# starts its data pipeline first, and the pipeline's actor starts while torch loads here.
 
 
 def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) -> None:
@@ -53,7 +58,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     storage, ``embedding_cache``), the training split (which images, their labels) and the validation
     images. It reads no image: each trainer reads the rows it uses (``worker_loop``).
     """
-    # The sweep was validated whole before Ray started: the schema pass here skips timm's checks.
+    # The sweep was validated whole before its trials started: the schema pass here skips timm's checks.
     sweep_cfg = validate(SweepConfig, sweep, deep=False)
     experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg), deep=False)
     res, data = experiment.resources, experiment.data
@@ -168,7 +173,10 @@ def _frozen_task(experiment: ExperimentConfig, storage: str) -> None:
 
 class TrainSession:
     """What ``worker_loop`` needs from its host, in a Ray Train worker: rank, device, DDP wrapper,
-    the checkpoint to resume from, and per-epoch reports to Train."""
+    the checkpoint to resume from, per-epoch reports to Train, and where views are drawn (a Ray Data
+    actor pool on the worker's node)."""
+
+    forks_views = False
 
     def __init__(self) -> None:
         import ray.train.torch
@@ -187,12 +195,14 @@ class TrainSession:
 
 class TrialSession:
     """The same for a one-worker trial training in its Tune trial process: the checkpoint Tune
-    restored (a retry or ``--resume``), reports and checkpoints to Tune."""
+    restored (a retry or ``--resume``), reports and checkpoints to Tune; on Linux, views drawn by
+    processes it forks (``fgray.data.forked_views``: no process start, no imports)."""
 
     rank, world = 0, 1
 
     def __init__(self, resumed: tune.Checkpoint | None, use_gpu: bool):
         self.resumed, self.use_gpu = resumed, use_gpu
+        self.forks_views = FORKED_VIEWS  # elsewhere a Ray Data pipeline
 
     @property
     def device(self):
@@ -250,12 +260,18 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     steps = steps_per_epoch(split.num_rows // world, experiment)
     # This rank's batches from the epoch it resumes at, its rows read here (the trainer's node).
     res, train_cfg = experiment.resources, experiment.train
-    dataset = pipeline.train_dataset(
-        split, config["inputs"], experiment.data, train_cfg.seed, res.data_cpus,
-        range(start_epoch, experiment.total_epochs), rank, world, actors=res.data_actors,
-        rows_per_epoch=steps * train_cfg.batch_size, batch_size=train_cfg.batch_size, selector=config["selector"])
-    train_batches = fetch_ahead(dataset.iter_batches(batch_size=train_cfg.batch_size, drop_last=True,
-                                                     batch_format="numpy"))
+    epochs, rows = range(start_epoch, experiment.total_epochs), steps * train_cfg.batch_size
+    if session.forks_views:
+        train_batches = pipeline.forked_train_batches(
+            split, config["inputs"], experiment.data, train_cfg.seed, epochs, train_cfg.batch_size,
+            workers=res.data_actors, rows_per_epoch=rows, selector=config["selector"])
+    else:
+        dataset = pipeline.train_dataset(
+            split, config["inputs"], experiment.data, train_cfg.seed, res.data_cpus, epochs, rank, world,
+            actors=res.data_actors, rows_per_epoch=rows, batch_size=train_cfg.batch_size,
+            selector=config["selector"])
+        train_batches = fetch_ahead(dataset.iter_batches(batch_size=train_cfg.batch_size, drop_last=True,
+                                                         batch_format="numpy"))
 
     import torch
 
@@ -313,7 +329,10 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         _report(session, metrics, runner, facts, epoch + 1)
         started = time.perf_counter()
 
-    runner.run(train_batches, start_epoch, state, on_epoch)
+    try:
+        runner.run(train_batches, start_epoch, state, on_epoch)
+    finally:  # a trial Tune stops (ASHA) exits at a report: its view workers end now, not at the next GC
+        train_batches.close()
 
 
 class ValBatches:

@@ -41,7 +41,7 @@ def test_selector_cache_composed_batches_and_a_checkpoint_as_the_next_selector(r
     assert len(list((tmp_path / "_embedding_cache").glob("*/*/_COMPLETE"))) == 2  # a second selector
 
 
-def test_missing_selector_weights_fail_before_ray_starts(tmp_path, capsys):
+def test_missing_selector_weights_are_one_line_and_exit_2(tmp_path, capsys):
     missing = tmp_path / "no_such_checkpoint"
     code = main([SWEEP, "--profile", "smoke", "--storage", str(tmp_path),
                  "--set", f"method.selector.weights={missing}"])

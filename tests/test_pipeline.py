@@ -2,6 +2,8 @@
 the same in every run, whole-split shuffling, and validation batches kept in memory."""
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,38 @@ def test_train_batches_are_identical_across_runs_and_actor_counts(ray_local, tmp
     rows = len(splits.train)
     resumed = np.concatenate([b["view2"] for b in run(1, range(1, 2))])
     assert np.array_equal(resumed[:rows], np.concatenate([b["view2"] for b in one])[rows: 2 * rows])
+
+
+def test_forked_view_workers_draw_the_ray_data_pipelines_batches(ray_local, tmp_path, monkeypatch):
+    # A one-worker trial draws its views in forked DataLoader workers, a Train worker through Ray Data:
+    # the same batches either way, with any number of workers, and from a resumed epoch on.
+    data, prepared, splits = _synthetic(tmp_path, monkeypatch, images_per_class=8)
+    inputs = Inputs(views=(ViewRecipe("moco_pair"),), columns=("label", "image_id"))
+    split = pipeline.training_split(prepared, splits.train, data, inputs, "test", {})
+    batch, rows = 2, 6  # 3 steps an epoch
+    assert split.num_rows > rows  # each epoch's cut drops rows
+
+    def ray_data(epochs):
+        return _batches(pipeline.train_dataset(split, inputs, data, seed=5, cpus_per_task=0.25, epochs=epochs,
+                                               rows_per_epoch=rows), batch)
+
+    def forked(epochs, workers):
+        return list(pipeline.forked_train_batches(split, inputs, data, seed=5, epochs=epochs, batch_size=batch,
+                                                  workers=workers, rows_per_epoch=rows))
+
+    reference = ray_data(range(3))
+    assert len(reference) == 9
+    # A trial stopped early (ASHA) closes its stream: its view workers end with it.
+    stream = pipeline.forked_train_batches(split, inputs, data, seed=5, epochs=range(3), batch_size=batch,
+                                           workers=2, rows_per_epoch=rows)
+    next(stream)
+    assert len(multiprocessing.active_children()) == 2
+    stream.close()
+    assert not multiprocessing.active_children()
+    for got in (forked(range(3), 1), forked(range(3), 2), [*ray_data(range(1)), *forked(range(1, 3), 1)]):
+        assert len(got) == len(reference)
+        for a, b in zip(got, reference):
+            assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_each_epoch_reads_its_own_permutation_when_cut_to_whole_batches(ray_local, tmp_path, monkeypatch):

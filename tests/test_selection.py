@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from fgray.data import pipeline
-from fgray.data.view_actor import ViewActor, _runs
+from fgray.data.view_actor import ViewActor, runs
 from fgray.data import selection as sel
 from fgray.data.inputs import EncoderSpec, Inputs, Selection, ViewRecipe
 from fgray.data.selection import (candidate_rows, gamma_at, select_negatives, selection_probabilities,
@@ -404,9 +404,9 @@ def test_a_step_split_across_two_calls_raises(cut):
 
 def test_runs_are_the_runs_of_equal_values():
     values = np.array([3, 3, 1, 1, 1, 3, 7])
-    runs = _runs(values)
-    assert [(r.start, r.stop) for r in runs] == [(0, 2), (2, 5), (5, 6), (6, 7)]
-    assert [(r.start, r.stop) for r in _runs(np.array([4]))] == [(0, 1)]
+    found = runs(values)
+    assert [(r.start, r.stop) for r in found] == [(0, 2), (2, 5), (5, 6), (6, 7)]
+    assert [(r.start, r.stop) for r in runs(np.array([4]))] == [(0, 1)]
 
 
 def test_index_blocks_never_split_a_composed_step():
@@ -427,3 +427,20 @@ def test_index_blocks_never_split_a_composed_step():
     composed = {e for b in blocks for e, c in zip(b.column("epoch").to_pylist(), b.column("candidate").to_pylist())
                 if c}
     assert composed == {1, 2}
+
+
+def test_step_blocks_hold_one_training_step_each():
+    # A one-worker trial's forked view workers draw one step per block: a plain epoch's blocks are one
+    # batch each, a composed epoch's one step's anchors and candidates, which compose into one batch.
+    from fgray.data.forked_views import step_blocks
+
+    selection = placed_selection(stages=(Stage("warmup", 1), Stage("pretrain", 2)))
+    order = [pipeline.composed_index(np.arange(3 * BATCH), 0, BATCH, selection, NUM_ROWS, SEED, RANK),
+             pipeline.composed_index(np.arange(2 * BATCH) + 8, 1, BATCH, selection, NUM_ROWS, SEED, RANK)]
+    blocks = step_blocks(order, BATCH)
+    assert [b.num_rows for b in blocks] == [BATCH] * 3 + [(K + 1) * N] * 2
+    actor = views_actor(selection, selector_matrix())
+    assert all(len(actor.compose(as_numpy(b))["row"]) == BATCH for b in blocks)
+    assert pa.concat_tables(blocks).equals(pa.concat_tables(order))
+    plain = [pa.table({"row": np.arange(10), "epoch": np.zeros(10, np.int64)})]
+    assert [b.column("row").to_pylist() for b in step_blocks(plain, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]

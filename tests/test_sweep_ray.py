@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -157,6 +158,7 @@ def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(uninterru
 
     actor_class, run_folder, extra = KILLED[host]
     killed: list[int] = []
+    orphans: list[int] = []  # the killed process's children (a one-worker trial's forked view workers)
 
     def kill_after_first_checkpoint() -> None:
         # The process is found first (the state API takes a while) and killed the moment the first
@@ -169,6 +171,7 @@ def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(uninterru
         while time.monotonic() < deadline and not killed:
             if list(tmp_path.glob(f"demo-smoke/{run_folder}/checkpoint_*/meta.json")):
                 for pid in pids:
+                    orphans.extend(_children(pid))
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
             time.sleep(0.02)
@@ -178,10 +181,21 @@ def test_a_worker_killed_mid_trial_resumes_to_the_uninterrupted_result(uninterru
     assert main([*KILL_ARGS, *extra, "--storage", str(tmp_path)]) == 0
     watcher.join()
     assert killed, f"no {actor_class} was found to kill"
+    assert orphans or host != "in_trial", "the one-worker trial had no view worker to check"
+    # None outlives it: a forked view worker holding the trial's sockets to Ray hid its death for minutes.
+    assert not [pid for pid in orphans if os.path.exists(f"/proc/{pid}")], "children outlived the killed trainer"
     resumed = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())["trials"][0]
     assert resumed["status"] == "completed" and resumed["epochs"] == 6
     assert _learned(resumed["metrics"]) == _learned(uninterrupted["metrics"])
     assert resumed["test"] == uninterrupted["test"]
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        out += [int(child) for child in (task / "children").read_text().split()]
+    return out
 
 
 def test_fixed_rows_without_a_validation_split_test_every_final_model(ray_local, tmp_path):

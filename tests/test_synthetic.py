@@ -152,3 +152,20 @@ def test_closed_protocol_validation_has_two_images_per_class():
     val_labels = labels[np.isin(ids, split.val)]
     assert {c: int((val_labels == c).sum()) for c in range(4)} == {0: 0, 1: 2, 2: 2, 3: 5}
     assert len(split.train) + len(split.val) == len(labels) and len(split.test) == 0
+
+
+@pytest.mark.parametrize("start", ["fork", "spawn"])
+def test_a_pool_of_processes_renders_the_same_shards(tmp_path, monkeypatch, start):
+    # Sets of 200+ images render in a process pool (forked from a one-thread process, spawned from one
+    # with Ray's threads): the shards are byte for byte those of rendering in this process.
+    from fgray.data import synthetic_shards
+
+    spec = SyntheticSpec(num_classes=4, images_per_class=50, image_size=32)
+    monkeypatch.setattr(synthetic_shards, "_start_method", lambda: start)
+    monkeypatch.setattr(synthetic_shards.os, "cpu_count", lambda: 2)
+    pooled = write_shards(spec, tmp_path / "pool")
+    monkeypatch.setattr(synthetic_shards.os, "cpu_count", lambda: 1)
+    alone = write_shards(spec, tmp_path / "alone")
+    assert pooled == alone
+    for shard in alone.shards:
+        assert (tmp_path / "pool" / shard).read_bytes() == (tmp_path / "alone" / shard).read_bytes()

@@ -265,30 +265,47 @@ def epoch_order(rows: int, seed: int, epoch: int, rank: int = 0, world: int = 1)
     return np.random.default_rng([seed, epoch]).permutation(rows)[rank::world]
 
 
+def train_index(split: TrainingSplit, inputs: Inputs, seed: int, epochs: range, rank: int = 0, world: int = 1,
+                rows_per_epoch: int | None = None, batch_size: int | None = None,
+                selector: str | None = None) -> tuple[list[pa.Table], int | None]:
+    """Each epoch's index rows (``row``, ``epoch``; ASS adds ``group``, ``candidate``) and the rows of one
+    composed step (None: no composed steps). Each epoch is a fresh permutation of the whole split
+    (``epoch_order``); ``rows_per_epoch`` (the epoch's steps x batch size) keeps each epoch's batches
+    inside its own permutation: a trial resumed at epoch e then reads exactly what an uninterrupted one
+    read there."""
+    rows = [epoch_order(split.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
+    selection = inputs.selection
+    if selection is None:
+        return [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)], None
+    if batch_size is None or selector is None:  # ASS: every epoch's steps as index groups
+        raise ValueError("train_index: composed batches need batch_size and the selector's cache")
+    order = [composed_index(r, e, batch_size, selection, split.num_rows, seed, rank) for r, e in zip(rows, epochs)]
+    return order, (selection.pool_factor + 1) * (batch_size // 2)
+
+
+def view_actor_kwargs(split: TrainingSplit, table, inputs: Inputs, data: DataConfig, seed: int, rank: int,
+                      selector: str | None) -> dict:
+    """``ViewActor``'s arguments: ``table`` the split's rows (an object-store reference in a list, or
+    the table itself in the process that draws)."""
+    return {"table_ref": [table], "inputs": inputs, "image_size": data.image_size, "seed": seed,
+            "label_map": split.label_map, "caches": split.facts.caches, "selector": selector, "rank": rank}
+
+
 def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, cpus_per_task: float,
                   epochs: range, rank: int = 0, world: int = 1, batch_rows: int = 64,
                   actors: int = 1, rows_per_epoch: int | None = None, batch_size: int | None = None,
                   selector: str | None = None) -> ray.data.Dataset:
-    """The declared inputs of every training image, for each epoch in ``epochs``, as one dataset.
+    """The declared inputs of every training image, for each epoch in ``epochs`` (``train_index``), as
+    one Ray Data dataset: the index, and a pool of ``actors`` view actors (``cpus_per_task`` each).
 
-    Each epoch is a fresh permutation of the whole split (``epoch_order``) with fresh views. A
-    trial reads all its epochs through one iterator, so the pipeline keeps prefetching across
+    A trial reads all its epochs through one iterator, so the pipeline keeps prefetching across
     epoch boundaries instead of restarting cold every epoch (measured in bench/trainer_overhead.py:
     data wait 18-31 % per-epoch iterators -> 0.2 % one iterator); the order of the rows is kept,
-    so a trial's batches are the same in every run. ``actors``: view actors (each ``cpus_per_task``).
+    so a trial's batches are the same in every run.
     """
-    # ``rows_per_epoch`` (the epoch's steps x batch size) keeps each epoch's batches inside its own
-    # permutation: a trial resumed at epoch e then reads exactly what an uninterrupted one read there.
-    rows = [epoch_order(split.num_rows, seed, e, rank, world)[:rows_per_epoch] for e in epochs]
+    order, step_rows = train_index(split, inputs, seed, epochs, rank, world, rows_per_epoch, batch_size, selector)
+    batch_rows = step_rows or batch_rows  # one composed step per call
     # The index is tiny (two integers per row and epoch); the encoded images stay in one copy, below.
-    order = [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)]
-    selection = inputs.selection
-    if selection is not None:  # ASS: every epoch's steps as index groups (composed ones with candidates)
-        if batch_size is None or selector is None:
-            raise ValueError("train_dataset: composed batches need batch_size and the selector's cache")
-        order = [composed_index(r, e, batch_size, selection, split.num_rows, seed, rank)
-                 for r, e in zip(rows, epochs)]
-        batch_rows = (selection.pool_factor + 1) * (batch_size // 2)  # one composed step per call
     empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
     index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
@@ -298,12 +315,21 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     here = {RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(
-        ViewActor, fn_constructor_kwargs={"table_ref": [table_ref], "inputs": inputs,
-                                       "image_size": data.image_size, "seed": seed,
-                                       "label_map": split.label_map, "caches": split.facts.caches,
-                                       "selector": selector, "rank": rank},
+        ViewActor, fn_constructor_kwargs=view_actor_kwargs(split, table_ref, inputs, data, seed, rank, selector),
         concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task,
         label_selector=here, fallback_strategy=[{"label_selector": {}}])
+
+
+def forked_train_batches(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, epochs: range,
+                         batch_size: int, workers: int = 1, rows_per_epoch: int | None = None,
+                         selector: str | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """``train_dataset``'s batches (one rank of one), drawn by ``workers`` forked processes of this one
+    (``fgray.data.forked_views``) from the split's rows read here: a one-worker trial's pipeline."""
+    from fgray.data.forked_views import forked_batches, step_blocks
+
+    order, _ = train_index(split, inputs, seed, epochs, 0, 1, rows_per_epoch, batch_size, selector)
+    views = ViewActor(**view_actor_kwargs(split, split_rows(split), inputs, data, seed, 0, selector))
+    return forked_batches(step_blocks(order, batch_size), views, workers)
 
 
 def index_blocks(order: list[pa.Table], batch_rows: int, largest: int = 16) -> list[pa.Table]:

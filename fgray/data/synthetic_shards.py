@@ -2,13 +2,19 @@
 (the contract of :mod:`fgray.data.schema`) and cached by the spec's content hash."""
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import shutil
+import sys
+import threading
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +49,36 @@ def _encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def _render_class(spec: SyntheticSpec, c: int) -> list[tuple[bytes, tuple, tuple[int, ...]]]:
+    """Every image of class ``c``: (PNG bytes, bird box, image shape)."""
+    out = []
+    for i in range(spec.images_per_class):
+        image, box = render(spec, c, i)
+        out.append((_encode_png(image), tuple(box), image.shape))
+    return out
+
+
+def _render_classes(spec: SyntheticSpec, max_workers: int = 8) -> Iterator[list]:
+    """``_render_class`` of every class in order, in a pool of processes (single-threaded Python: seconds
+    on a laptop, and the first thing a fresh machine waits for); each image is the same whichever
+    process draws it (its own seeded generator). Forked from a process with one thread (the sweep's
+    ``render_ahead``: no imports to repeat); spawned from one with more (Ray's, in a trial), which a
+    fork would copy mid-flight. A set of under ~200 images is rendered here."""
+    workers = min(max_workers, os.cpu_count() or 1, spec.num_classes)
+    if workers < 2 or spec.num_classes * spec.images_per_class < 200:
+        yield from (_render_class(spec, c) for c in range(spec.num_classes))
+        return
+    context = multiprocessing.get_context(_start_method())
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(functools.partial(_render_class, spec), range(spec.num_classes))
+
+
+def _start_method() -> str:
+    ray = sys.modules.get("ray")
+    alone = threading.active_count() == 1 and not (ray is not None and ray.is_initialized())
+    return "fork" if alone else "spawn"
 
 
 def _write_shard(path: Path, rows: dict[str, list]) -> None:
@@ -87,13 +123,11 @@ def _write_all(spec: SyntheticSpec, folder: Path, digest: str, rows_per_shard: i
         for c in columns:
             rows[c].clear()
 
-    for c in range(spec.num_classes):
+    for c, images in enumerate(_render_classes(spec)):
         name, split = class_name(c), split_of(spec, c)
-        for i in range(spec.images_per_class):
-            image, box = render(spec, c, i)
-            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": _encode_png(image), "label": c,
-                   "class_name": name, "bbox": list(box), "split": split,
-                   "width": image.shape[1], "height": image.shape[0]}
+        for i, (png, box, shape) in enumerate(images):
+            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": png, "label": c,
+                   "class_name": name, "bbox": list(box), "split": split, "width": shape[1], "height": shape[0]}
             for col in columns:
                 rows[col].append(row[col])
             counts[split] = counts.get(split, 0) + 1

@@ -1,5 +1,6 @@
-"""The Ray Data actor of a trial's training pipeline (``pipeline.train_dataset``): index rows ->
-each image's declared inputs (views, columns, cached embeddings), and ASS's composed steps."""
+"""The view drawer of a trial's training batches: index rows -> each image's declared inputs (views,
+columns, cached embeddings), and ASS's composed steps. A Ray Data actor in a Train worker's pipeline
+(``pipeline.train_dataset``); in a one-worker trial, its forked view workers (``forked_views``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,8 @@ import ray
 
 from fgray import storage
 from fgray.data.inputs import Inputs, image_seed
+# At import, not in compose: a forked view worker must not import (fgray.data.forked_views).
+from fgray.data import selection
 
 
 class ViewActor:
@@ -73,12 +76,10 @@ class ViewActor:
         """Index rows of whole steps (``group``: the step; ``candidate``: the K*N candidates after the
         N anchors) -> each composed step's N anchors then its N selected negatives (ASS Algorithm 1,
         ``fgray.data.selection``); steps without candidates pass unchanged. Only these are decoded."""
-        from fgray.data.selection import gamma_at, select_negatives, selection_rng
-
         spec = self.inputs.selection
         rows, epochs, out_rows, out_epochs = index["row"], index["epoch"], [], []
         steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
-        for group in _runs(steps):
+        for group in runs(steps):
             candidate = index["candidate"][group]
             if not candidate.any():  # a plain step: its rows as they are
                 if spec.composes(int(epochs[group][0])):
@@ -92,17 +93,18 @@ class ViewActor:
             if len(candidates) != spec.pool_factor * len(anchors):
                 raise ValueError(f"selection: step {step} of epoch {epoch + 1} arrived split across batches "
                                  f"({len(anchors)} anchors, {len(candidates)} candidates)")
-            gamma = gamma_at(spec.schedule, spec.tau, epoch - spec.first + 1, spec.epochs)
+            gamma = selection.gamma_at(spec.schedule, spec.tau, epoch - spec.first + 1, spec.epochs)
             if not spec.replacement:  # a split smaller than K*N + N repeats candidates: B must not
                 candidates = np.unique(candidates)
-            chosen = select_negatives(self.selector[anchors], self.selector[candidates], gamma, len(anchors),
-                                      selection_rng(self.seed, epoch, step, self.rank), spec.replacement)
+            rng = selection.selection_rng(self.seed, epoch, step, self.rank)
+            chosen = selection.select_negatives(self.selector[anchors], self.selector[candidates], gamma,
+                                                len(anchors), rng, spec.replacement)
             out_rows.append(np.concatenate([anchors, candidates[chosen]]))
             out_epochs.append(np.full(2 * len(anchors), epoch))
         return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs)}
 
 
-def _runs(values: np.ndarray) -> list[slice]:
+def runs(values: np.ndarray) -> list[slice]:
     """Slices of the runs of equal consecutive values."""
     starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
     ends = np.r_[starts[1:], len(values)]
