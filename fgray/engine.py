@@ -1,7 +1,7 @@
 """Plain-PyTorch training and evaluation loops (no Ray): used by trial.py, benchmarks and tests.
 
-Batches arrive as dicts of CPU tensors or numpy arrays from any iterable (Ray Data shards in a
-trial, a list in tests); images (any uint8 array shaped (..., 3, H, W)) are normalised here, on
+Batches arrive as dicts of CPU tensors or numpy arrays from any iterable (a trial's view workers,
+a list in tests); images (any uint8 array shaped (..., 3, H, W)) are normalised here, on
 the device. A method reads only the keys its config declares (``DeclaredBatch``); its stages
 (``cfg.stages``) are run by ``fgray.stages``.
 """

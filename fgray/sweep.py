@@ -69,7 +69,8 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
         f"backbone {sweep.backbone.name}, {sweep.train.epochs} epochs{stages} x batch {sweep.train.batch_size}",
         f"trials: {count} ({'exhaustive grid' if rows is not None else 'Optuna TPE'}"
         f"{', ASHA on ' + sweep.search.metric if sweep.search.scheduler.name == 'asha' else ''})",
-        f"resources per trial: {res.workers_per_trial} worker(s) x {res.cpus_per_worker:g} CPU"
+        f"resources per trial: {res.workers_per_trial} worker(s) x "
+        f"{res.trial_process_cpus if res.in_trial else res.cpus_per_worker:g} CPU"
         f"{f' + {res.gpus_per_worker:g} GPU' if res.gpus_per_worker else ''}; up to {res.max_concurrent_trials} "
         f"concurrent -> needs {gpus * res.max_concurrent_trials:g} GPU(s) at full concurrency",
         f"results: {storage}/{sweep.name}",
@@ -162,7 +163,7 @@ def _quiet_known_notices() -> None:
     local cluster's token auth turning itself on (it stays on), Optuna's grid sampler calling
     ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on), and
     a raylet's "N PYTHON worker processes have been started" (every trial starts a few processes:
-    its driver, Ray Data's actors; the raylet's own log keeps the line)."""
+    its driver, a DDP trial's workers and Ray Data actors; the raylet's own log keeps the line)."""
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         _DropMessages("Token authentication is enabled"))
     logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(_DropMessages("`Study.stop`"))
@@ -267,19 +268,35 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     )
 
 
-def render_ahead(data: DataConfig) -> concurrent.futures.Future | None:
+class Rendering:
     """The built-in synthetic set found, or rendered (seconds on a fresh machine), by a process forked
     now, while this one loads timm for the checks and starts Ray: rendering is single-threaded Python,
-    which in a thread would hold the GIL the others need. None (resolved when Ray is up): a prepared
-    dataset (its manifest is read in milliseconds), or a process already in Ray (a fork copies its
-    threads' state)."""
+    which in a thread would hold the GIL the others need. The process ends after its one task, even
+    when this one has left (a check failed): it then finishes the set, for the next run."""
+
+    def __init__(self, data: DataConfig):
+        context = multiprocessing.get_context("fork")  # before Ray or torch start a thread here
+        self.receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(target=_render_into, args=(data, send), name="fgray-render")
+        self.process.start()
+        send.close()
+
+    def result(self):
+        """The ``PreparedDataset``, or the render's exception raised here."""
+        outcome = self.receive.recv()
+        self.process.join()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def render_ahead(data: DataConfig) -> Rendering | None:
+    """``Rendering`` of the built-in synthetic set. None (resolved when Ray is up): a prepared dataset
+    (its manifest is read in milliseconds), or a process already in Ray (a fork copies its threads'
+    state)."""
     if data.name != "synthetic" or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
         return None
-    # Forked before Ray or torch start any thread here; the pool's one process ends after its task.
-    pool = concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
-    future = pool.submit(_resolve_dataset, data)
-    pool.shutdown(wait=False)
-    return future
+    return Rendering(data)
 
 
 def _resolve_dataset(data: DataConfig):
@@ -288,8 +305,19 @@ def _resolve_dataset(data: DataConfig):
     return pipeline.resolve_dataset(data)
 
 
+def _render_into(data: DataConfig, send) -> None:
+    try:
+        outcome = _resolve_dataset(data)
+    except Exception as err:  # handed to the sweep, which reports it
+        outcome = err
+    try:
+        send.send(outcome)
+    except OSError:  # the sweep has left (a check failed): the set is complete for the next run
+        pass
+
+
 def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
-              verbose: bool = False, data_ready: concurrent.futures.Future | None = None) -> dict[str, Any]:
+              verbose: bool = False, data_ready: Rendering | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
     the sweep and fgray version with the results (a new sweep, or a forced resume); ``data_ready``:
     ``render_ahead``'s dataset (None: resolved here)."""
@@ -363,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
         ours = start_ray(args.verbose)
         try:
             sweep = checks.result()
-        except ConfigError as err:
+        except BaseException as err:
             if ours:
                 import ray
 
                 ray.shutdown()
+            if not isinstance(err, ConfigError):
+                raise
             print(f"error: {err}", file=sys.stderr)
             return 2
     started = time.perf_counter()

@@ -444,3 +444,18 @@ def test_step_blocks_hold_one_training_step_each():
     assert pa.concat_tables(blocks).equals(pa.concat_tables(order))
     plain = [pa.table({"row": np.arange(10), "epoch": np.zeros(10, np.int64)})]
     assert [b.column("row").to_pylist() for b in step_blocks(plain, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+def test_a_step_that_cannot_be_whole_is_refused():
+    # Composed steps are N anchors + N negatives: an odd batch would leave every step a row short. A split
+    # smaller than one batch would give the forked view workers no step at all, not an error.
+    from types import SimpleNamespace
+
+    from fgray.data.forked_views import step_blocks
+
+    inputs = Inputs(views=(ViewRecipe("crop_flip"),), selection=placed_selection())
+    with pytest.raises(ValueError, match="even"):
+        pipeline.train_index(SimpleNamespace(num_rows=NUM_ROWS), inputs, SEED, range(2), batch_size=BATCH + 1,
+                             selector="cache")
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        step_blocks([pa.table({"row": np.arange(3), "epoch": np.zeros(3, np.int64)})], 4)

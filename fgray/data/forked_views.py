@@ -12,6 +12,7 @@ A thread would not do: the views re-seed torch's global generator, which the tra
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 from typing import Iterator
@@ -46,6 +47,9 @@ def step_blocks(order: list[pa.Table], batch_size: int) -> list[pa.Table]:
     anchors and candidates, or a plain step's batch)."""
     blocks = []
     for epoch in order:
+        if epoch.num_rows < batch_size and "group" not in epoch.column_names:
+            raise ValueError(f"data: the training split has {epoch.num_rows} images a rank, fewer than "
+                             f"train.batch_size ({batch_size}): not one step an epoch")
         if "group" in epoch.column_names:
             blocks += [epoch.slice(s.start, s.stop - s.start) for s in runs(epoch.column("group").to_numpy())]
         else:
@@ -58,22 +62,22 @@ def forked_batches(blocks: list[pa.Table], views: ViewActor, workers: int,
                    prefetch: int = 4) -> Iterator[dict[str, np.ndarray]]:
     """The batches of ``blocks``, drawn by ``workers`` forked processes (``prefetch`` steps ahead each).
     The workers start here, so they draw while the caller builds its model, and end with the
-    iterator (or with this process: a worker stops when its parent is gone)."""
+    iterator, or with the thread that forked them (``_die_with_parent``)."""
     loader = DataLoader(_Steps(blocks, views), batch_size=None, num_workers=workers, collate_fn=_as_drawn,
-                        multiprocessing_context="fork", prefetch_factor=prefetch, worker_init_fn=_die_with_parent,
+                        multiprocessing_context="fork", prefetch_factor=prefetch,
+                        worker_init_fn=functools.partial(_die_with_parent, os.getpid()),
                         # The workers' base seed from a generator of their own, not the trainer's stream.
                         generator=torch.Generator())
     return _drain(iter(loader))
 
 
-def _die_with_parent(worker_id: int) -> None:
+def _die_with_parent(parent: int, worker_id: int) -> None:
     """SIGKILL this worker when the trial's thread that forked it dies (Linux's parent-death signal).
     A worker outliving a killed trial kept its copies of the trial's sockets to Ray open, so Ray saw
     the trial die only minutes later (measured: a killed trial's retry waited ~6 minutes); and
     DataLoader's own check of its parent ends the worker at a put that can block forever."""
-    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # best effort: DataLoader's own check remains
     if os.getppid() != parent:  # the parent died before the signal was set
         os._exit(0)
 

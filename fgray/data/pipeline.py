@@ -1,9 +1,10 @@
 """Ray Data pipelines: prepared Parquet shards -> decoded, augmented batches for Ray Train.
 
 Rows are read where they are used, with the image ids pushed into the Parquet scan. A trial's
-driver reads only small index columns (ids, labels, boxes); each trainer (a Train worker, or the
-trial process of a one-worker trial) reads its split's encoded rows into its node's object store,
-once, for its view actors, which run on the same node. Training batches hold exactly the inputs a
+driver reads only small index columns (ids, labels, boxes); each trainer reads its split's encoded
+rows once: a Train worker into its node's object store, for its view actors on the same node; a
+one-worker trial's process into its memory, for the view workers it forks (``forked_train_batches``,
+``fgray.data.forked_views``: the same batches). Training batches hold exactly the inputs a
 method declares (``fgray.data.inputs``): a tiny index dataset lists (row, epoch) in a seeded
 whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.view_actor``) turns each
 index row into that image's views (``fgray.data.views``), columns and cached embeddings, under a
@@ -279,6 +280,9 @@ def train_index(split: TrainingSplit, inputs: Inputs, seed: int, epochs: range, 
         return [pa.table({"row": r, "epoch": np.full(len(r), e)}) for r, e in zip(rows, epochs)], None
     if batch_size is None or selector is None:  # ASS: every epoch's steps as index groups
         raise ValueError("train_index: composed batches need batch_size and the selector's cache")
+    if batch_size % 2:
+        raise ValueError(f"train.batch_size: a composed step is N anchors + N negatives, so it must be even, "
+                         f"got {batch_size}")
     order = [composed_index(r, e, batch_size, selection, split.num_rows, seed, rank) for r, e in zip(rows, epochs)]
     return order, (selection.pool_factor + 1) * (batch_size // 2)
 

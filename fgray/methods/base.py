@@ -46,7 +46,7 @@ class Method(nn.Module, ABC):
 
     @classmethod
     def preflight(cls, config) -> None:
-        """Checks before Ray starts (e.g. that pretrained weights can be found); raise ConfigError."""
+        """Checks before trials start (e.g. that pretrained weights can be found); raise ConfigError."""
 
     @classmethod
     def smoke_overrides(cls, config: dict) -> dict:

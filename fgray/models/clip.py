@@ -10,7 +10,7 @@ Weights (``TeacherConfig.pretrained``): an open_clip tag (``openai``: looked up 
 Hugging Face / open_clip caches, downloaded when the hub is reachable), a local file, or
 ``random`` (seeded random init, nothing downloaded: tests and ``--profile smoke`` use it with
 the ~1.6M-parameter ``fgray-tiny-clip`` architecture). ``check_weights`` is the preflight
-check that fails with one line before Ray starts when weights cannot be found.
+check that fails with one line before any trial starts when weights cannot be found.
 
 open_clip is imported lazily (it takes seconds): importing fgray never needs it.
 """
