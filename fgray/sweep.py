@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import logging
-import multiprocessing
 import os
 import sys
 import time
 from typing import Any
 
-from fgray.config import ConfigError, DataConfig, SweepConfig, grid_points, validate
+from fgray.config import ConfigError, SweepConfig, grid_points, validate
 from fgray.held_out import evaluate_best
 from fgray.profiles import PROFILES
+from fgray.startup import Rendering, render_ahead, resolve_dataset
 from fgray.provenance import STORAGE_VARIABLE, check_resume
 from fgray.sweep_file import check_deep, load_sweep
 
@@ -268,54 +268,6 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     )
 
 
-class Rendering:
-    """The built-in synthetic set found, or rendered (seconds on a fresh machine), by a process forked
-    now, while this one loads timm for the checks and starts Ray: rendering is single-threaded Python,
-    which in a thread would hold the GIL the others need. The process ends after its one task, even
-    when this one has left (a check failed): it then finishes the set, for the next run."""
-
-    def __init__(self, data: DataConfig):
-        context = multiprocessing.get_context("fork")  # before Ray or torch start a thread here
-        self.receive, send = context.Pipe(duplex=False)
-        self.process = context.Process(target=_render_into, args=(data, send), name="fgray-render")
-        self.process.start()
-        send.close()
-
-    def result(self):
-        """The ``PreparedDataset``, or the render's exception raised here."""
-        outcome = self.receive.recv()
-        self.process.join()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
-
-
-def render_ahead(data: DataConfig) -> Rendering | None:
-    """``Rendering`` of the built-in synthetic set. None (resolved when Ray is up): a prepared dataset
-    (its manifest is read in milliseconds), or a process already in Ray (a fork copies its threads'
-    state)."""
-    if data.name != "synthetic" or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
-        return None
-    return Rendering(data)
-
-
-def _resolve_dataset(data: DataConfig):
-    from fgray.data import pipeline
-
-    return pipeline.resolve_dataset(data)
-
-
-def _render_into(data: DataConfig, send) -> None:
-    try:
-        outcome = _resolve_dataset(data)
-    except Exception as err:  # handed to the sweep, which reports it
-        outcome = err
-    try:
-        send.send(outcome)
-    except OSError:  # the sweep has left (a check failed): the set is complete for the next run
-        pass
-
-
 def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
               verbose: bool = False, data_ready: Rendering | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
@@ -329,7 +281,7 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bo
     if data_ready is not None:
         data_ready.result()
     else:
-        _resolve_dataset(sweep.data)
+        resolve_dataset(sweep.data)
     import ray
 
     from fgray import provenance

@@ -17,7 +17,7 @@ def test_the_synthetic_set_renders_in_a_forked_process_and_a_prepared_one_is_rea
     script = (
         "import json\n"
         "from fgray.config import DataConfig\n"
-        "from fgray.sweep import render_ahead\n"
+        "from fgray.startup import render_ahead\n"
         "data = DataConfig(name='synthetic', image_size=32, synthetic={'num_classes': 4, 'images_per_class': 3})\n"
         "prepared = render_ahead(data).result()\n"
         "print(json.dumps([prepared.root, prepared.manifest.num_images,"
