@@ -220,8 +220,7 @@ class EvalConfig(Strict):
         return tuple(sorted(set(fractions), reverse=True))
 
 
-# A one-worker trial forks its view workers on Linux (fgray.data.forked_views), else Ray Data actors.
-FORKED_VIEWS = sys.platform == "linux"  # macOS: fork is unsafe beside its system libraries
+FORKED_VIEWS = sys.platform == "linux"  # one-worker trials fork view workers (forked_views); macOS: unsafe
 
 
 class ResourcesConfig(Strict):

@@ -3,7 +3,6 @@ while the sweep checks its file and starts Ray (``fgray.sweep``). It imports no 
 from __future__ import annotations
 
 import multiprocessing
-import sys
 
 from fgray.config import DataConfig
 
@@ -32,9 +31,11 @@ class Rendering:
 
 def render_ahead(data: DataConfig) -> Rendering | None:
     """``Rendering`` of the built-in synthetic set. None (resolved when Ray is up): a prepared dataset
-    (its manifest is read in milliseconds), or a process already in Ray (a fork copies its threads'
-    state)."""
-    if data.name != "synthetic" or ("ray" in sys.modules and sys.modules["ray"].is_initialized()):
+    (its manifest is read in milliseconds), or a process that cannot fork safely (one in Ray, or
+    with other threads)."""
+    from fgray.data.synthetic_shards import fork_is_safe
+
+    if data.name != "synthetic" or not fork_is_safe():
         return None
     return Rendering(data)
 

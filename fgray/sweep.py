@@ -19,8 +19,8 @@ from typing import Any
 from fgray.config import ConfigError, SweepConfig, grid_points, validate
 from fgray.held_out import evaluate_best
 from fgray.profiles import PROFILES
-from fgray.startup import Rendering, render_ahead, resolve_dataset
 from fgray.provenance import STORAGE_VARIABLE, check_resume
+from fgray.startup import Rendering, render_ahead, resolve_dataset
 from fgray.sweep_file import check_deep, load_sweep
 
 DEFAULT_RANDOM_SAMPLES = 8

@@ -161,7 +161,7 @@ def test_a_pool_of_processes_renders_the_same_shards(tmp_path, monkeypatch, star
     from fgray.data import synthetic_shards
 
     spec = SyntheticSpec(num_classes=4, images_per_class=50, image_size=32)
-    monkeypatch.setattr(synthetic_shards, "_start_method", lambda: start)
+    monkeypatch.setattr(synthetic_shards, "fork_is_safe", lambda: start == "fork")
     monkeypatch.setattr(synthetic_shards.os, "cpu_count", lambda: 2)
     pooled = write_shards(spec, tmp_path / "pool")
     monkeypatch.setattr(synthetic_shards.os, "cpu_count", lambda: 1)

@@ -47,14 +47,14 @@ def step_blocks(order: list[pa.Table], batch_size: int) -> list[pa.Table]:
     anchors and candidates, or a plain step's batch)."""
     blocks = []
     for epoch in order:
-        if epoch.num_rows < batch_size and "group" not in epoch.column_names:
-            raise ValueError(f"data: the training split has {epoch.num_rows} images a rank, fewer than "
-                             f"train.batch_size ({batch_size}): not one step an epoch")
         if "group" in epoch.column_names:
             blocks += [epoch.slice(s.start, s.stop - s.start) for s in runs(epoch.column("group").to_numpy())]
-        else:
-            blocks += [epoch.slice(start, batch_size)
-                       for start in range(0, epoch.num_rows - batch_size + 1, batch_size)]
+            continue
+        if epoch.num_rows < batch_size:
+            raise ValueError(f"data: the training split has {epoch.num_rows} images a rank, fewer than "
+                             f"train.batch_size ({batch_size}): not one step an epoch")
+        starts = range(0, epoch.num_rows - batch_size + 1, batch_size)
+        blocks += [epoch.slice(start, batch_size) for start in starts]
     return blocks
 
 
@@ -87,7 +87,5 @@ def _as_drawn(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _drain(iterator) -> Iterator[dict[str, np.ndarray]]:
-    try:
-        yield from iterator
-    finally:
-        del iterator  # the loader's iterator stops its workers when it goes
+    # A generator, so the caller can close() it: the loader's iterator, dropped, stops its workers.
+    yield from iterator

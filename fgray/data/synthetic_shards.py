@@ -71,15 +71,16 @@ def _render_classes(spec: SyntheticSpec, max_workers: int = 8) -> Iterator[list]
     if workers < 2 or spec.num_classes * spec.images_per_class < 200:
         yield from (_render_class(spec, c) for c in range(spec.num_classes))
         return
-    context = multiprocessing.get_context(_start_method())
+    context = multiprocessing.get_context("fork" if fork_is_safe() else "spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
         yield from pool.map(functools.partial(_render_class, spec), range(spec.num_classes))
 
 
-def _start_method() -> str:
+def fork_is_safe() -> bool:
+    """Whether this process can fork a renderer: one thread and no Ray (a fork copies other threads'
+    locks and state mid-flight)."""
     ray = sys.modules.get("ray")
-    alone = threading.active_count() == 1 and not (ray is not None and ray.is_initialized())
-    return "fork" if alone else "spawn"
+    return threading.active_count() == 1 and not (ray is not None and ray.is_initialized())
 
 
 def _write_shard(path: Path, rows: dict[str, list]) -> None:

@@ -17,25 +17,23 @@ class ViewActor:
     """Index rows (``row``, ``epoch``) -> the declared inputs of each image: a Ray Data actor, or the
     state a one-worker trial's forked view workers share.
 
-    It holds the split's encoded rows (one copy in its trainer's node's object store, or in the
-    trial's memory) and draws every
-    image's views under its own seed, ``image_seed(train.seed, epoch, image_id)``: the batches are
-    bit-identical whichever actor or worker draws them and however many there are. An actor lives
-    for the whole trial; plain tasks were each started in a fresh worker process after the first
-    trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
+    It holds the split's encoded rows (one copy in its trainer's node's object store, or in the trial's
+    memory) and draws every image's views under its own seed, ``image_seed(train.seed, epoch,
+    image_id)``: the batches are bit-identical whichever actor or worker draws them and however many
+    there are. An actor lives for the whole trial; plain tasks were each started in a fresh worker
+    process after the first trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
     """
 
     def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
                  label_map: dict[int, int] | None, caches: dict[str, str], selector: str | None = None,
                  rank: int = 0):
         import torch
+        from PIL import Image
 
         from fgray.data import transforms, views
 
-        self.torch, self.decode = torch, transforms.decode
-        from PIL import Image
-
         Image.preinit()  # PIL's format plugins here: forked view workers would each import them
+        self.torch, self.decode = torch, transforms.decode
         # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
         self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
         self.inputs, self.seed, self.rank = inputs, seed, rank
