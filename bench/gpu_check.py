@@ -105,7 +105,7 @@ def shrink(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def variants(experiment: ExperimentConfig, compile_too: bool) -> list[dict[str, Any]]:
-    """eager (fgray's GPU default for ViTs); eager+CL (its default for CNNs); compiled."""
+    """eager (fgray's default for ViTs); eager+CL (its default for CNNs); compiled."""
     cnn = "vit" not in experiment.backbone.name
     out = [{"variant": "eager", "channels_last": False, "compile": False}]
     if cnn:
@@ -185,8 +185,6 @@ def measure_step(experiment: ExperimentConfig, variant: dict, batch: dict[str, n
     facts = case_facts(experiment)
     torch.manual_seed(0)
     method = place_method(build_method(experiment, facts), device, train)
-    if device.type == "cpu" and train.channels_last:  # place_method leaves CPU layouts alone: force
-        method = method.to(memory_format=torch.channels_last)  # it, so CPU tests catch layout bugs
     runner = StageRunner(method, experiment, steps, device)
     runner.enter(runner.plan.epochs - 1)  # the last stage: the method's main training (OLDFS: joint)
     batch = on_device(batch, device)

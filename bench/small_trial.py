@@ -102,6 +102,8 @@ def plain(args: argparse.Namespace) -> dict:
 
     torch.manual_seed(train.seed)
     method = build_method(experiment, facts)
+    if train.channels_last:  # the model's layout as fgray places it (engine.place_method)
+        method = method.to(memory_format=torch.channels_last)
     stage = StagePlan.of(experiment).stages[0]
     steps = min(len(images) // train.batch_size, train.steps_per_epoch or 10**9)
     optimizer = build_optimizer(stage_param_groups(method, stage), train, stage=stage)
@@ -150,13 +152,16 @@ def demo_side(args: argparse.Namespace, storage: str) -> dict:
     ended = time.time()
     spans = []  # (start, end) of each epoch's training, without its wait for data
     trials = list(Path(storage).glob("*/*/progress.csv"))
+    epochs = 0  # trial-epochs trained: ASHA's stops (which depend on the trials' order) change it
     for path in trials:
         frame = pd.read_csv(path)
+        epochs += len(frame)
         training = frame["time/epoch_s"] * (1 - frame["train/data_wait"])
         spans += list(zip(frame["time/epoch_end"] - frame["time/epoch_s"],
                           frame["time/epoch_end"] - frame["time/epoch_s"] + training))
     return {"wall_s": ended - started, "training_share": union(spans) / (ended - started),
-            "first_training_s": min(start for start, _ in spans) - started, "trials": len(trials)}
+            "first_training_s": min(start for start, _ in spans) - started, "trials": len(trials),
+            "trial_epochs": epochs}
 
 
 def union(spans: list[tuple[float, float]]) -> float:
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as storage:
                 runs.append(demo_side(args, storage))
             print(f"demo: wall {runs[-1]['wall_s']:.1f} s, training {100 * runs[-1]['training_share']:.0f} % of it, "
-                  f"first step after {runs[-1]['first_training_s']:.1f} s, {runs[-1]['trials']} trials", flush=True)
+                  f"first step after {runs[-1]['first_training_s']:.1f} s, {runs[-1]['trials']} trials, "
+                  f"{runs[-1]['trial_epochs']} trial-epochs", flush=True)
         print(f"demo wall {statistics.median(r['wall_s'] for r in runs):.1f} s (goal <= 60), training share "
               f"{100 * statistics.median(r['training_share'] for r in runs):.0f} % (goal >= 75); "
               f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -129,8 +129,8 @@ class TrainConfig(Strict):
     # GPU only (CPU trials are bit-reproducible as they are): deterministic CUDA kernels and cuDNN
     # algorithms (torch.use_deterministic_algorithms); slower, and an op without one fails the trial.
     deterministic: bool = False
-    # CUDA only: convolutions in channels-last memory format (NHWC, what cuDNN's tensor-core kernels
-    # read); transformers keep their layout. The GPU check (bench/gpu_check.py) measures both.
+    # Convolutions in channels-last memory format (NHWC: what cuDNN's tensor-core kernels and oneDNN's
+    # CPU kernels read); transformers keep their layout. bench/gpu_check.py measures both on a GPU.
     channels_last: bool = True
     compile: bool = False  # torch.compile the training step (the first steps pay the compilation)
 

@@ -72,14 +72,15 @@ def unwrap(model: nn.Module) -> Method:
 
 
 def place_method(method: Method, device: torch.device, train: TrainConfig) -> Method:
-    """Move ``method`` to ``device``; on CUDA, convolution weights go channels-last when
-    ``train.channels_last`` (a conv with channels-last weights returns channels-last activations, so
-    the whole CNN follows) and cuDNN may benchmark its algorithms unless ``train.deterministic``."""
+    """Move ``method`` to ``device``, its convolution weights channels-last when ``train.channels_last``
+    (a conv with channels-last weights returns channels-last activations, so the whole CNN follows:
+    cuDNN's tensor-core kernels and oneDNN's CPU kernels both read NHWC); on CUDA, cuDNN may benchmark
+    its algorithms unless ``train.deterministic``."""
     method = method.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not train.deterministic  # a trial's input sizes are fixed
-        if train.channels_last:
-            method = method.to(memory_format=torch.channels_last)
+    if train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
     return method
 
 

@@ -331,13 +331,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(describe_plan(check_deep(sweep), storage))
             return 0
+        # The synthetic set renders in a forked process from here on (before this process imports
+        # Ray Tune for the storage check), beside the checks that load timm, in a thread, and Ray's
+        # start, mostly waiting for its processes, in the main thread (ray.init wants it).
+        data_ready = render_ahead(sweep.data)
         check_storage(sweep, storage, args.resume, args.force)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # Ray's start is mostly waiting for its processes: the checks that load timm run beside it, in a
-    # thread (ray.init wants the main thread), and the synthetic set renders in a forked process.
-    data_ready = render_ahead(sweep.data)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         checks = pool.submit(checked, sweep)
         ours = start_ray(args.verbose)

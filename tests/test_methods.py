@@ -9,7 +9,7 @@ import torch
 from fgray.config import ExperimentConfig
 from fgray.data.inputs import DatasetFacts
 from fgray.engine import (DeclaredBatch, NonFiniteLossError, UndeclaredInputError, build_method, build_optimizer,
-                          build_scheduler, train_one_epoch)
+                          build_scheduler, place_method, train_one_epoch)
 from fgray.stages import StagePlan, stage_param_groups
 from fgray.methods import method_names
 from fgray.methods.registry import method_class
@@ -70,6 +70,34 @@ def test_step_runs_and_only_trainable_parameters_get_gradients(name, variant):
                 assert not param.requires_grad, f"{name}: {pname} requires grad but is not optimised"
         # (timm zero-initialises each residual branch's last BN, so single weights may get exact zeros)
         assert sum(float(p.grad.abs().sum()) for p in method.parameters() if p.grad is not None) > 0
+
+
+@pytest.mark.parametrize("name,variant", CASES, ids=IDS)
+def test_channels_last_placement_gives_the_same_step(name, variant):
+    """Placed as trials place it (``place_method``: CNN weights channels-last, on the CPU too), a
+    method's first step gives the loss and gradients of its default-layout copy: no op of its own
+    assumes contiguous activations. The layouts' kernels round differently, which small BatchNorm
+    batches amplify (OLDFS's decoder most), hence the 1 %; a layout bug changes a gradient by its size."""
+    reference, experiment = make(name, variant)
+    placed = place_method(make(name, variant)[0], torch.device("cpu"), experiment.train)
+    assert experiment.train.channels_last
+    convs = [p for p in placed.parameters() if p.ndim == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    batch, stage = batch_for(reference), StagePlan.of(experiment).stages[0]
+    outs = []
+    for method in (reference, placed):
+        method.start_stage(stage)
+        torch.manual_seed(1)  # the same in-step draws (MoCo's shuffle, OLDFS's noise) for both
+        out = method.training_step(batch)
+        out["loss"].backward()
+        outs.append((out["loss"], {n: p.grad for n, p in method.named_parameters() if p.grad is not None}))
+    (loss, grads), (placed_loss, placed_grads) = outs
+    torch.testing.assert_close(placed_loss, loss, rtol=1e-5, atol=1e-6)
+    assert placed_grads.keys() == grads.keys()
+    scale = torch.cat([g.flatten() for g in grads.values()]).norm()  # a bias before a BatchNorm: ~0
+    for pname, grad in grads.items():
+        error = (placed_grads[pname] - grad).norm()
+        assert error <= 1e-2 * grad.norm() + 1e-4 * scale, f"{name}: {pname} gradient differs by {error:.3g}"
 
 
 @pytest.mark.parametrize("name,variant", CASES, ids=IDS)

@@ -47,8 +47,11 @@ class ViewActor:
             self.selector = matrix[[positions[i] for i in ids]]
 
     def __call__(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "candidate" in index:
-            index = self.compose(index)
+        # Views are data: no autograd bookkeeping, which small images spend much of their time on.
+        with self.torch.inference_mode():
+            return self._draw(self.compose(index) if "candidate" in index else index)
+
+    def _draw(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = self.table.take(pa.array(index["row"]))
         ids = rows.column("image_id").to_numpy(zero_copy_only=False).astype(str)
         out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
