@@ -295,7 +295,7 @@ class SearchConfig(Strict):
     space: dict[str, Distribution] = {}  # dotted key -> distribution, e.g. method.temperature
     points: list[dict[str, Any]] = []  # explicit rows of a paper table: each a dict of dotted overrides
     algorithm: Literal["auto", "optuna", "grid"] = "auto"  # auto: grid if everything is a grid/points
-    num_samples: int | None = Field(None, ge=1)  # default: grid size, else 8
+    num_samples: int | None = Field(None, ge=1)  # a sampled search's trials (8); a grid runs every row
     metric: str = "val/recall@1"
     mode: Literal["max", "min"] = "max"
     seed: int = 0  # the searcher's seed (TPE / grid order), not the trials'

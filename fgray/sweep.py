@@ -48,14 +48,17 @@ def resolve_storage(storage: str) -> str:
 
 
 def planned_trials(sweep: SweepConfig) -> tuple[list[dict[str, Any]] | None, int]:
-    """(grid override rows or None for sampled searches, number of trials)."""
+    """(grid override rows or None for sampled searches, number of trials). An exhaustive grid (or
+    the base config alone) runs each row once per seed: ``num_samples`` counts a sampled search's
+    suggestions. More samples than grid points made Optuna's grid sampler repeat points at random,
+    identical runs that weighted some seeds more than others in the seed statistics."""
     search = sweep.search
     if search.space or search.points:
         if search.is_grid and search.algorithm in ("auto", "grid"):
             rows = grid_points(search)
-            return rows, len(rows) * (search.num_samples or 1) * search.seeds
+            return rows, len(rows) * search.seeds
         return None, (search.num_samples or DEFAULT_RANDOM_SAMPLES) * search.seeds
-    return [{}], (search.num_samples or 1) * search.seeds
+    return [{}], search.seeds
 
 
 def describe_plan(sweep: SweepConfig, storage: str) -> str:

@@ -60,6 +60,12 @@ def test_config_plans_and_searchers():
     alone = load_sweep(DEMO, ["search.seeds=2", "search.space={}", "search.num_samples=1"])
     space, searcher, samples = build_search(alone)
     assert samples == 2 and set(space) == {SEED_KEY}
+    # A grid runs each row once per seed whatever num_samples says (the demo file's 3 is for its TPE
+    # search): more samples than grid points would repeat seeds at random.
+    for sets in (["search.space={}"], ["search.space={train.lr: {grid: [0.001, 0.002]}}"]):
+        repeated = load_sweep(DEMO, ["search.seeds=5", "search.num_samples=3", *sets])
+        rows, planned = planned_trials(repeated)
+        assert planned == 5 * len(rows) and build_search(repeated)[2] == planned
     with pytest.raises(ConfigError, match="search.space.train.seed"):
         load_sweep(DEMO, ["search.seeds=2", "search.space={train.seed: {grid: [0, 1]}}"])
 
