@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_now(code: int) -> None:
     """Stop Ray, flush, and leave without the interpreter's teardown: after Ray's, its C++ side held
-    the prompt ~2 s more after everything was written (measured on the demo)."""
+    the prompt seconds more after everything was written (bench/README.md, small_trial.py)."""
     if "ray" in sys.modules:
         sys.modules["ray"].shutdown()
     logging.shutdown()

@@ -5,8 +5,8 @@ They are the batches of the Ray Data pipeline (``pipeline.train_dataset``): the 
 the same whichever process draws them. What differs is where they are drawn. A Tune trial process
 that trains forks its view workers: they inherit its imports (torch, torchvision) and the split's
 rows, so the first batch is ready a fraction of a second after the fork. A Ray Data actor is a new
-process that imports torch, and its executor starts helper actors: on the demo's 2 cores that put
-~7 s between a trial's start and its first step, and ~5 CPU-s of imports per trial beside training.
+process that imports torch, and its executor starts helper actors: on a laptop's few cores, seconds
+between a trial's start and its first step, and imports competing with training (bench/README.md).
 A thread would not do: the views re-seed torch's global generator, which the training step draws from.
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ def forked_batches(blocks: list[pa.Table], views: ViewActor, workers: int,
 def _die_with_parent(parent: int, worker_id: int) -> None:
     """SIGKILL this worker when the trial's thread that forked it dies (Linux's parent-death signal).
     A worker outliving a killed trial kept its copies of the trial's sockets to Ray open, so Ray saw
-    the trial die only minutes later (measured: a killed trial's retry waited ~6 minutes); and
+    the trial die only minutes later, and its retry waited as long; and
     DataLoader's own check of its parent ends the worker at a put that can block forever."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # best effort: DataLoader's own check remains

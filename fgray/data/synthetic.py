@@ -167,7 +167,7 @@ def _place(polys: dict[str, list[np.ndarray]], rng: np.random.Generator, spec: S
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
-    # min/max, not np.clip: the same floats, and np.clip on a scalar was ~20 % of generating the set
+    # min/max, not np.clip: the same floats, and np.clip's overhead on a scalar dominated this call
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(float(s), 0.0), 1.0), min(max(float(v), 0.0), 1.0))
     return int(r * 255), int(g * 255), int(b * 255)
 

@@ -65,8 +65,8 @@ def _render_classes(spec: SyntheticSpec, max_workers: int = 8) -> Iterator[list]
     on a laptop, and the first thing a fresh machine waits for); each image is the same whichever
     process draws it (its own seeded generator). Forked from a process with one thread (the sweep's
     ``render_ahead``: no imports to repeat); spawned from one with more (a trial's, with Ray's), where
-    a renderer, unlike a trial's view workers, would gain little from the fork (~2 s of imports against
-    a few seconds of rendering). A set of under ~200 images is rendered here."""
+    a renderer, unlike a trial's view workers, would gain little from the fork (a spawned worker's
+    imports are short beside its rendering). A set of under ~200 images is rendered here."""
     workers = min(max_workers, os.cpu_count() or 1, spec.num_classes)
     if workers < 2 or spec.num_classes * spec.images_per_class < 200:
         yield from (_render_class(spec, c) for c in range(spec.num_classes))

@@ -21,7 +21,8 @@ class ViewActor:
     memory) and draws every image's views under its own seed, ``image_seed(train.seed, epoch,
     image_id)``: the batches are bit-identical whichever actor or worker draws them and however many
     there are. An actor lives for the whole trial; plain tasks were each started in a fresh worker
-    process after the first trial (measured: ~5 s of imports per 64-image task, the Train worker idle).
+    process after the first trial, which imported torch for every 64-image task while the Train worker
+    waited.
     """
 
     def __init__(self, table_ref: list, inputs: Inputs, image_size: int, seed: int,
