@@ -42,7 +42,24 @@ def _smoke(data: dict[str, Any]) -> dict[str, Any]:
     if name not in method_names():
         raise ConfigError(f"method.name: unknown method {name!r}; known: {method_names()}")
     out["method"] = {**method, **method_class(name).smoke_overrides(method)}
+    search["points"] = [_smoke_row(row, name) for row in search.get("points") or []]
     return out
+
+
+def _smoke_row(row: dict[str, Any], base: str) -> dict[str, Any]:
+    """A table row that switches method (a leaderboard's) gets that method's smoke overrides, as the
+    base method does (they win over the file's values; --set values come after the profile)."""
+    from fgray.methods.registry import method_class, method_names
+    from fgray.search_config import switched_method
+
+    name = switched_method(row, base)
+    if name is None or name not in method_names():
+        return row  # validation names an unknown method
+    if isinstance(row.get("method"), dict):
+        return {**row, "method": {**row["method"], **method_class(name).smoke_overrides(row["method"])}}
+    own = {k[len("method."):]: v for k, v in row.items() if k.startswith("method.")}
+    smoke = {f"method.{k}": v for k, v in method_class(name).smoke_overrides(own).items()}
+    return {**row, **smoke}
 
 
 # The keys that bind a row to prepared data on disk; smoke replaces them (other data.* keys are valid

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from fgray.config import SweepConfig
+from fgray.config import SweepConfig, switched_method
 from fgray.profiles import apply_profile
 from fgray.validation import ConfigError, parse_set, set_dotted, validate
 
@@ -96,8 +96,11 @@ def _value_at(sweep: SweepConfig, key: str) -> Any:
 
 
 def _check_override(sweep: SweepConfig, overrides: dict[str, Any], where: str, deep: bool) -> None:
+    # A row that switches method is checked against that method's schema (strict) when validated below.
+    switched = switched_method(overrides, sweep.method.name) is not None
     for key in overrides:
-        _value_at(sweep, key)  # the key must exist (unknown keys would otherwise be silently added)
+        if not (switched and key.startswith("method.")):
+            _value_at(sweep, key)  # the key must exist (unknown keys would otherwise be silently added)
         if key.startswith("resources."):  # they size the Tuner's trials and its retries
             raise ConfigError(f"{where}: resources are a setting of the whole sweep")
     try:

@@ -7,9 +7,15 @@ import difflib
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fgray.methods.registry import method_configs
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
 class ConfigError(ValueError):

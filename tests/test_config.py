@@ -180,3 +180,33 @@ def test_list_valued_paper_matches_find_their_rows():
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / "dva_ica.yaml")
     rows = grid_points(sweep.search)
     assert len(rows) == 7 and all(_paper_row(sweep, row) is not None for row in rows)
+
+
+def test_a_row_that_switches_method_starts_from_that_methods_defaults(tmp_path):
+    """A leaderboard row names another method: the base method's options (a MoCo temperature) do not
+    carry into it, its own keys are checked against its own schema, and the other sections stay."""
+    path = tmp_path / "board.yaml"
+    path.write_text(textwrap.dedent("""
+        method: {name: mocov2, temperature: 0.3, queue_size: 256}
+        train: {epochs: 3, lr: 0.002}
+        search:
+          points:
+            - {method.name: mocov2}
+            - {method.name: simsiam}
+            - {method.name: ppssl, method.beta: 0.05, method.ais: false}
+            - {method: {name: oldfs, base: simsiam}}
+    """))
+    sweep = load_sweep(path, deep=False)
+    rows = [sweep.experiment(row, deep=False) for row in grid_points(sweep.search)]
+    assert [r.method.name for r in rows] == ["mocov2", "simsiam", "ppssl", "oldfs"]
+    assert rows[0].method.temperature == 0.3 and rows[0].method.queue_size == 256  # the base's own row
+    assert rows[2].method.beta == 0.05 and rows[2].method.queue_size == 65536  # ppssl's default, not 256
+    assert rows[3].method.base == "simsiam"
+    assert all(r.train.lr == 0.002 for r in rows)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: {name: mocov2}\nsearch: {points: [{method.name: simsiam, method.queue_size: 9}]}\n")
+    with pytest.raises(ConfigError, match=r"search.points\[0\]: method.queue_size"):
+        load_sweep(bad, deep=False)
+    smoke = load_sweep(path, profile="smoke", deep=False)
+    ppssl = smoke.experiment(grid_points(smoke.search)[2], deep=False).method
+    assert ppssl.queue_size <= 256 and ppssl.beta == 0.05  # the row's method got its smoke overrides
