@@ -37,3 +37,12 @@ def test_a_model_name_found_beside_rays_start_is_one_line_and_leaves_a_running_r
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: backbone.name: unknown timm model 'no_such_net'"]
     assert ray_local.is_initialized() and not list(tmp_path.iterdir())
+
+
+def test_the_end_line_counts_from_the_commands_start():
+    # The console's "done in N s" was measured from after Ray's start (42 s printed after 53.5 s of
+    # wall): it must count what happened before fgray.sweep ran too (here a 1.5 s wait).
+    script = ("import time\ntime.sleep(1.5)\nfrom fgray.sweep import command_started\n"
+              "print(time.time() - command_started())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert 1.5 <= float(out.stdout.strip()) < 30
