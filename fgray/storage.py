@@ -68,6 +68,17 @@ def ray_storage(path: str) -> tuple[str, pafs.FileSystem | None]:
     return inner, fs
 
 
+def check_reachable(path: str) -> None:
+    """Raise ``OSError`` naming the cause when a URI's bucket (its first component) cannot be read:
+    no such bucket, no credentials, no network. A local folder is created when written."""
+    if not is_uri(path) or path.startswith(("file://", "local://")):
+        return
+    fs, inner = filesystem(path)
+    bucket = inner.split("/", 1)[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise OSError(f"no bucket {bucket!r} there")
+
+
 def exists(path: str) -> bool:
     fs, inner = filesystem(path)
     return fs.get_file_info(inner).type != pafs.FileType.NotFound

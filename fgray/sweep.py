@@ -305,8 +305,16 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bo
 
 
 def check_storage(sweep: SweepConfig, storage: str, resume: bool, force: bool) -> None:
-    """A sweep already in the storage (refused without ``--resume``), or the one to resume."""
-    exists = experiment_exists(storage, sweep.name)
+    """A sweep already in the storage (refused without ``--resume``), or the one to resume; storage
+    that cannot be reached (no such bucket, no credentials, no network) is one line naming the cause."""
+    from fgray.storage import check_reachable
+
+    try:
+        check_reachable(storage)
+        exists = experiment_exists(storage, sweep.name)
+    except OSError as err:  # pyarrow's filesystem errors: the first line says what failed
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"storage {storage}: cannot be reached ({cause})") from None
     if exists and not resume:
         raise ConfigError(f"{storage}/{sweep.name} already holds a sweep: pass --resume to continue it, "
                           f"or --set name=... / --storage ... for a new one")
