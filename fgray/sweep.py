@@ -18,10 +18,12 @@ from typing import Any
 
 from fgray.config import ConfigError, SweepConfig, grid_points, validate
 from fgray.held_out import evaluate_best
+from fgray.interrupts import Interrupted, graceful_stop, resume_command
 from fgray.profiles import PROFILES
 from fgray.provenance import STORAGE_VARIABLE, check_resume
 from fgray.startup import Rendering, render_ahead, resolve_dataset
 from fgray.sweep_file import check_deep, load_sweep
+from fgray.sweep_ray import start_ray
 
 DEFAULT_RANDOM_SAMPLES = 8
 _IMPORTED = time.time()  # command_started's fallback where /proc is missing
@@ -118,79 +120,6 @@ def experiment_exists(storage: str, name: str) -> bool:
     from fgray.storage import ray_storage
 
     return tune.Tuner.can_restore(*ray_storage(f"{storage}/{name}"))
-
-
-def start_ray(verbose: bool = False) -> bool:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray;
-    False when this process was connected already. ``verbose``: keep the notices
-    ``_quiet_known_notices`` drops."""
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train tab
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's tables off: ProgressPrinter prints instead
-    # Tune snapshots its state whenever a trial checkpoints (num_to_keep=1) and warns when that is
-    # often: short laptop epochs always trigger it, and a local snapshot costs milliseconds.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return False
-    if not verbose:
-        _quiet_known_notices()
-    # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
-    ray.init(log_to_driver=False, logging_level="WARNING",
-             runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
-    import ray.data
-
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines and progress-bar notices
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return True
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, *fragments: str):
-        super().__init__()
-        self.fragments = fragments
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not any(fragment in record.getMessage() for fragment in self.fragments)
-
-
-WORKER_POOL_NOTICE = "worker processes have been started on node"
-
-
-def _quiet_known_notices() -> None:
-    """Ray notices a new user reads as errors, each harmless here (``--verbose`` keeps them): the
-    local cluster's token auth turning itself on (it stays on), Optuna's grid sampler calling
-    ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on), and
-    a raylet's "N PYTHON worker processes have been started" (every trial starts a few processes:
-    its driver, a DDP trial's workers and Ray Data actors; the raylet's own log keeps the line)."""
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropMessages("Token authentication is enabled"))
-    logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(_DropMessages("`Study.stop`"))
-    _drop_console_lines(WORKER_POOL_NOTICE)
-
-
-def _drop_console_lines(fragment: str) -> None:
-    """Drop the lines holding ``fragment`` from what Ray's driver prints for the cluster (job errors:
-    its listener thread prints them straight to stdout, through ``print_to_stdstream``, with no
-    logger or option to filter them); every other line, a real error included, still prints."""
-    import ray._private.worker as ray_worker
-
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "fgray_drops", None) == fragment:
-        return
-
-    def filtered(data: dict, ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if fragment not in line]
-        if lines:
-            original({**data, "lines": lines}, ignore_prefix)
-
-    filtered.fgray_drops = fragment
-    ray_worker.print_to_stdstream = filtered
 
 
 def build_search(sweep: SweepConfig):
@@ -297,7 +226,10 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bo
         provenance.record(sweep, storage)
 
     prepare_frozen(sweep, storage)  # frozen models' caches and boxes, before trials hold the resources
-    results = build_tuner(sweep, storage, resume).fit()
+    with graceful_stop() as stop:
+        results = build_tuner(sweep, storage, resume).fit()
+    if stop.signum is not None:  # Tune saved its state; unfinished trials are neither tested nor reported
+        raise Interrupted(stop.signum)
     trials = collect_trials(results, storage, sweep.name, epochs=sweep.longest_trial,
                             points=sweep.search.points, base_seed=sweep.train.seed)
     tests = evaluate_best(sweep, storage, trials)
@@ -372,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # found once Ray is up: the cluster's shape, a dataset missing there
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"interrupted ({stop}): the sweep's state is saved in {storage}/{sweep.name}; nothing was "
+              f"tested and no report written. Continue it with:\n  {resume_command(argv)}", file=sys.stderr,
+              flush=True)
+        return stop.exit_code
     print(f"done in {time.time() - command_started():.0f} s: {summary['report']}", flush=True)
     return 0 if summary["num_completed"] > 0 else 1
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ray._private.worker as ray_worker
 
-from fgray.sweep import _quiet_known_notices
+from fgray.sweep_ray import _quiet_known_notices
 
 NOTICE = ("WARNING: 4 PYTHON worker processes have been started on node: 859fb41c with address: 192.0.2.2, "
           "which is 4x the maximum expected startup concurrency (1).")

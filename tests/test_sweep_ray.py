@@ -217,3 +217,37 @@ def test_fixed_rows_without_a_validation_split_test_every_final_model(ray_local,
     assert not any(k.startswith("val/") for t in summary["trials"] for k in t["metrics"])
     assert "no validation split" in summary["data"]["split"]
     assert "No validation split" in (tmp_path / "demo-smoke" / "report.md").read_text()
+
+
+def test_ctrl_c_saves_the_state_reports_nothing_and_names_the_resume(ray_local, tmp_path, capsys):
+    """Interrupted is not done (issue 30): Ctrl-C after the first trial-epoch exits 130 with no
+    report and fgray's --resume command (not Tune's Tuner.restore); that command finishes the sweep."""
+    import signal
+    import threading
+    import time
+
+    args = [DEMO, "--profile", "smoke", "--storage", str(tmp_path), "--set", "train.epochs=6",
+            "--set", "train.steps_per_epoch=4", "--set", "search.scheduler.name=none"]
+    out = tmp_path / "demo-smoke"
+
+    def interrupt_after_first_epoch() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size > 0 for p in out.glob("*/result.json")):
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in a terminal
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=interrupt_after_first_epoch, daemon=True)
+    watcher.start()
+    code = main(args)
+    watcher.join()
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "interrupted (SIGINT)" in err and "Tuner.restore" not in err
+    resume = err.strip().splitlines()[-1].strip()
+    assert resume.startswith("python -m fgray.sweep ") and resume.endswith("--resume")
+    assert not (out / "report.md").exists() and not (out / "summary.json").exists()
+    assert main(args + ["--resume"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_trials"] == 2 and all(t["epochs"] == 6 for t in summary["trials"])
