@@ -5,6 +5,7 @@ from __future__ import annotations
 from ray.tune import Callback
 
 from fgray.report import format_value
+from fgray.results import error_line, error_tail
 
 
 class ProgressPrinter(Callback):
@@ -34,5 +35,8 @@ class ProgressPrinter(Callback):
         print(f"{self._name(trial)} finished  {params}", flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        reason = str(getattr(trial, "error_msg", None) or "see its error.txt").strip().splitlines()
-        print(f"{self._name(trial)} FAILED: {reason[-1] if reason else ''}", flush=True)
+        # The trial's error.txt (its actor's log may hold several trials: Tune reuses actors).
+        error = trial.get_error()
+        print(f"{self._name(trial)} FAILED: {error_line(error) or 'see its error.txt'}", flush=True)
+        for line in error_tail(error):
+            print(f"    {line}", flush=True)

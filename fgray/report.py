@@ -163,7 +163,11 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
                   "they are not the published paper's."]
     errors = [t for t in summary["trials"] if t["error"]]
     if errors:
-        lines += ["", "## Failed trials", *[f"- {t['trial_id']}: {t['error']}" for t in errors]]
+        lines += ["", "## Failed trials"]
+        for t in errors:  # the cause, and where it was raised (the full text: the trial's error.txt)
+            lines += [f"- {t['trial_id']}: {t['error']}"]
+            if t.get("traceback"):
+                lines += ["", "  ```", *[f"  {line}" for line in t["traceback"]], "  ```", ""]
     lines += ["", f"![{metric}](curves.png)", ""]
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
@@ -27,6 +28,7 @@ SEED_KEY = "train.seed"
 # The name fgray.checkpoint.save gives its meta file; read here through pyarrow (checkpoints may
 # sit in cloud storage), and repeated so bookkeeping needs no torch (tests keep the two equal).
 META_FILE = "meta.json"
+SUMMARY_FILE = "summary.json"  # written by fgray.report.write_outputs into <storage>/<sweep name>/
 
 
 class TrialResult(Protocol):
@@ -102,6 +104,31 @@ def _complete_meta(filesystem: pafs.FileSystem, folder: str) -> dict[str, Any] |
     return meta if all(info.size == size for info, size in zip(infos, sizes.values())) else None
 
 
+def resolve_checkpoint(path: str) -> str | None:
+    """The local checkpoint folder that ``path`` names (``backbone.pretrained``): ``path`` itself when it
+    holds a meta file, or for a sweep's output folder (``<storage>/<sweep name>``, holding
+    summary.json) the checkpoint of its best trial, else of its only trial with one, so a chained
+    sweep can name a stable path. None when ``path`` is neither; ValueError when the sweep's choice is
+    ambiguous or its checkpoint is gone."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isfile(os.path.join(path, META_FILE)):
+        return path
+    if not os.path.isfile(os.path.join(path, SUMMARY_FILE)):
+        return None
+    with open(os.path.join(path, SUMMARY_FILE)) as f:
+        summary = json.load(f)
+    trials = [t for t in summary.get("trials", []) if t.get("checkpoint")]
+    chosen = [t for t in trials if t["trial_id"] == summary.get("best")] or (trials if len(trials) == 1 else [])
+    if not chosen:
+        raise ValueError(f"{path}: {len(trials)} trials with a checkpoint and no best one in {SUMMARY_FILE}; "
+                         f"name one trial's checkpoint_* folder instead")
+    folder = chosen[0]["checkpoint"].removeprefix("file://")
+    if not os.path.isfile(os.path.join(folder, META_FILE)):
+        raise ValueError(f"{path}: trial {chosen[0]['trial_id']}'s checkpoint {folder} is not a local "
+                         f"checkpoint folder")
+    return folder
+
+
 def checkpoint_epoch(checkpoint: str | None, filesystem: pafs.FileSystem | None = None) -> int:
     """How many epochs the checkpoint (a folder or URI from ``latest_checkpoint``; a path in
     ``filesystem`` when given) has finished, from its meta file alone; 0 for None, so a trial
@@ -139,7 +166,8 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
             "params": params,
             "overrides": _overrides(params, points, base_seed),
             "status": status,
-            "error": _error_line(result.error),
+            "error": error_line(result.error),
+            "traceback": error_tail(result.error),
             "epochs": metrics.get("epoch"),
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("val/", "train/")) and finite(v)},
@@ -149,7 +177,7 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
     return trials
 
 
-def _error_line(error: BaseException | None) -> str | None:
+def error_line(error: BaseException | str | None) -> str | None:
     """The root cause of a trial failure in one line (Ray wraps it in several tracebacks)."""
     if error is None:
         return None
@@ -157,6 +185,17 @@ def _error_line(error: BaseException | None) -> str | None:
     causes = [line for line in lines
               if "Error: " in line and not line.startswith(("ray.", "File "))]
     return (causes or lines or [type(error).__name__])[-1]
+
+
+def error_tail(error: BaseException | str | None, lines: int = 8) -> list[str]:
+    """The last ``lines`` lines of a trial failure's innermost traceback: where it was raised. Tune's
+    error.txt appends one section per failure ("Failure # N ..."); the last one is the trial's end."""
+    if error is None:
+        return []
+    text = str(error).rsplit("Failure # ", 1)[-1]
+    text = text.rsplit("Traceback (most recent call last):", 1)[-1]  # the root cause's own frames
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    return kept[-lines:]
 
 
 def finite(value: Any) -> bool:

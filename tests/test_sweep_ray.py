@@ -61,13 +61,22 @@ def test_existing_sweep_needs_resume_and_resume_keeps_results(smoke_sweep, capsy
     assert "train.lr: 0.001 -> 0.5" in capsys.readouterr().err
 
 
-def test_nan_loss_is_a_recorded_failure(ray_local, tmp_path):
+def test_nan_loss_is_a_recorded_failure(ray_local, tmp_path, capsys):
     # A temperature this small overflows the logits: the trial fails with a clear message, the sweep survives.
     code = main([DEMO, "--profile", "smoke", "--storage", str(tmp_path), "--set", "method.temperature=1e-45",
                  "--set", "search.space={}", "--set", "search.num_samples=1", "--set", "train.epochs=1"])
     summary = json.loads((tmp_path / "demo-smoke" / "summary.json").read_text())
     assert code == 1 and summary["num_trials"] == summary["num_errors"] == 1
-    assert "non-finite loss" in summary["trials"][0]["error"]
+    trial = summary["trials"][0]
+    assert "non-finite loss" in trial["error"]
+    # Failed trials say why: the console and report.md show the cause and where it was raised.
+    assert trial["traceback"] and "non-finite loss" in trial["traceback"][-1]
+    assert any(line.strip().startswith("File ") for line in trial["traceback"])
+    console = capsys.readouterr().out
+    failed = next(line for line in console.splitlines() if "FAILED:" in line)
+    assert "non-finite loss" in failed and trial["traceback"][-2].strip() in console
+    report = (tmp_path / "demo-smoke" / "report.md").read_text()
+    assert "## Failed trials" in report and trial["traceback"][-2].strip() in report
 
 
 def test_ddp_trial_of_a_new_method_on_the_declared_data_path(ray_local, tmp_path):
