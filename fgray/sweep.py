@@ -161,6 +161,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
 
     from fgray.cli_progress import ProgressPrinter
     from fgray.storage import ray_storage
+    from fgray.sweep_metrics import MetricsExporter
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
@@ -193,7 +194,8 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
                                     reuse_actors=res.in_trial),
         run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, storage_filesystem=filesystem,
                                   verbose=0,
-                                  callbacks=[ProgressPrinter(sweep.longest_trial, search.metric)],
+                                  callbacks=[ProgressPrinter(sweep.longest_trial, search.metric),
+                                             MetricsExporter(sweep.name, search.metric)],
                                   # Tune retries a trial (a one-worker trial's training, a DDP trial's
                                   # driver); Train retries a DDP trial's worker group, each from its checkpoint.
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures),

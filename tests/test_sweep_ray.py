@@ -45,6 +45,49 @@ def test_smoke_sweep_writes_real_metrics(smoke_sweep):
     assert "| trial |" in report and "Untrained backbone" in report and (out / "curves.png").is_file()
 
 
+def test_the_sweeps_gauges_reach_rays_prometheus_endpoint(smoke_sweep):
+    """fgray's gauges on a node's metrics export port (Ray's Prometheus endpoint), parsed by a real
+    Prometheus text parser: every trial's epoch, loss, search metric, img/s, data wait and status,
+    and the sweep's trial counts. Ray exports every ~10 s."""
+    import time
+    import urllib.request
+
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, out = smoke_sweep
+    summary = json.loads((out / "summary.json").read_text())
+    trials = {t["trial_id"] for t in summary["trials"]}
+    ports = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
+    wanted = {"ray_fgray_trial_epoch", "ray_fgray_trial_train_loss", "ray_fgray_trial_search_metric",
+              "ray_fgray_trial_images_per_second", "ray_fgray_trial_data_wait_share", "ray_fgray_trial_status",
+              "ray_fgray_sweep_trials"}
+    deadline, samples = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        samples = {}
+        for port in ports:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in wanted and sample.labels.get("sweep") == "demo-smoke":
+                        samples.setdefault(sample.name, []).append(sample)
+        if set(samples) == wanted:
+            break
+        time.sleep(2)
+    assert set(samples) == wanted
+    assert {s.labels["trial"] for s in samples["ray_fgray_trial_epoch"]} == trials
+    epochs = {s.labels["trial"]: s.value for s in samples["ray_fgray_trial_epoch"]}
+    assert epochs == {t["trial_id"]: t["epochs"] for t in summary["trials"]}
+    metric = {s.labels["trial"]: s.value for s in samples["ray_fgray_trial_search_metric"]
+              if s.labels["metric"] == "val/recall@1"}
+    assert metric == pytest.approx({t["trial_id"]: t["metrics"]["val/recall@1"] for t in summary["trials"]})
+    counts = {s.labels["state"]: s.value for s in samples["ray_fgray_sweep_trials"]}
+    assert counts["running"] == 0 and counts["failed"] == 0
+    assert counts["finished"] + counts["stopped"] == len(trials)
+    status = {(s.labels["trial"], s.labels["status"]) for s in samples["ray_fgray_trial_status"] if s.value == 1}
+    assert {trial for trial, _ in status} == trials and all(st in ("finished", "stopped") for _, st in status)
+
+
 def test_existing_sweep_needs_resume_and_resume_keeps_results(smoke_sweep, capsys):
     code, out = smoke_sweep
     storage = str(out.parent)
