@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from fgray.config import PaperRow, SweepConfig
+from fgray.report_plots import curves_figure, knob_order, knobs, table_figure
 from fgray.results import finite, mean_std, rank_trials, seed_rows, seed_table
 from fgray.storage import filesystem, write_bytes
 
@@ -97,13 +98,13 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
         "paper_source": sweep.paper.source,
         "report": f"{out_dir}/report.md",
     }
+    summary["plots"] = write_plots(sweep, out_dir, trials, rows)
     write_bytes(f"{out_dir}/summary.json", json.dumps(summary, indent=2, default=str).encode())
     frame = results_frame(trials)
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     write_bytes(f"{out_dir}/results.parquet", buffer.getvalue())
     write_bytes(f"{out_dir}/report.md", markdown_report(sweep, summary, frame).encode())
-    plot_curves(out_dir, trials, sweep.search.metric)
     return summary
 
 
@@ -139,7 +140,10 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
     columns = _source_columns(values)
     header += [f"{source} {k}" for source, k in columns]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for t, published_values in zip(summary["trials"], values):
+    # Rows in knob order (then seed), not in the order trials happened to start.
+    by_knobs = sorted(range(len(values)), key=lambda i: [knob_order(summary["trials"][i]["overrides"].get(k))
+                                                          for k in keys])
+    for t, published_values in ((summary["trials"][i], values[i]) for i in by_knobs):
         test = t.get("test") or {}
         cells = [t["trial_id"] + (" **best**" if t["trial_id"] == summary["best"] else ""),
                  *[format_value("", t["overrides"].get(k, "")) for k in keys],
@@ -168,8 +172,12 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
             lines += [f"- {t['trial_id']}: {t['error']}"]
             if t.get("traceback"):
                 lines += ["", "  ```", *[f"  {line}" for line in t["traceback"]], "  ```", ""]
-    lines += ["", f"![{metric}](curves.png)", ""]
-    return "\n".join(lines)
+    plots = summary.get("plots", [])
+    if "table.png" in plots:
+        lines += ["", "![the table: ours beside the paper's](table.png)"]
+    if "curves.png" in plots:
+        lines += ["", f"![{metric} per epoch](curves.png)"]
+    return "\n".join(lines + [""])
 
 
 def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
@@ -295,31 +303,55 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.2f}" if finite(value) else "-"
 
 
-def plot_curves(out_dir: str, trials: list[dict[str, Any]], metric: str) -> None:
-    """``curves.png``: the search metric per epoch of every trial (from Tune's progress.csv)."""
-    import matplotlib
+def write_plots(sweep: SweepConfig, out_dir: str, trials: list[dict[str, Any]],
+                rows: list[dict[str, Any]]) -> list[str]:
+    """The pictures of the sweep (``fgray.report_plots``), written beside report.md; their file names.
+    ``table.png``: the rows over their one or two knobs, ours beside the paper's; ``curves.png``: the
+    search metric per epoch (none without a validation split: there is no such metric)."""
+    written = []
+    test_rows = [r for r in rows if r["test"]["values"]]
+    use_test = bool(test_rows)
+    metric = "test recall@1" if use_test else sweep.search.metric
+    shown = [{**r, "ours": _percent(r["test"] if use_test else r["val"])} for r in (test_rows or rows)]
+    paper_values = [_paper_value(sweep, r["overrides"]) for r in shown]
+    paper_metric = next((name for value, name in paper_values if name), "")
+    table = table_figure(shown, [value for value, _ in paper_values], metric, paper_metric)
+    if table is not None:
+        write_bytes(f"{out_dir}/table.png", table)
+        written.append("table.png")
+    if sweep.has_validation:
+        progress = _progress(out_dir)
+        axes = knobs(rows)
+        row_of = {trial_id: ", ".join(f"{k}={format_value('', r['overrides'].get(k))}" for k in axes) or "all seeds"
+                  for r in rows for trial_id in r["trials"]}
+        curves = curves_figure(progress, row_of if sweep.search.seeds > 1 else {}, sweep.search.metric)
+        if curves is not None:
+            write_bytes(f"{out_dir}/curves.png", curves)
+            written.append("curves.png")
+    return written
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _percent(stats: dict[str, Any]) -> dict[str, float]:
+    return {"mean": 100 * stats["mean"], "std": 100 * stats["std"]}
+
+
+def _paper_value(sweep: SweepConfig, overrides: dict[str, Any]) -> tuple[float | None, str]:
+    """The published Recall@1 (or rank-1, the same quantity) of a row, with the metric's name."""
+    values = _own(published(sweep, overrides)["paper"], sweep)
+    name = next((k for k in ("recall@1", "rank@1") if k in values), None)
+    return (values[name], name) if name else (None, "")
+
+
+def _progress(out_dir: str) -> dict[str, pd.DataFrame]:
+    """Every trial's per-epoch results, from the progress.csv Tune writes in each trial's folder."""
     fs, base = filesystem(out_dir)
+    found = {}
     for folder in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
         path = posixpath.join(folder.path, "progress.csv")
         if folder.type != pafs.FileType.Directory or fs.get_file_info(path).type != pafs.FileType.File:
             continue
         with fs.open_input_stream(path) as stream:
             progress = pd.read_csv(io.BytesIO(stream.read()))
-        if metric in progress and "epoch" in progress:
-            trial_id = progress["trial_id"].iloc[0] if "trial_id" in progress else folder.base_name
-            ax.plot(progress["epoch"], 100 * progress[metric], marker="o", label=str(trial_id))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes(f"{out_dir}/curves.png", image.getvalue())
+        trial_id = str(progress["trial_id"].iloc[0]) if "trial_id" in progress and len(progress) else folder.base_name
+        found[trial_id] = progress
+    return found
