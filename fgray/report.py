@@ -187,22 +187,38 @@ def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
     metric = summary["metric"]
     keys = sorted({k for r in summary["rows"] for k in r["overrides"]})
     drafts = any(r.source == "draft" for r in sweep.paper.rows)
-    header = ["row", *keys, "seeds", f"val {metric.removeprefix('val/')}", "test recall@1", "untrained recall@1",
-              "gain (min)", *SOURCES[: 2 if drafts else 1]]
+    # Rows of several methods (a leaderboard): supervised ones read the training labels, so they are
+    # ranked in a group of their own after the self-supervised ones.
+    labels = {i: sweep.experiment(r["overrides"], deep=False).method.supervised for i, r in enumerate(summary["rows"])}
+    grouped = len(set(labels.values())) > 1
+    by_trial = {t["trial_id"]: t for t in summary["trials"]}
+    header = ["row", *keys, *(["labels"] if grouped else []), "seeds", f"val {metric.removeprefix('val/')}",
+              "test recall@1", "untrained recall@1", "gain (min)", "img/s", "wall (s)", *SOURCES[: 2 if drafts else 1]]
     lines = ["", f"**Seed repeats** ({summary['seeds']} seeds per row; mean ± std in %, std over seeds; "
-             "gain = test minus the untrained backbone of the same seed). ≈ marks rows whose validation "
-             "metric is within noise of the best row (Welch's t-test, p >= 0.05).", "",
+             "gain = test minus the untrained backbone of the same seed; img/s: training images per second "
+             "in the last epoch, wall: a trial's training time, each a mean over seeds). ≈ marks rows whose "
+             "validation metric is within noise of the best row (Welch's t-test, p >= 0.05)."
+             + (" Supervised rows (labels: yes) train on the training classes' labels: they are ranked "
+                "apart from the self-supervised ones." if grouped else ""), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, row in enumerate(summary["rows"]):
+    for i in sorted(labels, key=lambda i: (labels[i], i)):
+        row = summary["rows"][i]
         values = published(sweep, row["overrides"])
         texts = [", ".join(f"{k} {v:.2f}" for k, v in _own(values[source], sweep).items()) or "-"
                  for source in SOURCES[: 2 if drafts else 1]]
         ranked = finite(row["val"].get("mean"))  # without a validation split no row is "best"
-        mark = (" **best**" if i == 0 else " ≈" if row["within_noise_of_best"] else "") if ranked else ""
+        first = i == min(j for j in labels if labels[j] == labels[i])  # the best of its group
+        mark = (" **best**" if first else " ≈" if row["within_noise_of_best"] else "") if ranked else ""
         gain = row["gain"]
+        members = [by_trial[t] for t in row["trials"] if t in by_trial]
+        speed = mean_std([t["metrics"]["train/images_per_s"] for t in members if "train/images_per_s" in t["metrics"]])
+        wall = mean_std([t["wall_s"] for t in members if finite(t.get("wall_s"))])
         cells = [f"{i + 1}{mark}", *[format_value("", row["overrides"].get(k, "")) for k in keys],
+                 *(["yes" if labels[i] else "no"] if grouped else []),
                  str(len(row["seeds"])), _pm(row["val"]), _pm(row["test"]), _pm(row["untrained"]),
-                 f"{_pm(gain)} ({_pct(gain['min'])})" if gain["values"] else "-", *texts]
+                 f"{_pm(gain)} ({_pct(gain['min'])})" if gain["values"] else "-",
+                 f"{speed['mean']:.0f}" if finite(speed["mean"]) else "-",
+                 f"{wall['mean']:.0f}" if finite(wall["mean"]) else "-", *texts]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -36,11 +36,28 @@ def _png(fig) -> bytes:
 
 
 def knobs(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The keys whose values differ between rows (the table's axes), in the order rows name them."""
+    """The keys whose values differ between rows (the table's axes), in the order rows name them,
+    less those an earlier axis decides (a leaderboard's ``backbone.name`` or ``method.beta`` follow
+    its ``method.name``: one axis, not three)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["overrides"] if k not in keys and k != SEED_KEY]
-    return [k for k in keys if len({_label(r["overrides"].get(k)) for r in rows}) > 1]
+    varying = [k for k in keys if len({_label(r["overrides"].get(k)) for r in rows}) > 1]
+    axes: list[str] = []
+    for key in varying:
+        if not any(_decides(rows, axis, key) for axis in axes):
+            axes.append(key)
+    return axes
+
+
+def _decides(rows: Sequence[dict[str, Any]], axis: str, key: str) -> bool:
+    """Every value of ``axis`` goes with one value of ``key``."""
+    seen: dict[str, str] = {}
+    for row in rows:
+        value = _label(row["overrides"].get(axis))
+        if seen.setdefault(value, _label(row["overrides"].get(key))) != _label(row["overrides"].get(key)):
+            return False
+    return True
 
 
 def _label(value: Any) -> str:

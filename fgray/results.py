@@ -169,6 +169,7 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
             "error": error_line(result.error),
             "traceback": error_tail(result.error),
             "epochs": metrics.get("epoch"),
+            "wall_s": metrics.get("time_total_s"),  # Tune's: the trial's training time, all its epochs
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("val/", "train/")) and finite(v)},
             "checkpoint": latest_checkpoint(storage, sweep_name, trial_id,

@@ -42,8 +42,8 @@ def test_one_knob_is_a_plot_or_bars_and_more_knobs_draw_nothing():
     categorical = [_row({"method.name": n}, m) for n, m in (("simsiam", 30.0), ("mocov2", 45.0))]
     assert table_figure(numeric, [None] * 3, "test recall@1", "")[:4] == b"\x89PNG"
     assert table_figure(categorical, [None, 44.0], "test recall@1", "recall@1")[:4] == b"\x89PNG"
-    three = [_row({"a": i, "b": i, "c": i}, 1.0) for i in range(3)]
-    assert table_figure(three, [None] * 3, "m", "") is None
+    three = [_row(dict(zip("abc", cell)), 1.0) for cell in ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1))]
+    assert knobs(three) == ["a", "b", "c"] and table_figure(three, [None] * 4, "m", "") is None
     assert table_figure([_row({}, 1.0)], [None], "m", "") is None  # one configuration: nothing to plot
 
 
@@ -78,3 +78,11 @@ def test_the_report_embeds_the_table_and_no_curves_without_validation(tmp_path):
     body = [line for line in report.splitlines() if line.startswith("| b0")]
     assert [line.split(" | ")[0] for line in body] == ["| b0.01s0", "| b0.01s1", "| b0.1s0", "| b0.1s1"]
     assert json.loads((out / "summary.json").read_text())["plots"] == ["table.png"]
+
+
+def test_a_leaderboards_axis_is_the_method_not_what_follows_it():
+    rows = [_row({"method.name": "mocov2", "backbone.name": "resnet10t"}, 45.0),
+            _row({"method.name": "ppssl", "backbone.name": "resnet10t", "method.beta": 0.01}, 44.0),
+            _row({"method.name": "dva", "backbone.name": "vit_tiny_patch16_224"}, 60.0)]
+    assert knobs(rows) == ["method.name"]
+    assert knobs([_row({"a": 1, "b": 1}, 0), _row({"a": 1, "b": 2}, 0), _row({"a": 2, "b": 1}, 0)]) == ["a", "b"]
