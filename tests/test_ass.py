@@ -440,7 +440,11 @@ def test_inputs_declare_selection_only_when_pretraining_with_the_selector():
     assert ASSConfig(pretrain=False).inputs.selection is None
     assert ASSConfig(finetune={"epochs": 0}).inputs.columns == ()
     assert ASSConfig(finetune={"epochs": 0}).inputs.selection is not None
-    assert set(ASSConfig(finetune={"epochs": 0}).inputs.keys) == {"image"}
+    # a composed batch carries each anchor's negative (issue 27); uniform ones pair by draw order
+    assert set(ASSConfig(finetune={"epochs": 0}).inputs.keys) == {"image", "negative_index"}
+    assert set(ASSConfig(finetune={"epochs": 0}, selector={"enabled": False}).inputs.keys) == {"image"}
+    assert cfg.inputs.selection.pairing == "nearest"  # fgray's choice
+    assert ASSConfig(negative_pairing="index").inputs.selection.pairing == "index"  # the draft code's
 
 
 def test_embeddings_are_normalised():

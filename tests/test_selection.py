@@ -2,7 +2,8 @@
 composed batches the data pipeline builds with it: p against a slow loop reference of steps 3-5, its
 gamma limits, the categorical draw of step 7, the gamma schedules of step 6, a composed epoch's index
 (N anchors then K*N candidates per step) and the view actor's composition of each step (N anchors,
-then N negatives among that step's candidates). Pure numpy; the actor is built without Ray."""
+then N negatives among that step's candidates); each anchor's own negative: tests/test_ass_pairing.py.
+Pure numpy; the actor is built without Ray."""
 from __future__ import annotations
 
 import math

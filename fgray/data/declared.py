@@ -6,13 +6,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fgray.data.inputs import DatasetFacts, Inputs
+from fgray.data.inputs import NEGATIVE_INDEX, DatasetFacts, Inputs
 
 
 def declared_batch(inputs: Inputs, facts: DatasetFacts, n: int = 8, seed: int = 1) -> dict[str, np.ndarray]:
     """A batch of ``n`` random images holding exactly ``inputs.keys``: each image (slightly larger
     than ``facts.image_size``, its box inside) goes through every declared recipe; labels cycle over
-    the classes; cached embeddings are random unit vectors of the encoder's width."""
+    the classes; cached embeddings are random unit vectors of the encoder's width; a composed batch's
+    pairing (``negative_index``) pairs anchor i (the first half) with negative N - 1 - i: not the
+    identity, so a method that ignored it would be seen to."""
     from fgray.data.views import build_recipe
     from fgray.models.encoders import build_encoder
 
@@ -38,4 +40,7 @@ def declared_batch(inputs: Inputs, facts: DatasetFacts, n: int = 8, seed: int = 
     for key, spec in inputs.embeddings:
         dim = build_encoder(spec, size).dim
         batch[key] = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).numpy()
+    if inputs.selection is not None:
+        half = n // 2
+        batch[NEGATIVE_INDEX] = np.r_[np.arange(half)[::-1], np.full(n - half, -1)].astype(np.int64)
     return batch

@@ -9,7 +9,9 @@ A method's config has an ``inputs`` property returning :class:`Inputs`:
 - ``embeddings``: batch key -> frozen encoder whose embedding of each image is computed once
   through the shared embedding cache (``fgray.data.embedding_cache``) and looked up by image id;
 - ``selection``: batches composed by a frozen selector (ASS, ``fgray.data.selection``): each
-  step's first half are anchors, its second half the negatives chosen for them;
+  step's first half are anchors, its second half the negatives chosen for them; the batch then
+  also holds ``negative_index`` (int64 per row: for anchor i, the position in the second half of
+  its own negative; -1 on the negatives' rows and in steps that are not composed);
 - ``detector``: the training images' ``bbox`` from a zero-shot detector run once
   (``fgray.data.detect``) instead of the dataset's boxes.
 
@@ -60,6 +62,7 @@ RECIPES: dict[str, Recipe] = {
             "S; their boxes (M, 4) float32 x1, y1, x2, y2 in the image's pixels"),
 }
 COLUMNS = ("label", "bbox", "image_id")
+NEGATIVE_INDEX = "negative_index"  # the batch key of a composed step's pairing (``Selection``)
 
 
 @dataclass(frozen=True)
@@ -141,14 +144,16 @@ class DetectorSpec(BaseModel):
 class Selection:
     """Batches composed by ASS's selector (spec ass.md §2.1) in the epochs of the method's stage
     ``stage``: of a step's batch of 2N rows, N anchors (the epoch's permutation) then N negatives
-    chosen among ``pool_factor`` x N uniform candidates by ``encoder``'s cached embeddings. The trial
-    places it on its epoch counter (``placed``): ``first`` and ``epochs`` (T_max of the gamma schedule)."""
+    chosen among ``pool_factor`` x N uniform candidates by ``encoder``'s cached embeddings, and in
+    ``negative_index`` each anchor's own negative among them (``pairing``). The trial places it on its
+    epoch counter (``placed``): ``first`` and ``epochs`` (T_max of the gamma schedule)."""
 
     encoder: EncoderSpec
     pool_factor: int = 10  # K
     tau: float = 16.0
     schedule: str = "easy_to_hard"  # fgray.data.selection.SCHEDULES
     replacement: bool = False
+    pairing: str = "nearest"  # fgray.data.selection.PAIRINGS: anchor i's negative, nearest in B or i-th drawn
     stage: str = "train"
     first: int = 0  # first composed epoch (0-based, on the trial's epoch counter)
     epochs: int = 0  # composed epochs (0 until placed)
@@ -178,7 +183,7 @@ class Inputs:
         unknown = [c for c in self.columns if c not in COLUMNS]
         if unknown:
             raise ValueError(f"unknown columns {unknown}; known: {list(COLUMNS)}")
-        keys = [k for view in self.views for k in view.keys] + list(self.columns) + [k for k, _ in self.embeddings]
+        keys = list(self.keys)
         duplicated = sorted({k for k in keys if keys.count(k) > 1})
         if duplicated:
             raise ValueError(f"batch keys declared twice: {duplicated}")
@@ -186,7 +191,8 @@ class Inputs:
     @property
     def keys(self) -> tuple[str, ...]:
         """Every key a training batch holds, in declaration order."""
-        return (*[k for view in self.views for k in view.keys], *self.columns, *[k for k, _ in self.embeddings])
+        return (*[k for view in self.views for k in view.keys], *self.columns, *[k for k, _ in self.embeddings],
+                *((NEGATIVE_INDEX,) if self.selection is not None else ()))
 
     @property
     def needs_boxes(self) -> bool:

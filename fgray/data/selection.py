@@ -8,10 +8,17 @@ candidates Y by their frozen-selector embeddings (cached once, ``embedding_cache
     B     ~ Categorical(p), N draws                                               (step 7)
 
 gamma -> 0 gives uniform p (easy negatives); a large gamma puts p on the candidates nearest the
-anchor set (hard negatives). B is not paired to single anchors: its hardness is with respect to
-the anchor set as a whole (spec §2.1 step 8). The data pipeline (``fgray.data.pipeline``) runs this
-in its view actors on the index rows of one step, before decoding: only A and B are decoded, and
-the training step waits for none of it.
+anchor set (hard negatives). Algorithm 1 picks B for the anchor set as a whole (spec §2.1 step 8),
+but the triplet form of L_inter (spec §2.3) needs one negative b_i per anchor. Paired in draw order
+(the i-th drawn negative, ``index``), anchor i's negative is as unrelated to it as a uniform one
+(issue 27: a class-aware selector at gamma 16 put 99.8 % of B in some anchor's class, 9 % in its
+paired anchor's, 4 % at uniform). fgray's choice (``nearest``, default): b_i = the negative of B
+nearest a_i in the selector's space, so the selector's hardness reaches the triplet. Both are
+``pair_negatives``; InfoNCE reads all of B and needs no pairing.
+
+The data pipeline (``fgray.data.pipeline``) runs this in its view actors on the index rows of one
+step, before decoding: only A and B are decoded, and the training step waits for none of it. The
+pairing travels with the batch as the column ``negative_index`` (``fgray.data.inputs``).
 """
 from __future__ import annotations
 
@@ -21,6 +28,8 @@ import numpy as np
 
 Schedule = Literal["easy_to_hard", "published", "constant"]
 SCHEDULES: tuple[str, ...] = ("easy_to_hard", "published", "constant")
+Pairing = Literal["nearest", "index"]
+PAIRINGS: tuple[str, ...] = ("nearest", "index")
 
 
 def gamma_at(schedule: Schedule, tau: float, epoch: int, epochs: int) -> float:
@@ -60,6 +69,29 @@ def select_negatives(anchors: np.ndarray, candidates: np.ndarray, gamma: float, 
     if not replacement and count > np.count_nonzero(p):
         replacement = True  # p has too few non-zero entries (underflow at a huge gamma): draw with it
     return rng.choice(len(candidates), size=count, replace=replacement, p=p)
+
+
+def pair_negatives(anchors: np.ndarray, negatives: np.ndarray, pairing: Pairing = "nearest") -> np.ndarray:
+    """b_i of each anchor: positions (N,) into ``negatives`` (the chosen B, (M, d), in draw order) from
+    anchor (N, d) embeddings. ``nearest`` [fgray's choice]: the negative with the largest a_i . b (the
+    selector's embeddings are L2-normalised: the nearest by cosine), ties to the first drawn; several
+    anchors may share one. ``index``: the i-th drawn (the draft code's pairing; needs M >= N).
+    No randomness: a resumed step pairs as the uninterrupted one did."""
+    if pairing == "index":
+        if len(negatives) < len(anchors):
+            raise ValueError(f"index pairing: {len(negatives)} negatives for {len(anchors)} anchors")
+        return np.arange(len(anchors))
+    if pairing == "nearest":
+        return np.argmax(anchors.astype(np.float64) @ negatives.astype(np.float64).T, axis=1)
+    raise ValueError(f"unknown pairing {pairing!r}; known: {list(PAIRINGS)}")
+
+
+def select_and_pair(anchors: np.ndarray, candidates: np.ndarray, gamma: float, rng: np.random.Generator,
+                    replacement: bool = False, pairing: Pairing = "nearest") -> tuple[np.ndarray, np.ndarray]:
+    """One composed step: (positions (N,) into ``candidates`` of B, in draw order; position (N,) in B
+    of each anchor's negative b_i). N = len(anchors) negatives, as Algorithm 1 draws."""
+    chosen = select_negatives(anchors, candidates, gamma, len(anchors), rng, replacement)
+    return chosen, pair_negatives(anchors, candidates[chosen], pairing)
 
 
 def candidate_rows(rows: int, count: int, seed: int, epoch: int, step: int, rank: int,

@@ -8,7 +8,7 @@ import pyarrow as pa
 import ray
 
 from fgray import storage
-from fgray.data.inputs import Inputs, image_seed
+from fgray.data.inputs import NEGATIVE_INDEX, Inputs, image_seed
 # At import, not in compose: a forked view worker must not import (fgray.data.forked_views).
 from fgray.data import selection
 
@@ -77,14 +77,18 @@ class ViewActor:
             batch["image_id"] = ids
         for key, (positions, matrix) in self.embeddings.items():
             batch[key] = matrix[[positions[i] for i in ids]]
+        if NEGATIVE_INDEX in index:  # a composed step's pairing (``compose``), row for row
+            batch[NEGATIVE_INDEX] = index[NEGATIVE_INDEX]
         return batch
 
     def compose(self, index: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Index rows of whole steps (``group``: the step; ``candidate``: the K*N candidates after the
         N anchors) -> each composed step's N anchors then its N selected negatives (ASS Algorithm 1,
-        ``fgray.data.selection``); steps without candidates pass unchanged. Only these are decoded."""
+        ``fgray.data.selection``), with ``negative_index``: anchor i's own negative among them (its
+        position in the second half), -1 on the negatives' rows. Steps without candidates pass unchanged,
+        ``negative_index`` -1: every batch of the trial has the column. Only these rows are decoded."""
         spec = self.inputs.selection
-        rows, epochs, out_rows, out_epochs = index["row"], index["epoch"], [], []
+        rows, epochs, out_rows, out_epochs, out_pairs = index["row"], index["epoch"], [], [], []
         steps = epochs.astype(np.int64) << 32 | index["group"].astype(np.int64)  # a step of an epoch
         for group in runs(steps):
             candidate = index["candidate"][group]
@@ -94,6 +98,7 @@ class ViewActor:
                                      "without its candidates (split across batches)")
                 out_rows.append(rows[group])
                 out_epochs.append(epochs[group])
+                out_pairs.append(np.full(len(rows[group]), -1, np.int64))
                 continue
             anchors, candidates = rows[group][~candidate], rows[group][candidate]
             epoch, step = int(epochs[group][0]), int(index["group"][group][0])
@@ -104,11 +109,13 @@ class ViewActor:
             if not spec.replacement:  # a split smaller than K*N + N repeats candidates: B must not
                 candidates = np.unique(candidates)
             rng = selection.selection_rng(self.seed, epoch, step, self.rank)
-            chosen = selection.select_negatives(self.selector[anchors], self.selector[candidates], gamma,
-                                                len(anchors), rng, spec.replacement)
+            chosen, paired = selection.select_and_pair(self.selector[anchors], self.selector[candidates], gamma,
+                                                       rng, spec.replacement, spec.pairing)
             out_rows.append(np.concatenate([anchors, candidates[chosen]]))
             out_epochs.append(np.full(2 * len(anchors), epoch))
-        return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs)}
+            out_pairs.append(np.concatenate([paired, np.full(len(anchors), -1)]).astype(np.int64))
+        return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs),
+                NEGATIVE_INDEX: np.concatenate(out_pairs)}
 
 
 def runs(values: np.ndarray) -> list[slice]:

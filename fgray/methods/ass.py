@@ -3,7 +3,10 @@ pre-training on batches composed by an Adaptive Sample Selector, then supervised
 
 A pre-training batch holds 2N images: N anchors A, then the N negatives B the selector chose for
 them from K*N uniform candidates by its cached embeddings (``fgray.data.selection``, run in the data
-pipeline before decoding; with the selector off, B is uniform). Forward stages of one step:
+pipeline before decoding; with the selector off, B is uniform), and ``negative_index`` (N,): the
+position in B of anchor i's own negative b_i, paired there too (``negative_pairing``: the nearest in the
+selector's space, fgray's choice, or the i-th drawn; selector off: the i-th, read as ``arange``).
+Forward stages of one step:
 
 1. ``shared``: the ViT on each image's visible patches (``mask_ratio`` masked at random):
    s (2N, P + L_keep, D), the shared representation (spec §2.2).
@@ -12,7 +15,8 @@ pipeline before decoding; with the selector off, B is uniform). Forward stages o
 3. ``reconstruct``: X^ = the visible patches of X with the predicted masked ones (2N, 3, S, S).
 4. ``contrast``: e(.) = normalize(h(cls of the ViT on all tokens)) of the anchors X_A (N) and every
    reconstruction X^ (2N); L_inter = triplet(e(X_i), e(X^_i), e(X^_{b_i})) (draft Eq. 3, code's
-   distance form) or InfoNCE over the 2N reconstructions (spec §2.3).
+   distance form; b_i from ``negative_index``) or InfoNCE over the 2N reconstructions, every anchor
+   against all of B (spec §2.3).
 5. ``intra``: L_intra = InfoNCE(h_s(mean of s's patch tokens), h_a(mean of the decoder's hidden
    tokens)) over the 2N images (spec §2.4).
 
@@ -128,7 +132,8 @@ class ASS(Method):
             recon = recon.detach()
         anchors, recons = self.contrast(images[:n]), self.contrast(recon)  # "contrast"
         if cfg.inter_loss == "triplet":
-            loss_inter = reconstruction_triplet(anchors, recons[:n], recons[n:], cfg.margin)
+            negatives = recons[n:][self.negative_index(batch, n)]  # (N, head_dim): e(X^_{b_i})
+            loss_inter = reconstruction_triplet(anchors, recons[:n], negatives, cfg.margin)
         else:
             loss_inter = paired_info_nce(anchors, recons, cfg.inter_temperature)
         prefix = self.backbone.num_prefix_tokens
@@ -143,6 +148,13 @@ class ASS(Method):
             loss = 0.7 * loss_gen + cfg.lam * loss_inter + (1 - cfg.lam) * loss_intra
         return {"loss": loss, "loss_gen": loss_gen.detach(), "loss_inter": loss_inter.detach(),
                 "loss_intra": loss_intra.detach()}
+
+    def negative_index(self, batch: dict[str, Tensor], n: int) -> Tensor:
+        """b_i (N,): the position in B of each anchor's negative. Composed batches carry it (paired on
+        the data side by the selector's embeddings); uniform ones (selector off) pair by draw order."""
+        if self.cfg.composes:
+            return batch["negative_index"][:n]
+        return torch.arange(n, device=batch["image"].device)
 
     def finetune_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Stage 3 (spec §1): a proxy loss on the normalised embedding of the training classes."""

@@ -89,6 +89,11 @@ class ASSConfig(MethodConfig):
     loss_form: Literal["convex", "code"] = "convex"  # convex: (1-l) L_gen + l (L_inter + L_intra) [guess]
     mask_ratio: float = Field(0.75, ge=0, lt=1)  # [paper for the selector; guess for the main model]
     inter_loss: Literal["triplet", "infonce"] = "triplet"  # [draft Eq. 3 / code]; infonce [guess]
+    # The triplet's negative b_i of anchor i in a composed batch (selector on): nearest = the negative of
+    # B nearest a_i in the selector's space [fgray's choice: Algorithm 1 picks B for the anchor set, so
+    # the i-th drawn is as unrelated to a_i as a uniform one]; index = the i-th drawn [the draft code].
+    # Selector off: B is uniform and the pairing is by index (no selector, no cache). InfoNCE reads all of B.
+    negative_pairing: Literal["nearest", "index"] = "nearest"
     margin: float = Field(1.0, gt=0)  # triplet margin m [code]
     inter_temperature: float = Field(0.1, gt=0)  # InfoNCE option's T [guess]
     intra_temperature: float = Field(0.1, gt=0)  # [code]
@@ -116,12 +121,14 @@ class ASSConfig(MethodConfig):
     @property
     def inputs(self) -> Inputs:
         """One crop + flip view per image; labels for fine-tuning; composed batches in pre-training
-        (the trial places ``selection`` on the ``pretrain`` stage's epochs)."""
+        (the trial places ``selection`` on the ``pretrain`` stage's epochs), with each anchor's negative
+        paired on the data side (``negative_index``, ``fgray.data.selection.pair_negatives``)."""
         view = ViewRecipe("crop_flip", (("scale", self.views.scale),))
         selection = None
         if self.composes:
             s = self.selector
-            selection = Selection(s.encoder(), s.pool_factor, s.tau, s.schedule, s.replacement, stage="pretrain")
+            selection = Selection(s.encoder(), s.pool_factor, s.tau, s.schedule, s.replacement,
+                                  pairing=self.negative_pairing, stage="pretrain")
         return Inputs(views=(view,), columns=("label",) if self.finetune.epochs else (), selection=selection)
 
     def stages(self, epochs: int) -> tuple[Stage, ...]:
