@@ -36,9 +36,20 @@ def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
     best, first_row = tested_trials(sweep, trials)
     models: Models = [(t["trial_id"], (sweep.experiment(t["overrides"]), t["checkpoint"])) for t in best]
     seeds = sorted({t["overrides"].get(SEED_KEY, sweep.train.seed) for t in best})
+    own: dict[str, str] = {}  # trial id -> its untrained model, where it is not the baseline's
     if best and sweep.eval.baseline:  # the untrained backbone of every evaluated seed: paired gains
-        models += [(f"baseline@{seed}", (sweep.experiment({**first_row, SEED_KEY: seed}), None))
-                   for seed in seeds]
+        baseline_models = [(f"baseline@{seed}", (sweep.experiment({**first_row, SEED_KEY: seed}), None))
+                           for seed in seeds]
+        untrained = {_untrained_key(model[0]): name for name, model in baseline_models}
+        for trial in best:  # rows of other methods or backbones (a leaderboard): each its own untrained model
+            experiment = sweep.experiment({**trial["overrides"]})
+            key = _untrained_key(experiment)
+            if key not in untrained:
+                untrained[key] = f"untrained@{len(untrained)}"
+                baseline_models.append((untrained[key], (experiment, None)))
+            if untrained[key] not in dict(baseline_models[: len(seeds)]):
+                own[trial["trial_id"]] = untrained[key]
+        models += baseline_models
     results = _score_groups(models, f"{storage}/{sweep.name}/_embeddings", evaluate)
 
     out: dict[str, Any] = {"trials": {}}
@@ -49,8 +60,16 @@ def evaluate_best(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
     baselines = {seed: _take_splits(results[f"baseline@{seed}"], {})  # the trials' splits are recorded
                  for seed in seeds if f"baseline@{seed}" in results}
     if baselines:
-        out["baseline"] = _baseline(baselines, models[-1][1][0], sweep)
+        out["baseline"] = _baseline(baselines, dict(models)[f"baseline@{seeds[0]}"][0], sweep)
+    if own:  # paired with the trial: the same method, backbone and seed, untrained
+        out["untrained"] = {trial_id: _take_splits(dict(results[name]), {}) for trial_id, name in own.items()}
     return out
+
+
+def _untrained_key(experiment: ExperimentConfig) -> str:
+    """What decides an untrained model's embedding: its method and backbone, and the seed of its init."""
+    return (experiment.method.name + experiment.backbone.model_dump_json()
+            + str(experiment.train.seed) + experiment.data.model_dump_json())
 
 
 def tested_trials(sweep: SweepConfig, trials: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict]:

@@ -75,7 +75,7 @@ def write_outputs(sweep: SweepConfig, storage: str, trials: list[dict[str, Any]]
     for trial in trials:
         trial["test"] = tests.get("trials", {}).get(trial["trial_id"])
         trial.update(published(sweep, trial["overrides"]))  # trial["paper"], trial["draft"]
-    rows = seed_table(trials, tests.get("baseline"), metric, mode)
+    rows = seed_table(trials, tests.get("baseline"), metric, mode, untrained=tests.get("untrained"))
     # The best trial: the best seed of the best row (the best trial itself without seed repeats).
     best_row = [t for t in trials if rows and t["trial_id"] in rows[0]["trials"] and t["checkpoint"]]
     ranked = rank_trials(best_row, metric, mode)

@@ -264,11 +264,14 @@ def within_noise(row: dict[str, Any], best: dict[str, Any], alpha: float = 0.05)
 
 
 def seed_table(trials: list[dict[str, Any]], baseline: dict[str, Any] | None, metric: str, mode: str,
-               test_metric: str = "recall@1") -> list[dict[str, Any]]:
+               test_metric: str = "recall@1", untrained: dict[str, dict[str, Any]] | None = None
+               ) -> list[dict[str, Any]]:
     """One entry per row (configuration over its seeds), best first: validation ``metric`` and test
     ``test_metric`` mean +- std, the untrained backbone of the same seeds, the paired gain (trained
     minus untrained, seed by seed) and whether the row is within noise of the best one.
-    ``trials`` carry their ``test`` metrics; ``baseline`` is ``evaluate_best``'s (per seed in "seeds")."""
+    ``trials`` carry their ``test`` metrics; ``baseline`` is ``evaluate_best``'s (per seed in "seeds");
+    ``untrained``: its per-trial untrained models, for rows whose method or backbone is not the
+    baseline's (trial id -> metrics)."""
     rows = seed_rows(trials, metric, mode)
     per_seed = {int(s): b for s, b in (baseline or {}).get("seeds", {}).items()}
     table = []
@@ -276,15 +279,17 @@ def seed_table(trials: list[dict[str, Any]], baseline: dict[str, Any] | None, me
         tested = [t for t in row["trials"] if t.get("test")]
         seeds = [t["overrides"].get(SEED_KEY) for t in tested]
         tests = [t["test"][test_metric] for t in tested]
-        untrained = [per_seed[s][test_metric] if s in per_seed else (baseline or {}).get(test_metric)
-                     for s in seeds]
-        paired = [a - b for a, b in zip(tests, untrained) if b is not None]
+        own = untrained or {}  # a trial's own untrained model (a leaderboard's rows)
+        paired_with = [own[t["trial_id"]][test_metric] if t["trial_id"] in own
+                       else per_seed[s][test_metric] if s in per_seed else (baseline or {}).get(test_metric)
+                       for t, s in zip(tested, seeds)]
+        paired = [a - b for a, b in zip(tests, paired_with) if b is not None]
         table.append({
             "overrides": row["overrides"], "seeds": row["seeds"], "trials": [t["trial_id"] for t in row["trials"]],
             "val": {"values": row["values"], **mean_std(row["values"])},
             "test": {"seeds": seeds, "values": tests, **mean_std(tests)},
-            "untrained": {"values": [u for u in untrained if u is not None],
-                          **mean_std([u for u in untrained if u is not None])},
+            "untrained": {"values": [u for u in paired_with if u is not None],
+                          **mean_std([u for u in paired_with if u is not None])},
             "gain": {"values": paired, **mean_std(paired), "min": min(paired) if paired else math.nan},
             "within_noise_of_best": bool(rows[0]["values"]) and within_noise(row, rows[0]) if row["values"] else False,
         })

@@ -139,6 +139,42 @@ def test_evaluate_best_scores_the_best_trials_and_the_baseline(tmp_path, capsys)
     assert "test (b): recall@1 50.00%" in printed and "untrained test_resnet" in printed
 
 
+def test_rows_of_other_methods_are_paired_with_their_own_untrained_model(tmp_path):
+    """A leaderboard: a SimSiam row's gain is over an untrained SimSiam of its seed, not over the
+    best row's untrained MoCo; rows of the baseline's method and backbone share its models."""
+    from fgray.results import seed_table
+    from fgray.sweep import evaluate_best
+    from fgray.sweep_file import load_sweep
+
+    path = tmp_path / "board.yaml"
+    path.write_text(textwrap.dedent("""
+        name: board
+        method: {name: mocov2}
+        backbone: {name: test_resnet}
+        train: {epochs: 2, batch_size: 8}
+        eval: {test_top: 3}
+        search: {points: [{method.name: mocov2}, {method.name: simsiam}, {method.temperature: 0.3}], seeds: 2}
+    """))
+    sweep = load_sweep(path)
+    rows = [{"method.name": "mocov2"}, {"method.name": "simsiam"}, {"method.temperature": 0.3}]
+    trials = [{"trial_id": f"r{i}s{seed}", "overrides": {**row, "train.seed": seed}, "checkpoint": f"/c/{i}{seed}",
+               "metrics": {"val/recall@1": 0.6 - i / 10}} for i, row in enumerate(rows) for seed in (0, 1)]
+
+    def evaluate(models, cache_dir):  # the untrained models score by method and seed: 0.1 mocov2, 0.2 simsiam
+        return [{"recall@1": 0.5 if checkpoint else 0.1 * (1 + (exp.method.name == "simsiam")) + exp.train.seed / 100,
+                 "split": "open test"} for exp, checkpoint in models]
+
+    out = evaluate_best(sweep, str(tmp_path), trials, evaluate=evaluate)
+    assert set(out["untrained"]) == {"r1s0", "r1s1"}  # only the SimSiam rows differ from the baseline's model
+    assert out["untrained"]["r1s1"]["recall@1"] == pytest.approx(0.21)
+    for t in trials:
+        t["test"] = out["trials"][t["trial_id"]]
+    table = {json.dumps(r["overrides"]): r for r in seed_table(trials, out["baseline"], "val/recall@1", "max",
+                                                               untrained=out["untrained"])}
+    assert table[json.dumps({"method.name": "simsiam"})]["gain"]["values"] == pytest.approx([0.3, 0.29])
+    assert table[json.dumps({"method.temperature": 0.3})]["gain"]["values"] == pytest.approx([0.4, 0.39])
+
+
 @pytest.mark.parametrize("module", ["fgray.results", "fgray.report"])
 def test_bookkeeping_and_rendering_import_no_ray(module):
     """The layer rule: results and report load without Ray and without the trial code."""
