@@ -181,8 +181,10 @@ def markdown_report(sweep: SweepConfig, summary: dict[str, Any], frame: pd.DataF
 
 
 def _seed_lines(summary: dict[str, Any], sweep: SweepConfig) -> list[str]:
-    """The seed-repeat table: each configuration's mean +- std over its seeds, beside the paper."""
-    if summary.get("seeds", 1) < 2:
+    """The seed-repeat table: each configuration's mean +- std over its seeds, beside the paper; for
+    rows of several methods (a leaderboard) also with one seed."""
+    methods = {sweep.experiment(r["overrides"], deep=False).method.name for r in summary["rows"]}
+    if summary.get("seeds", 1) < 2 and len(methods) < 2:
         return []
     metric = summary["metric"]
     keys = sorted({k for r in summary["rows"] for k in r["overrides"]})

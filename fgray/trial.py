@@ -74,13 +74,13 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     val = (pipeline.Rows(prepared, splits.val, ("image", "label", "image_id"))
            if experiment.has_validation else None)
     config = {"experiment": experiment.model_dump(mode="json"), "split": split, "val": val,
-              "inputs": frozen.inputs, "selector": frozen.selector}
+              "inputs": frozen.inputs, "selector": frozen.selector, "trial_id": tune.get_context().get_trial_id()}
     if res.in_trial:  # Tune restores a retried or resumed (``--resume``) trial's checkpoint
         worker_loop(config, TrialSession(tune.get_checkpoint(), use_gpu=res.gpus_per_worker > 0))
         return
     import ray.train.torch
 
-    trial_id = tune.get_context().get_trial_id()
+    trial_id = config["trial_id"]
     # One Train run per trial (its name): a driver retried by Tune, or resumed with the sweep, starts
     # the same run again, and Train V2 hands its last checkpoint to the workers (ray.train.get_checkpoint).
     run_path, filesystem = ray_storage(train_run_dir(storage, sweep_cfg.name))
@@ -269,7 +269,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         dataset = pipeline.train_dataset(
             split, config["inputs"], experiment.data, train_cfg.seed, res.data_cpus, epochs, rank, world,
             actors=res.data_actors, rows_per_epoch=rows, batch_size=train_cfg.batch_size,
-            selector=config["selector"])
+            selector=config["selector"], name=f"{experiment.name}/{config.get('trial_id')}/train views")
         train_batches = fetch_ahead(dataset.iter_batches(batch_size=train_cfg.batch_size, drop_last=True,
                                                          batch_format="numpy"))
 

@@ -303,3 +303,25 @@ def test_ctrl_c_saves_the_state_reports_nothing_and_names_the_resume(ray_local, 
     assert main(args + ["--resume"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_trials"] == 2 and all(t["epochs"] == 6 for t in summary["trials"])
+
+
+def test_the_leaderboards_smoke_profile_ranks_every_method(ray_local, tmp_path):
+    """sweeps/leaderboard.yaml (issue 30): every registered method in one sweep, each row from its own
+    method's defaults; report.md ranks the self-supervised and the supervised rows apart, each row
+    paired with its own untrained model, and draws the bars."""
+    from fgray.methods.registry import method_names
+
+    board = os.path.join(REPO, "sweeps", "leaderboard.yaml")
+    code = main([board, "--profile", "smoke", "--storage", str(tmp_path), "--set", "search.seeds=1"])
+    out = tmp_path / "leaderboard-smoke"
+    summary = json.loads((out / "summary.json").read_text())
+    assert code == 0 and summary["num_errors"] == 0
+    assert {r["overrides"]["method.name"] for r in summary["rows"]} == set(method_names())
+    assert all(r["test"]["values"] and r["gain"]["values"] for r in summary["rows"])
+    assert (out / "table.png").is_file() and "table.png" in summary["plots"]
+    report = (out / "report.md").read_text()
+    table = report[report.index("**Seed repeats**"):]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    labels = ["yes" if " | yes | " in line else "no" for line in lines]
+    assert labels == sorted(labels)  # self-supervised rows first, then the supervised ones
+    assert sum("**best**" in line for line in lines) == 2  # the best of each group

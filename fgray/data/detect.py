@@ -170,7 +170,8 @@ def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.nd
         known.append(table)
     done = pa.concat_tables(known).column("image_id") if known else pa.array([], pa.string())
     missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, done)))
-    rows = Rows(prepared, missing.to_numpy(zero_copy_only=False), ("image", "image_id", "class_name"))
+    rows = Rows(prepared, missing.to_numpy(zero_copy_only=False), ("image", "image_id", "class_name"),
+                name=f"detector boxes/{prepared.manifest.dataset}")
     if rows.num_rows or not known:  # no rows but folders: together they cover the split, none alone
         known.append(detect_rows(spec, rows, use_gpu, cpus_per_actor, local_max_rows=local_max_rows))
     return write_complete(f"{base}/{uuid.uuid4().hex[:8]}", _union(known))

@@ -155,8 +155,8 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     if found is not None:
         return found
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
-    table = embed_rows([factory], Rows(prepared, None, ("image", "image_id")), data, batch_rows, cpus_per_actor,
-                       use_gpu, 4)
+    rows = Rows(prepared, None, ("image", "image_id"), name=f"frozen cache/{spec.model}/{prepared.manifest.dataset}")
+    table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
     embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     written = pa.table({"image_id": table["image_id"].cast(pa.string()),

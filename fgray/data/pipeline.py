@@ -128,6 +128,7 @@ class Rows:
     prepared: PreparedDataset
     ids: np.ndarray | None
     columns: tuple[str, ...]
+    name: str = ""  # what the rows are for: their dataset's name in the Ray dashboard's Data tab
 
     @property
     def num_rows(self) -> int:
@@ -141,6 +142,11 @@ class Rows:
         scans (shards in object storage or on a mount every node has). The built-in synthetic set is
         rendered per node, so its rows are read here and handed to the pool as blocks instead: a task
         pinned to this node would never run on a head without CPUs."""
+        ds = self._source(num_cpus, rows_per_block)
+        ds.set_name(self.name or None)  # the datasets derived from it (an actor pool's) keep the name
+        return ds
+
+    def _source(self, num_cpus: float, rows_per_block: int) -> ray.data.Dataset:
         if self.prepared.rendered_per_node:
             table = self.read()
             return local_dataset([table.slice(start, rows_per_block)
@@ -298,9 +304,10 @@ def view_actor_kwargs(split: TrainingSplit, table, inputs: Inputs, data: DataCon
 def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: int, cpus_per_task: float,
                   epochs: range, rank: int = 0, world: int = 1, batch_rows: int = 64,
                   actors: int = 1, rows_per_epoch: int | None = None, batch_size: int | None = None,
-                  selector: str | None = None) -> ray.data.Dataset:
+                  selector: str | None = None, name: str | None = None) -> ray.data.Dataset:
     """The declared inputs of every training image, for each epoch in ``epochs`` (``train_index``), as
-    one Ray Data dataset: the index, and a pool of ``actors`` view actors (``cpus_per_task`` each).
+    one Ray Data dataset: the index, and a pool of ``actors`` view actors (``cpus_per_task`` each),
+    named ``name`` in the dashboard.
 
     A trial reads all its epochs through one iterator, so the pipeline keeps prefetching across
     epoch boundaries instead of restarting cold every epoch (measured in bench/trainer_overhead.py:
@@ -313,6 +320,7 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
     index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
+    index.set_name(name)  # the Ray dashboard's Data tab: "<sweep>/<trial>/train views"
     # The rows go to this node's object store, read here: the view actors run on this node too
     # (elsewhere only if it has no room), beside the trainer that consumes their batches.
     table_ref = ray.put(split_rows(split))
