@@ -68,7 +68,9 @@ def _deep(info: ValidationInfo) -> bool:
 
 class BackboneConfig(Strict):
     name: str = "resnet18"  # any timm model name
-    pretrained: bool | str = False  # false | true (timm hub) | /path/to/weights (.pth / .safetensors)
+    # false | true (timm hub) | /path/to/weights (.pth / .safetensors) | an fgray checkpoint folder (a
+    # trial's checkpoint_*, its backbone: a warm start) | a sweep's output folder (its best / only trial's)
+    pretrained: bool | str = False
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     # Extra timm.create_model arguments, e.g. {channels: [32, 64, 128, 256]} for a narrow ResNet.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -104,7 +106,13 @@ class BackboneConfig(Strict):
     @classmethod
     def _weights_file_exists(cls, value: bool | str) -> bool | str:
         if isinstance(value, str) and "://" not in value and not Path(os.path.expanduser(value)).is_file():
-            raise ValueError(f"weights file not found: {value}")
+            from fgray.results import resolve_checkpoint  # torch-free: meta / summary files only
+
+            folder = resolve_checkpoint(value)  # recorded resolved: the trials name the checkpoint they load
+            if folder is None:
+                raise ValueError(f"weights file not found: {value} (nor an fgray checkpoint folder holding "
+                                 f"meta.json, nor a sweep's output folder holding summary.json)")
+            return folder
         return value
 
 
@@ -229,10 +237,20 @@ class ResourcesConfig(Strict):
     data_cpus: float = Field(0.5, gt=0)  # logical CPUs per view worker (trial_process_cpus) or eval task
     data_actors: int = Field(1, ge=1)  # view workers per trainer (each reserves data_cpus)
     max_concurrent_trials: int = Field(1, ge=1)
-    driver_resources: dict[str, float] = {}  # e.g. {TRAIN_DRIVER: 1} pins trial drivers to the head
+    # e.g. {TRAIN_DRIVER: 1}: a TorchTrainer trial's driver on cluster.yaml's head (a one-worker trial
+    # that trains in its own process has no separate driver: refused there, it would be ignored)
+    driver_resources: dict[str, float] = {}
     # Restarts of a failed trial (Tune) and of a DDP trial's worker group (Train), each from the last
     # checkpoint; a spot node's preemption notice does not count (Train: unlimited), a lost node does.
     max_failures: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _driver_resources_need_a_driver(self) -> "ResourcesConfig":
+        if self.driver_resources and self.in_trial:
+            raise ValueError("driver_resources places a TorchTrainer trial's driver, but a one-worker trial trains "
+                             "in its own process (train_in_trial: true), which holds its GPU: drop driver_resources, "
+                             "or set train_in_trial: false to keep the drivers on the head")
+        return self
 
     @property
     def in_trial(self) -> bool:

@@ -64,6 +64,18 @@ def planned_trials(sweep: SweepConfig) -> tuple[list[dict[str, Any]] | None, int
     return [{}], search.seeds
 
 
+def placement(res) -> str:
+    """Where a trial's processes run, as the --dry-run line says it."""
+    if res.in_trial:
+        return (f"placement: each trial trains in its own Tune trial process, on a node with its CPUs"
+                f"{' and GPU' if res.gpus_per_worker else ''} (cluster.yaml: a GPU worker), its {res.data_actors} "
+                f"view worker(s) forked beside it")
+    driver = ("on a node with " + ", ".join(f"{k} {v:g}" for k, v in res.driver_resources.items())
+              if res.driver_resources else "on any node (0.01 CPU)")
+    return (f"placement: a TorchTrainer per trial, {res.workers_per_trial} worker(s) each with "
+            f"{res.data_actors} Ray Data view actor(s) on its node; the trial's driver {driver}")
+
+
 def describe_plan(sweep: SweepConfig, storage: str) -> str:
     rows, count = planned_trials(sweep)
     res = sweep.resources
@@ -79,6 +91,7 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
         f"{res.trial_process_cpus if res.in_trial else res.cpus_per_worker:g} CPU"
         f"{f' + {res.gpus_per_worker:g} GPU' if res.gpus_per_worker else ''}; up to {res.max_concurrent_trials} "
         f"concurrent -> needs {gpus * res.max_concurrent_trials:g} GPU(s) at full concurrency",
+        placement(res),
         f"results: {storage}/{sweep.name}",
     ]
     if sweep.eval.transfer:

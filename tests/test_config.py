@@ -50,6 +50,8 @@ def test_valid_file_and_defaults(tmp_path):
     ("eval.ks=[0, 1]", "eval.ks: must be a non-empty list of positive integers"),
     ("backbone.model_kwargs={no_such_arg: 1}", "backbone: model_kwargs rejected by timm.create_model("),
     ("method.views.scale=[0.9, 0.5]", "method.views.scale: must satisfy 0 < low <= high <= 1"),
+    # ignored by a one-worker trial, which trains in its own process: refused, not silently dropped
+    ("resources.driver_resources={TRAIN_DRIVER: 1}", "resources: driver_resources places a TorchTrainer trial's driver"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, expected):
     assert expected in error_of(tmp_path, BASE, [override])
@@ -210,3 +212,16 @@ def test_a_row_that_switches_method_starts_from_that_methods_defaults(tmp_path):
     smoke = load_sweep(path, profile="smoke", deep=False)
     ppssl = smoke.experiment(grid_points(smoke.search)[2], deep=False).method
     assert ppssl.queue_size <= 256 and ppssl.beta == 0.05  # the row's method got its smoke overrides
+
+
+def test_dry_run_says_where_a_trial_runs(tmp_path):
+    from fgray.sweep import describe_plan
+
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE)
+    one = describe_plan(load_sweep(path, deep=False), str(tmp_path)).splitlines()
+    assert any(line.startswith("placement: each trial trains in its own Tune trial process") for line in one)
+    ddp = load_sweep(path, ["resources.workers_per_trial=2", "resources.driver_resources={TRAIN_DRIVER: 1}"],
+                     deep=False)
+    line = next(x for x in describe_plan(ddp, str(tmp_path)).splitlines() if x.startswith("placement:"))
+    assert "TorchTrainer per trial, 2 worker(s)" in line and "TRAIN_DRIVER 1" in line

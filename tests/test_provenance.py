@@ -42,7 +42,7 @@ def test_a_changed_resume_is_refused_in_one_line_unless_forced(tmp_path):
 @pytest.mark.parametrize("nodes,sets,refused", [
     (1, (), False),
     (2, (), True),
-    (1, ("resources.driver_resources={TRAIN_DRIVER: 1}",), True),
+    (1, ("resources.driver_resources={TRAIN_DRIVER: 1}", "resources.train_in_trial=false"), True),
     (1, ("resources.gpus_per_worker=1",), True),
 ])
 def test_node_local_storage_is_refused_on_a_cluster(tmp_path, nodes, sets, refused):
