@@ -56,13 +56,34 @@ def save(directory: str, method: Method, experiment: ExperimentConfig, facts: Da
 def load(directory: str, method: Method) -> dict[str, Any]:
     """Load the method's weights from ``directory``; returns the saved state (epoch, stage, optimiser
     states) for ``restore_optimizer``."""
-    state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+    state = _read_state(directory)
     missing, unexpected = method.load_state_dict(state["method"], strict=False)
     missing = [k for k in missing if not k.startswith(method.state_exclude or ("\0",))]
     if missing or unexpected:
         raise RuntimeError(f"checkpoint {directory} does not fit the method: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")
     return state
+
+
+def backbone_state(directory: str) -> dict[str, torch.Tensor]:
+    """The trained backbone of a checkpoint, keyed as ``Backbone.state_dict()`` (``model.<timm key>``):
+    the weights under the method's shallowest ``backbone`` module (VAPNet's ``backbone.``, MoCo v2's
+    ``moco.backbone.``; never a momentum copy such as ``moco.key_backbone.``). What
+    ``backbone.pretrained: <checkpoint folder>`` warm-starts a new trial from."""
+    weights = _read_state(directory)["method"]
+    prefixes = set()
+    for key in weights:
+        parts = key.split(".")
+        if "backbone" in parts[:-1]:
+            prefixes.add(".".join(parts[:parts.index("backbone") + 1]) + ".")
+    if not prefixes:
+        raise ValueError(f"checkpoint {directory} holds no backbone (no weights under a 'backbone' module)")
+    prefix = min(prefixes, key=lambda p: (p.count("."), p))
+    return {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+
+
+def _read_state(directory: str) -> dict[str, Any]:
+    return torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
 
 
 def restore_optimizer(state: dict[str, Any], optimizer=None, scheduler=None, scaler=None) -> None:

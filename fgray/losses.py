@@ -43,6 +43,22 @@ def attention_kl(target: Tensor, prediction: Tensor, eps: float = 1e-7) -> Tenso
     return (p * (torch.log(p + eps) - torch.log(q + eps))).sum(dim=1).mean()
 
 
+def row_softmax_kl(target: Tensor, prediction: Tensor) -> Tensor:
+    """PP-SSL Eq. 8 in the authors' form (LCR, ``main_moco.py``: ``F.kl_div(att_max.softmax(dim=-1).log(),
+    gradcam.softmax(dim=-1), reduction='sum')``, weighted nu = 0.01 = PP-SSL's beta):
+
+        L_IADM = sum_{b, r} KL(softmax(Grad-Img[b, r, :]) || softmax(w[b, r, :])),
+
+    target (Grad-Img, raw) and prediction (w): (B, h, w). The softmax runs along the last dim, i.e.
+    along each row of a map, not over its h*w cells (the code's rule where the paper is silent), and
+    the KL is summed over the batch and the rows, not averaged. Its gradient w.r.t. ``prediction``
+    is softmax(w row) - softmax(Grad-Img row): every entry lies in [-1, 1] whatever the maps hold.
+    """
+    log_q = F.log_softmax(prediction.float(), dim=-1)
+    log_p = F.log_softmax(target.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
 def negative_cosine(prediction: Tensor, target: Tensor) -> Tensor:
     """SimSiam Eq. 1 with its stop-gradient (Eq. 3's D): D(p, z) = -(p / ||p||) . (z / ||z||), batch mean.
 
@@ -60,31 +76,50 @@ def symmetric_negative_cosine(p1: Tensor, p2: Tensor, z1: Tensor, z2: Tensor) ->
 # ---------------------------------------------------------------------------------------- VAPNet
 
 
-def attribute_kl(target_logits: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """One term of VAPNet's attribute constraint (paper 004 Eqs. 5-6; spec vapnet.md §2, §7.1).
+# How L_c's per-row KLs (one per image b and view i, each summed over the k attributes) become one
+# number; the paper gives no reduction (spec vapnet.md §7.6). batchmean: mean over the B x M rows;
+# sum: Eq. 5 / 6's sum over the M views, mean over the B images (M x batchmean); mean: mean over
+# all B x M x k elements (F.kl_div's reduction="mean", batchmean / k).
+LC_REDUCTIONS = ("batchmean", "sum", "mean")
 
-    sum_k P_k (log P_k - log Q_k) with P = softmax(target_logits / T), Q = softmax(logits / T)
+
+def attribute_kl(target_logits: Tensor, logits: Tensor, temperature: float = 1.0,
+                 reduction: str = "batchmean") -> Tensor:
+    """One term of VAPNet's attribute constraint (paper 004 Eqs. 5-6; spec vapnet.md §2, §7.1, §7.6).
+
+    KL_bi = sum_k P_k (log P_k - log Q_k) with P = softmax(target_logits / T), Q = softmax(logits / T)
     over the k attributes: the paper's P log(P / A) on raw linear outputs is undefined (they can be
-    negative), hence the softmax. target_logits, logits: (B, M, k); summed over the M views and k
-    (as Eq. 6), mean over the B images. No stop-gradient: P is differentiable (the paper sends
-    the constraint through the mean encoders' outputs into the backbone).
+    negative), hence the softmax. target_logits, logits: (B, M, k). ``reduction`` (LC_REDUCTIONS):
+    batchmean (default) mean of KL_bi over the B x M rows; sum: sum_i KL_bi, mean over b (the sum of
+    Eq. 6 taken literally: M x batchmean, so lambda's scale grows with M); mean: over every (b, i, k)
+    element (batchmean / k). No stop-gradient: P is differentiable (the paper sends the constraint
+    through the mean encoders' outputs into the backbone).
     """
     log_p = F.log_softmax(target_logits.float() / temperature, dim=-1)
     log_q = F.log_softmax(logits.float() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=(-2, -1)).mean()
+    pointwise = log_p.exp() * (log_p - log_q)  # (B, M, k)
+    if reduction == "batchmean":
+        return pointwise.sum(dim=-1).mean()
+    if reduction == "sum":
+        return pointwise.sum(dim=(-2, -1)).mean()
+    if reduction == "mean":
+        return pointwise.mean()
+    raise ValueError(f"reduction must be one of {LC_REDUCTIONS}, got {reduction!r}")
 
 
 def attribute_constraint(local_target: Tensor, local_attributes: Tensor, global_target: Tensor,
-                         global_attributes: Tensor, temperature: float = 1.0) -> Tensor:
+                         global_attributes: Tensor, temperature: float = 1.0,
+                         reduction: str = "batchmean") -> Tensor:
     """VAPNet's crossed constraint, Eq. 6 (Eq. 5 with the online encoders as the targets):
 
-    L_c = sum_i [ KL(E[T_G](F_L^i) || A_L^i) + KL(E[T_L](F_G^i) || A_G^i) ], batch mean, where
-    A_L^i = T_L(F_L^i) (Eq. 2) and A_G^i = T_G(F_G^i) (Eq. 3); each KL is ``attribute_kl``.
-    local_target = E[T_G](F_L) (Eq. 6) or T_G(F_L) (Eq. 5); global_target = E[T_L](F_G) or
-    T_L(F_G). All four (B, M, k).
+    L_c = sum_i [ KL(E[T_G](F_L^i) || A_L^i) + KL(E[T_L](F_G^i) || A_G^i) ], where A_L^i = T_L(F_L^i)
+    (Eq. 2) and A_G^i = T_G(F_G^i) (Eq. 3); each KL is ``attribute_kl`` with its ``reduction``
+    (default batchmean: the sum over i becomes a mean over the B x M (image, view) rows, so lambda
+    means the same at any M). local_target = E[T_G](F_L) (Eq. 6) or T_G(F_L) (Eq. 5); global_target
+    = E[T_L](F_G) or T_L(F_G). All four (B, M, k).
     """
-    return (attribute_kl(local_target, local_attributes, temperature)
-            + attribute_kl(global_target, global_attributes, temperature))
+    return (attribute_kl(local_target, local_attributes, temperature, reduction)
+            + attribute_kl(global_target, global_attributes, temperature, reduction))
 
 
 def nt_xent(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -75,17 +75,20 @@ def ref_softmax(logits: list[float], temperature: float) -> list[float]:
     return [e / sum(exps) for e in exps]
 
 
-def ref_constraint(p_local, a_local, p_global, a_global, temperature=1.0) -> float:
-    """Eq. 5 / Eq. 6 with softmax over the k attributes: for each image b,
-    sum_i [ sum_k P_k log(P_k / Q_k) for (P, Q) = (target of A_L^i, A_L^i) and (target of A_G^i, A_G^i) ],
-    then the mean over images. Inputs (B, M, k) as nested lists."""
-    total = 0.0
+def ref_constraint(p_local, a_local, p_global, a_global, temperature=1.0, reduction="batchmean") -> float:
+    """Eq. 5 / Eq. 6 with softmax over the k attributes: for each image b and view i,
+    sum_k P_k log(P_k / Q_k) for (P, Q) = (target of A_L^i, A_L^i) and (target of A_G^i, A_G^i), added;
+    then batchmean: divided by the B x M (b, i) pairs; sum: by the B images (Eq. 6's sum over i, mean
+    over images); mean: by the B x M x k elements. Inputs (B, M, k) as nested lists."""
+    total, pairs, elements = 0.0, 0, 0
     for b in range(len(a_local)):
         for i in range(len(a_local[b])):
+            pairs += 1
+            elements += len(a_local[b][i])
             for target, attrs in ((p_local[b][i], a_local[b][i]), (p_global[b][i], a_global[b][i])):
                 p, q = ref_softmax(target, temperature), ref_softmax(attrs, temperature)
                 total += sum(pk * math.log(pk / qk) for pk, qk in zip(p, q))
-    return total / len(a_local)
+    return total / {"batchmean": pairs, "sum": len(a_local), "mean": elements}[reduction]
 
 
 def ref_linear(layer: nn.Linear, x: list[float]) -> list[float]:
@@ -236,31 +239,53 @@ def test_ce_only_encodes_no_local_views_and_trains_only_backbone_and_classifier(
     method.backbone.feature_map = lambda x: encoded.append(len(x)) or feature_map(x)
     out = method.training_step(b)
     assert encoded == [3]  # B images, no crops
-    torch.testing.assert_close(out["loss"], F.cross_entropy(method.classifier(method.backbone(b["image"])),
-                                                            b["label"]))
-    assert set(out) == {"loss", "loss_ce", "train_acc"}
+    pooled = method.backbone(b["image"])
+    torch.testing.assert_close(out["loss"], F.cross_entropy(method.classifier(pooled), b["label"]))
+    assert set(out) == {"loss", "loss_ce", "train_acc", "feature_norm"}
+    # the mean L2 norm of g(F) before normalisation, one image at a time
+    norms = [math.sqrt(sum(v * v for v in row)) for row in pooled.tolist()]
+    assert float(out["feature_norm"]) == pytest.approx(sum(norms) / len(norms), rel=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
 # Eqs. 5 and 6
 
 
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "mean"])
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
-def test_attribute_constraint_matches_the_slow_reference(temperature):
+def test_attribute_constraint_matches_the_slow_reference(temperature, reduction):
     g = torch.Generator().manual_seed(0)
     p_l, a_l, p_g, a_g = (3 * torch.randn(2, 3, 5, generator=g) for _ in range(4))
-    ours = attribute_constraint(p_l, a_l, p_g, a_g, temperature)
-    ref = ref_constraint(p_l.tolist(), a_l.tolist(), p_g.tolist(), a_g.tolist(), temperature)
+    ours = attribute_constraint(p_l, a_l, p_g, a_g, temperature, reduction)
+    ref = ref_constraint(p_l.tolist(), a_l.tolist(), p_g.tolist(), a_g.tolist(), temperature, reduction)
     assert float(ours) == pytest.approx(ref, rel=1e-5)
-    assert float(attribute_kl(a_l, a_l)) == pytest.approx(0.0, abs=1e-6)  # KL(P || P) = 0
+    assert float(attribute_kl(a_l, a_l, reduction=reduction)) == pytest.approx(0.0, abs=1e-6)  # KL(P || P) = 0
+    with pytest.raises(ValueError, match="reduction"):
+        attribute_kl(p_l, a_l, reduction="none")
 
 
-@pytest.mark.parametrize("constraint", ["mean", "plain"])
-def test_training_step_is_eq_9_with_eq_5_or_eq_6(constraint):
+def test_default_reduction_is_batchmean_an_mth_of_the_sum_over_views():
+    """Spec §6 / §7.6: KL summed over k, averaged over the B x M rows; the old form (summed over the M
+    views, mean over B) is M times it, so under it lambda's weight grew with M."""
+    g = torch.Generator().manual_seed(1)
+    views = 4
+    p_l, a_l, p_g, a_g = (2 * torch.randn(3, views, 7, generator=g) for _ in range(4))
+    lists = [t.tolist() for t in (p_l, a_l, p_g, a_g)]
+    assert VAPNetConfig().lc_reduction == "batchmean"
+    default = float(attribute_constraint(p_l, a_l, p_g, a_g))
+    assert default == pytest.approx(ref_constraint(*lists, reduction="batchmean"), rel=1e-5)
+    old_sum = ref_constraint(*lists, reduction="sum")
+    assert old_sum == pytest.approx(views * default, rel=1e-5) and default < old_sum / 2
+
+
+@pytest.mark.parametrize("constraint,reduction", [("mean", None), ("plain", None), ("mean", "sum"), ("mean", "mean")])
+def test_training_step_is_eq_9_with_eq_5_or_eq_6(constraint, reduction):
     """In eval mode (BatchNorm per image), rebuild g(F_L^i) from each crop alone, g(F_G^i) from
     RoIAlign of the image's map, the attributes by hand (Eqs. 2-3), and the crossed targets: Eq. 6
-    applies the *mean* encoder of the other view (E[T_G] to F_L, E[T_L] to F_G), Eq. 5 the online one."""
-    method = make(constraint=constraint, lam=3.0, attr_temperature=0.7, attr_dim=6)
+    applies the *mean* encoder of the other view (E[T_G] to F_L, E[T_L] to F_G), Eq. 5 the online one.
+    reduction None: the config's default, batchmean."""
+    extra = {} if reduction is None else {"lc_reduction": reduction}
+    method = make(constraint=constraint, lam=3.0, attr_temperature=0.7, attr_dim=6, **extra)
     if constraint == "mean":  # make E differ from theta
         with torch.no_grad():
             for p in (*method.attr_local.parameters(), *method.attr_global.parameters()):
@@ -271,7 +296,7 @@ def test_training_step_is_eq_9_with_eq_5_or_eq_6(constraint):
         out = method.training_step(b)
         target_of_local = method.mean_global if constraint == "mean" else method.attr_global
         target_of_global = method.mean_local if constraint == "mean" else method.attr_local
-        p_l, a_l, p_g, a_g, ce = [], [], [], [], 0.0
+        p_l, a_l, p_g, a_g, ce, norm = [], [], [], [], 0.0, 0.0
         for image, crops, boxes, label in zip(b["image"], b["crops"], b["crop_boxes"], b["label"]):
             fmap = method.backbone.feature_map(image[None])  # (1, C, 2, 2)
             local = [method.backbone(crop[None])[0].tolist() for crop in crops]
@@ -284,10 +309,12 @@ def test_training_step_is_eq_9_with_eq_5_or_eq_6(constraint):
             a_g.append([ref_linear(method.attr_global, x) for x in regions])
             logits = ref_linear(method.classifier, fmap.mean(dim=(2, 3))[0].tolist())
             ce += -math.log(ref_softmax(logits, 1.0)[int(label)]) / len(b["label"])
-    loss_c = ref_constraint(p_l, a_l, p_g, a_g, 0.7)
+            norm += math.sqrt(sum(v * v for v in fmap.mean(dim=(2, 3))[0].tolist())) / len(b["label"])
+    loss_c = ref_constraint(p_l, a_l, p_g, a_g, 0.7, reduction or "batchmean")
     assert float(out["loss_attr"]) == pytest.approx(loss_c, rel=1e-4)
     assert float(out["loss_ce"]) == pytest.approx(ce, rel=1e-4)
     assert float(out["loss"]) == pytest.approx(ce + 3.0 * loss_c, rel=1e-4)  # Eq. 9
+    assert float(out["feature_norm"]) == pytest.approx(norm, rel=1e-4)  # ||g(F)||, batch mean
 
 
 # ------------------------------------------------------------------------------------------------

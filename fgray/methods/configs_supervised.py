@@ -41,6 +41,12 @@ class VAPNetConfig(MethodConfig):
     # none: CE only (no local views are drawn); plain: Eq. 5 (online encoders as targets);
     # mean: Eq. 6 (EMA mean encoders as targets) - Table 1
     constraint: Literal["none", "plain", "mean"] = "mean"
+    # How L_c's KLs (each summed over the k attributes, one per image and view) are reduced; the paper
+    # gives none (spec §7.6, fgray.losses.attribute_kl). batchmean: mean over the B x M rows, so lambda
+    # weighs the same at any M (Table 4 is flat from M = 4 to 16); sum: summed over the M views, mean
+    # over B (Eq. 6's sum literally: M x batchmean, lambda 10 at M = 4 weighs like 40); mean: mean
+    # over all B x M x k elements (F.kl_div's "mean": batchmean / k)
+    lc_reduction: Literal["batchmean", "sum", "mean"] = "batchmean"
     attr_temperature: float = Field(1.0, gt=0)  # softmax temperature over the k attributes [spec guess]
     roi_output: int = Field(7, ge=1)  # RoIAlign output side (then average-pooled by g) [spec guess]
     # lr multiplier of the new layers (T_L, T_G, classifier) over the backbone's; paper: one lr

@@ -1,8 +1,9 @@
 """Parts several methods share (DESIGN.md §3): momentum (EMA) encoders, the negative-key queue,
-MoCo's encoder pair with its shuffle-BN, all_gather, Grad-CAM / attention-map helpers and the DDP
-ignore list."""
+MoCo's encoder pair with its shuffle-BN, BatchNorm passes that leave the running statistics alone,
+all_gather, Grad-CAM / attention-map helpers and the DDP ignore list."""
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Iterable
 
@@ -30,6 +31,28 @@ def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> No
     # Only parameters: the target's BatchNorm statistics come from its own forward passes (as MoCo).
     for p_online, p_target in zip(online.parameters(), target.parameters()):
         p_target.mul_(momentum).add_(p_online.detach(), alpha=1.0 - momentum)
+
+
+@contextlib.contextmanager
+def frozen_running_stats(module: nn.Module):
+    """Train-mode BatchNorm that normalises by the batch's statistics but does not fold them into
+    its running statistics (momentum 0: running = 1 x running + 0 x batch), for passes of inputs
+    unlike the test images (VAPNet's grid crops, OLDFS's decoded images): the running statistics
+    are what the test-time embedding normalises with."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    # the pass still counts a batch; momentum None (a cumulative average) divides by that count
+    counts = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
+              for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in zip(norms, momenta, counts):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
 
 
 @torch.no_grad()

@@ -54,13 +54,25 @@ class Backbone(nn.Module):
 
 def build_backbone(name: str, pretrained: bool | str = False, image_size: int | None = None,
                    drop_path_rate: float = 0.0, model_kwargs: dict | None = None) -> Backbone:
-    """A timm model without its classifier. ``pretrained``: False, True (hub) or a local weights file;
-    ``model_kwargs``: extra ``timm.create_model`` arguments (e.g. a ResNet's ``channels``)."""
+    """A timm model without its classifier. ``pretrained``: False, True (hub), a local weights file or
+    an fgray checkpoint folder (the one holding ``meta.json``: a previous trial's backbone, e.g. a
+    warm start; ``fgray.checkpoint.backbone_state``); ``model_kwargs``: extra ``timm.create_model``
+    arguments (e.g. a ResNet's ``channels``)."""
     kwargs: dict = {**(model_kwargs or {}), "num_classes": 0}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if image_size is not None and _accepts_img_size(name):
         kwargs["img_size"] = image_size
+    if isinstance(pretrained, str) and os.path.isdir(os.path.expanduser(pretrained)):
+        from fgray.checkpoint import backbone_state  # the checkpoint layer sits above models/
+
+        backbone = Backbone(timm.create_model(name, pretrained=False, **kwargs), name)
+        try:  # strict: the BN statistics come too, and a different architecture fails here
+            backbone.load_state_dict(backbone_state(os.path.expanduser(pretrained)))
+        except RuntimeError as err:
+            raise ValueError(f"backbone.pretrained {pretrained}: its backbone does not fit {name} "
+                             f"{model_kwargs or ''}: {str(err).splitlines()[0]}") from None
+        return backbone
     if isinstance(pretrained, str):
         path = os.path.expanduser(pretrained)
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
