@@ -25,6 +25,7 @@ from fgray.methods import create_method
 from fgray.methods.base import Method
 from fgray.methods.configs import Stage
 from fgray.models import build_backbone
+from fgray.optimizers import CombinedOptimizer, make_optimizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -116,14 +117,21 @@ def normalize_images(images: Tensor) -> Tensor:
 def build_optimizer(param_groups: list[dict], cfg: TrainConfig, world_size: int = 1,
                     stage: Stage | None = None) -> torch.optim.Optimizer:
     """The stage's optimiser (default ``train.optimizer`` / ``train.lr``); a group's ``lr_scale``
-    multiplies the base rate; other group keys (name, fixed_lr) stay in the optimiser's groups."""
+    multiplies the base rate; other group keys (name, fixed_lr) stay in the optimiser's groups.
+    Groups the stage gives optimisers of their own (``stage.group_optimizers``) get them, all
+    stepped as one ``CombinedOptimizer`` (the stage's own groups first)."""
     lr = stage.lr if stage is not None and stage.lr is not None else cfg.lr
     lr = lr * cfg.batch_size * world_size / 256 if cfg.scale_lr else lr
     groups = [{**g, "lr": lr * g.get("lr_scale", 1.0)} for g in param_groups]
     kind = stage.optimizer if stage is not None and stage.optimizer else cfg.optimizer
-    if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    own = {o.group: o for o in (stage.group_optimizers if stage is not None else ())}
+    shared = [g for g in groups if g.get("name") not in own]
+    parts = [make_optimizer(kind, shared, lr, cfg.momentum, cfg.weight_decay)] if shared else []
+    for group in (g for g in groups if g.get("name") in own):
+        spec = own[group["name"]]
+        rate = spec.lr * group.get("lr_scale", 1.0)
+        parts.append(make_optimizer(spec.optimizer, [{**group, "lr": rate}], rate, cfg.momentum, spec.weight_decay))
+    return parts[0] if len(parts) == 1 else CombinedOptimizer(parts)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int,

@@ -1,9 +1,11 @@
 """OLDFS (paper 002, spec ../shared/specs/oldfs.md): the pure noise functions of Eqs. 3-6, the FIFO
 feature bank, Eq. 7's NT-Xent, each against a slow loop reference written from the spec's
 equations; then the method's step: the Grad-CAM gradient taken w.r.t. v alone, the decoder
-pre-training stage, the bank filled after the step, the SimSiam base and loading decoder weights."""
+pre-training stage, the bank filled after the step, the SimSiam base, loading decoder weights, the
+decoded pair kept off BatchNorm's running statistics and the decoder's own optimiser."""
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -19,7 +21,8 @@ from fgray.methods import oldfs as oldfs_module
 from fgray.methods.configs import Stage
 from fgray.methods.oldfs_noise import FeatureBank, gradcam_noise, gradcam_scores, lowvar_noise, lowvar_scores
 from fgray.methods.registry import method_class
-from fgray.stages import stage_param_groups
+from fgray.optimizers import CombinedOptimizer
+from fgray.stages import StageRunner, stage_param_groups
 from tests.declared import declared_batch
 
 FACTS = DatasetFacts(num_classes=4, class_names=("a", "b", "c", "d"), image_size=32)
@@ -414,3 +417,96 @@ def test_decoder_weights_are_loaded_from_a_checkpoint_and_skip_stage_zero(tmp_pa
             "data": {"image_size": 32}}
     with pytest.raises(ConfigError, match="not found"):
         validate(ExperimentConfig, data)
+
+
+# ------------------------------------------------------------------------------ 7. BatchNorm guard
+
+
+def bn_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every BatchNorm buffer (running mean / var, batches tracked), cloned."""
+    return {k: v.clone() for k, v in module.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def with_cfg(method, **update):
+    """A copy of ``method`` (weights, BN statistics, queue, bank) whose config differs by ``update``."""
+    twin = copy.deepcopy(method)
+    twin.cfg = twin.cfg.model_copy(update=update)
+    return twin
+
+
+@pytest.mark.parametrize("base", ["mocov2", "simsiam"])
+def test_the_decoded_pair_leaves_the_batchnorm_running_statistics_to_the_real_images(base):
+    method = make(base=base)
+    method.train()
+    assert method.cfg.bn_guard and method.cfg.nu > 0
+    reference = with_cfg(method, nu=0.0)  # the same step without the decoded pair's passes (L_Cp)
+    unguarded = with_cfg(method, bn_guard=False)  # the form before the guard
+    before = bn_state(method)
+    batch = batch_for(method)
+    outs = {}
+    for name, model in (("guarded", method), ("reference", reference), ("unguarded", unguarded)):
+        torch.manual_seed(3)
+        outs[name] = model.training_step(batch)
+    guarded, real_only, old = bn_state(method), bn_state(reference), bn_state(unguarded)
+    assert "loss_cp" in outs["guarded"] and "loss_cp" not in outs["reference"]
+    moved = [k for k in guarded if "running_mean" in k and not torch.equal(guarded[k], before[k])]
+    assert moved  # the real images' passes did update them
+    for name, value in real_only.items():  # f's, the heads', the decoder's, the key encoder's
+        assert torch.equal(guarded[name], value), f"{name}: the decoded pair moved it"
+    # Unguarded, the decoded images move f's statistics (and SimSiam's projector / predictor's).
+    prefix = "moco.backbone." if base == "mocov2" else "simsiam_backbone."
+    changed = {k for k in old if not torch.equal(old[k], real_only[k])}
+    assert any(k.startswith(prefix) and "running_var" in k for k in changed)
+    if base == "simsiam":
+        assert any(k.startswith("projector.") for k in changed) and any(k.startswith("predictor.") for k in changed)
+    # The guarded passes still normalise with the decoded batch's own statistics (train mode): the
+    # loss is the unguarded form's, and its gradient still reaches f.
+    torch.testing.assert_close(outs["guarded"]["loss_cp"], outs["unguarded"]["loss_cp"], rtol=0, atol=0)
+    for bn in (m for m in method.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+        assert bn.momentum == 0.1  # restored after the guarded passes
+
+
+# ------------------------------------------------------------------------------ 8. decoder optimiser
+
+
+def joint_runner(decoder: dict | None = None):
+    smoke = method_class("oldfs").smoke_overrides({"name": "oldfs"})
+    method = {"name": "oldfs", **smoke, "decoder": {**smoke["decoder"], **(decoder or {})}}
+    experiment = ExperimentConfig(method=method, backbone={"name": "test_resnet"}, data={"image_size": 32},
+                                  train={"optimizer": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4})
+    torch.manual_seed(0)
+    built = build_method(experiment, FACTS)
+    runner = StageRunner(built, experiment, steps_per_epoch=2, device=torch.device("cpu"))
+    return built, runner
+
+
+def test_the_decoder_gets_its_own_adam_in_the_joint_stage_and_the_encoder_keeps_its_optimizer():
+    method, runner = joint_runner()
+    assert [s.name for s in runner.plan.stages] == ["decoder", "train"]
+    runner.enter(0)  # stage 0: the decoder alone, AdamW at decoder.lr, as before
+    assert type(runner.optimizer) is torch.optim.AdamW
+    assert [(g["name"], g["lr"]) for g in runner.optimizer.param_groups] == [("decoder", method.cfg.decoder.lr)]
+    runner.enter(runner.plan.start(1))
+    assert isinstance(runner.optimizer, CombinedOptimizer)
+    encoder, decoder = runner.optimizer.optimizers
+    assert type(encoder) is torch.optim.SGD  # train.optimizer at train.lr, unchanged
+    assert [g["name"] for g in encoder.param_groups] == ["encoder"]
+    group = encoder.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.03, 0.9, 1e-4)
+    assert type(decoder) is torch.optim.Adam  # spec §3 / early code: Adam 1e-4, no weight decay
+    assert [(g["name"], g["lr"], g["weight_decay"]) for g in decoder.param_groups] == [("decoder", 1e-4, 0.0)]
+    assert {id(p) for p in decoder.param_groups[0]["params"]} == {id(p) for p in method.decoder.parameters()}
+    assert runner.optimizer.param_groups[0] is group  # trial.py's train/lr reads the encoder's rate
+
+
+def test_the_decoders_joint_optimizer_is_configurable_and_encoder_keeps_the_old_form():
+    _, runner = joint_runner({"joint_optimizer": "adamw", "joint_lr": 3e-4, "joint_weight_decay": 0.05})
+    runner.enter(runner.plan.start(1))
+    own = runner.optimizer.optimizers[1]
+    assert type(own) is torch.optim.AdamW and (own.param_groups[0]["lr"], own.param_groups[0]["weight_decay"]) == (
+        3e-4, 0.05)
+    _, runner = joint_runner({"joint_optimizer": "encoder"})  # before issue 27: one SGD, two groups at train.lr
+    runner.enter(runner.plan.start(1))
+    assert type(runner.optimizer) is torch.optim.SGD
+    assert [(g["name"], g["lr"]) for g in runner.optimizer.param_groups] == [("encoder", 0.03), ("decoder", 0.03)]

@@ -13,7 +13,8 @@ from fgray import checkpoint as ckpt
 from fgray.config import ExperimentConfig
 from fgray.data.inputs import DatasetFacts, Inputs, ViewRecipe
 from fgray.methods.base import Method
-from fgray.methods.configs import MocoV2Config, Stage
+from fgray.methods.configs import GroupOptimizer, MocoV2Config, Stage
+from fgray.optimizers import CombinedOptimizer
 from fgray.stages import StagePlan, StageRunner, stage_param_groups
 
 FACTS = DatasetFacts(num_classes=3, image_size=8)
@@ -144,6 +145,81 @@ def test_resume_from_a_checkpoint_ends_identical_to_an_uninterrupted_run(tmp_pat
     state = ckpt.load(str(tmp_path), resumed)
     assert state["epoch"] == stop_after and state["stage"] == ("decoder" if stop_after <= 2 else "joint")
     assert ckpt.read_facts(str(tmp_path)) == FACTS and ckpt.read_meta(str(tmp_path))["stage"] == state["stage"]
+    train(resumed, start=stop_after, state=state)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+class OwnOptimizerConfig(TwoStageConfig):
+    """The joint stage gives the decoder group an Adam of its own (OLDFS's decoder in its joint stage)."""
+
+    def stages(self, epochs: int) -> tuple[Stage, ...]:
+        own = (GroupOptimizer("decoder", "adam", 0.01),)
+        return (Stage("decoder", 2, groups=("decoder",), lr=0.5, optimizer="sgd"),
+                Stage("joint", epochs, group_optimizers=own))
+
+
+def own_optimizer_experiment() -> ExperimentConfig:
+    return experiment().model_copy(update={"method": OwnOptimizerConfig()})
+
+
+def fresh_own() -> TwoStage:
+    torch.manual_seed(0)
+    return TwoStage(OwnOptimizerConfig(), FACTS)
+
+
+def test_a_group_with_its_own_optimizer_gets_it_beside_the_stages_and_both_follow_the_schedule():
+    method, exp = fresh_own(), own_optimizer_experiment()
+    runner = StageRunner(method, exp, steps_per_epoch=2, device=torch.device("cpu"))
+    runner.enter(0)  # the decoder stage names no group optimiser: one SGD, as before
+    assert type(runner.optimizer) is torch.optim.SGD
+    runner.enter(2)
+    combined = runner.optimizer
+    assert isinstance(combined, CombinedOptimizer)
+    shared, own = combined.optimizers
+    assert type(shared) is torch.optim.AdamW and [g["name"] for g in shared.param_groups] == ["encoder"]
+    assert shared.param_groups[0]["lr"] == pytest.approx(0.1)  # train.lr, untouched
+    assert type(own) is torch.optim.Adam and [g["name"] for g in own.param_groups] == ["decoder"]
+    assert own.param_groups[0]["lr"] == pytest.approx(0.02)  # its own 0.01 x the group's lr_scale 2
+    assert own.param_groups[0]["weight_decay"] == 0.0
+    assert combined.param_groups[0] is shared.param_groups[0] and combined.param_groups[1] is own.param_groups[0]
+    decoder = [p.clone() for p in method.decoder.parameters()]
+    runner.run(iter(batches() * 10), start_epoch=2)
+    assert not any(torch.equal(a, b) for a, b in zip(decoder, method.decoder.parameters()))
+    assert own.state and shared.state  # each part stepped, with its own moments
+    # The stage's cosine reached both parts' rates (the same fraction of each base rate).
+    ratio = [g["lr"] / g["initial_lr"] for g in combined.param_groups]
+    assert ratio[0] == pytest.approx(ratio[1]) and ratio[0] < 1.0
+    # A single optimiser's state (a checkpoint taken before the decoder had its own) is refused by name.
+    with pytest.raises(ValueError, match="holds one optimiser"):
+        combined.load_state_dict(shared.state_dict())
+
+
+@pytest.mark.parametrize("stop_after", [2, 3, 4])  # at the boundary, then inside the joint stage
+def test_resume_keeps_the_state_of_a_groups_own_optimizer(tmp_path, stop_after):
+    data, exp = batches(2), own_optimizer_experiment()
+
+    def train(method, start=0, state=None, save_at=None):
+        runner = StageRunner(method, exp, steps_per_epoch=2, device=torch.device("cpu"))
+
+        def on_epoch(epoch, stats, r):
+            if epoch + 1 == save_at:
+                ckpt.save(str(tmp_path), method, exp, FACTS, r.stage.name, epoch + 1, {}, r.optimizer, r.scheduler,
+                          r.scaler)
+                raise _Stop
+
+        try:
+            runner.run(iter(data * 10), start, state, on_epoch)
+        except _Stop:
+            pass
+        return method
+
+    full = train(fresh_own())
+    train(fresh_own(), save_at=stop_after)
+    resumed = fresh_own()
+    state = ckpt.load(str(tmp_path), resumed)
+    if stop_after > 2:  # saved inside the joint stage: both parts' states are in the checkpoint
+        assert len(state["optimizer"]["optimizers"]) == 2 and state["optimizer"]["optimizers"][1]["state"]
     train(resumed, start=stop_after, state=state)
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)

@@ -31,13 +31,26 @@ def method_config(cls: type["MethodConfig"]) -> type["MethodConfig"]:
 
 
 @dataclass(frozen=True)
+class GroupOptimizer:
+    """A parameter group a stage trains with an optimiser of its own (its own state and rate) beside
+    the stage's optimiser, e.g. OLDFS's decoder on Adam 1e-4 while the encoder runs SGD. The stage's
+    LR schedule shapes its rate too; the linear scaling rule (``train.scale_lr``) does not apply."""
+
+    group: str  # a name among the method's param_groups
+    optimizer: str  # sgd | adam | adamw
+    lr: float  # its base rate, as given (a group's lr_scale still multiplies it)
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
 class Stage:
     """One training stage of a method (DESIGN.md §3): a trial runs its stages in order.
 
     ``groups``: names of the method's parameter groups (``Method.param_groups``) trained in the
     stage, the others frozen for it (None: all). ``lr`` / ``optimizer``: the stage's own base
     learning rate and optimiser (None: ``train.lr`` / ``train.optimizer``); a group's ``lr_scale``
-    multiplies the base rate.
+    multiplies the base rate. ``group_optimizers``: groups that train with their own optimiser
+    instead (``GroupOptimizer``).
     """
 
     name: str
@@ -45,6 +58,7 @@ class Stage:
     groups: tuple[str, ...] | None = None
     lr: float | None = None
     optimizer: str | None = None
+    group_optimizers: tuple[GroupOptimizer, ...] = ()
 
 
 class MethodConfig(BaseModel):
@@ -244,6 +258,11 @@ class DecoderConfig(BaseModel):
 
     pretrain_epochs: int = Field(50, ge=0)  # stage 0: encoder frozen, L_R only [spec guess: 50]
     lr: float = Field(1e-4, gt=0)  # its Adam(W) rate in stage 0 [early code: Adam 1e-4]
+    # Its optimiser in the joint stage: its own (adam: the early code's Adam, no weight decay, its own
+    # cosine), or "encoder": a group of the encoder's optimiser at train.lr (fgray before issue 27)
+    joint_optimizer: Literal["adam", "adamw", "sgd", "encoder"] = "adam"
+    joint_lr: float = Field(1e-4, gt=0)  # that optimiser's rate, as given (no scale_lr) [early code: 1e-4]
+    joint_weight_decay: float = Field(0.0, ge=0)  # its weight decay [early code: none]
     # A trained decoder: a state-dict file, or an fgray checkpoint (folder or its state file) of an
     # oldfs run; its decoder.* weights are loaded and stage 0 is skipped.
     weights: str | None = None
@@ -279,6 +298,10 @@ class OLDFSConfig(MocoV2Config):
     # and kappa = 0.02 never binds, spec §7.1), row (each feature), none (raw: kappa selects)
     lowvar_normalize: Literal["column", "row", "none"] = "column"
     detach_generated: bool = True  # L_Cp trains the encoder only; the decoder learns from L_R [spec guess]
+    # The decoded pair's train-mode passes (L_Cp) normalise with their batch statistics but leave every
+    # BatchNorm's running statistics (f's, which the test embedding uses, and the heads') to the real
+    # images (spec §3); false: they update them too, ~half of f's statistics from decoded images
+    bn_guard: bool = True
     pred_hidden_dim: int = Field(512, ge=1)  # simsiam base: the predictor's bottleneck
     decoder: DecoderConfig = DecoderConfig()
 
@@ -295,4 +318,7 @@ class OLDFSConfig(MocoV2Config):
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         pretrain = self.decoder.pretrain_epochs if self.synthesizes and not self.decoder.weights else 0
         decoder = (Stage("decoder", pretrain, groups=("decoder",), lr=self.decoder.lr, optimizer="adamw"),)
-        return (*(decoder if pretrain else ()), Stage("train", epochs))
+        joint, own = self.decoder, ()
+        if self.synthesizes and joint.joint_optimizer != "encoder":  # spec §3: SGD for f, g; Adam for h
+            own = (GroupOptimizer("decoder", joint.joint_optimizer, joint.joint_lr, joint.joint_weight_decay),)
+        return (*(decoder if pretrain else ()), Stage("train", epochs, group_optimizers=own))

@@ -12,13 +12,23 @@ One joint step (spec §3), x the clean image, x1 / x2 its augmented views (B ima
 4. ``render``: x^ = h(v), x^_p = h(v_p) (``FeatureDecoder``); L_R = mse(x^, x) (Eq. 2).
 5. ``synthesized``: L_Cp on (x^, x^_p) through f and g (Eq. 7: NT-Xent for MoCo, SimSiam's loss for
    SimSiam); with ``detach_generated`` the rendered images are data, so L_Cp trains f and g only.
+   With ``bn_guard`` (default) these passes run train-mode BatchNorm on their own batch statistics
+   but leave every running statistic as the real images left it (``parts.frozen_running_stats``):
+   passing last in each step, the decoded images (input variance ~10x below real images') would
+   otherwise make ~half of f's running statistics, which the test embedding normalises with. The
+   heads' (SimSiam's projector and predictor; MoCo v2's head has no BatchNorm) are guarded too:
+   no embedding reads them today, but they then describe the real images like f's.
 
 L = L_C + alpha L_R + nu L_Cp (Eq. 8); alpha = nu = 0 is the base method alone. Stage 0
 (``decoder``) trains h alone on L_R with f frozen (weights and BatchNorm statistics: f runs in
-eval mode). The bank receives v after each optimiser step. Retrieval embeds normalize(f(x)).
+eval mode). In the joint stage h trains with an optimiser of its own (``decoder.joint_optimizer``:
+the early code's Adam at 1e-4, spec §3) beside the encoder's (``train.optimizer``), declared as the
+stage's ``group_optimizers``; both checkpoint together. The bank receives v after each optimiser
+step. Retrieval embeds normalize(f(x)).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 
 import torch
@@ -30,7 +40,7 @@ from fgray.losses import info_nce, negative_cosine, nt_xent, symmetric_negative_
 from fgray.methods.base import Method
 from fgray.methods.configs import OLDFSConfig, Stage
 from fgray.methods.oldfs_noise import FeatureBank, gradcam_noise, gradcam_scores, lowvar_noise, lowvar_scores
-from fgray.methods.parts import MoCoEncoders
+from fgray.methods.parts import MoCoEncoders, frozen_running_stats
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.decoder import FeatureDecoder
@@ -105,7 +115,9 @@ class OLDFS(Method):
         if cfg.nu > 0:  # "synthesized"
             if cfg.detach_generated:
                 x_hat, x_hat_p = x_hat.detach(), x_hat_p.detach()
-            loss_cp = self._pair_loss(x_hat, x_hat_p)
+            # the decoded images' batch statistics stay out of the running ones the test embedding uses
+            with frozen_running_stats(self) if cfg.bn_guard else contextlib.nullcontext():
+                loss_cp = self._pair_loss(x_hat, x_hat_p)
             loss, parts["loss_cp"] = loss + cfg.nu * loss_cp, loss_cp.detach()
         return {"loss": loss, **parts}
 
