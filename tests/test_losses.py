@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import pytest
 
-from fgray.losses import distillation_kl, info_nce, negative_cosine, symmetric_negative_cosine
+from fgray.losses import (attention_kl, distillation_kl, info_nce, negative_cosine, row_softmax_kl,
+                          symmetric_negative_cosine)
 
 
 def reference_info_nce(q, k, queue, t):
@@ -93,3 +94,66 @@ def test_distillation_kl_matches_eq_4(tau):
         scaled = reference_distillation_kl(teacher / tau, student / tau, 1.0)  # no tau^2
         assert got != pytest.approx(scaled, rel=1e-3) and got == pytest.approx(tau**2 * scaled)
     assert float(distillation_kl(teacher, teacher, tau)) == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------ PP-SSL L_IADM (Eq. 8)
+
+
+def reference_row_softmax_kl(target, prediction):
+    """LCR's F.kl_div(w.softmax(-1).log(), grad.softmax(-1), reduction='sum'), loop by loop."""
+    total = 0.0
+    for t_map, w_map in zip(target.tolist(), prediction.tolist()):
+        for t_row, w_row in zip(t_map, w_map):
+            zt, zw = sum(math.exp(v) for v in t_row), sum(math.exp(v) for v in w_row)
+            total += sum(math.exp(t) / zt * (t - math.log(zt) - (w - math.log(zw))) for t, w in zip(t_row, w_row))
+    return total
+
+
+def test_row_softmax_kl_matches_lcr():
+    g = torch.Generator().manual_seed(0)
+    target, prediction = 2 * torch.rand(3, 5, 4, generator=g), torch.rand(3, 5, 4, generator=g)
+    got = float(row_softmax_kl(target, prediction))
+    assert got == pytest.approx(reference_row_softmax_kl(target, prediction), rel=1e-5)
+    lcr = F.kl_div(prediction.softmax(dim=-1).log(), target.softmax(dim=-1), reduction="sum")
+    assert got == pytest.approx(float(lcr), rel=1e-5)
+    # summed, not averaged: two copies of the batch give twice the loss
+    doubled = float(row_softmax_kl(torch.cat([target, target]), torch.cat([prediction, prediction])))
+    assert doubled == pytest.approx(2 * got, rel=1e-5)
+    # the softmax runs along each row, not over all h*w cells: adding a constant to one row changes nothing
+    shifted = prediction.clone()
+    shifted[:, 1] += 5.0
+    assert float(row_softmax_kl(target, shifted)) == pytest.approx(got, rel=1e-5)
+
+
+def target_on_the_zero_cell(batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """w in [0, 1] with an exact zero (min-max's minimum) and a Grad-Img whose mass sits on that cell."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(batch, 6, 6, generator=g)
+    w[:, 2, 3] = 0.0
+    target = 1e-3 * torch.rand(batch, 6, 6, generator=g)
+    target[:, 2, 3] = 50.0
+    return target, w.requires_grad_(True)
+
+
+def assert_bounded(grad: torch.Tensor) -> None:
+    """d/dw of sum_rows KL(p || softmax(w row)) = softmax(w row) - p: each entry within [-1, 1]."""
+    assert float(grad.abs().max()) <= 1.0, float(grad.abs().max())
+
+
+@pytest.mark.parametrize("form", ["lcr", "normalized"])
+def test_iadm_gradient_is_bounded_where_w_is_smallest(form):
+    """Where the target's mass meets w's exact-zero cell, LCR's form stays bounded (|grad| <= 1 per cell, at
+    any batch size); fgray's former normalised form sends ~1 / (w + 1e-7) there and fails the bound."""
+    for batch in (1, 4, 64):
+        target, w = target_on_the_zero_cell(batch)
+        loss = row_softmax_kl(target, w) if form == "lcr" else attention_kl(target, w)
+        (grad,) = torch.autograd.grad(loss, w)
+        if form == "lcr":
+            assert_bounded(grad)
+            expected = w.detach().softmax(dim=-1) - target.softmax(dim=-1)  # the bound's derivation
+            torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+        else:
+            with pytest.raises(AssertionError):
+                assert_bounded(grad)
+            assert float(grad.abs().max()) > 1e3
+

@@ -16,7 +16,8 @@ from fgray.config import ConfigError, ExperimentConfig, validate
 from fgray.sweep_file import load_sweep
 from fgray.methods.configs import PPSSLConfig, TeacherConfig, read_corpus
 from fgray.data.inputs import DatasetFacts
-from fgray.methods.parts import attention_map
+from fgray.losses import row_softmax_kl
+from fgray.methods.parts import attention_map, batch_attention_map, grad_cam_target
 from fgray.methods.ppssl import PPSSL
 from fgray.models import build_backbone
 from fgray.models.clip import TINY_MODEL
@@ -83,6 +84,26 @@ def ref_kl(p: np.ndarray, q: np.ndarray) -> float:
     return total / len(p)
 
 
+def ref_batch_attention(x: np.ndarray) -> np.ndarray:
+    """LCR's att_max (Eq. 7, form lcr): alpha = max over channels of relu(x), then ONE min-max over
+    the whole batch, (alpha - min) / (1e-7 + max(alpha - min)). (B, K, h, w) -> (B, h, w)."""
+    alpha = np.maximum(x, 0.0).max(axis=1)
+    shifted = alpha - alpha.min()
+    return shifted / (1e-7 + shifted.max())
+
+
+def ref_row_softmax_kl(p: np.ndarray, q: np.ndarray) -> float:
+    """Eq. 8 in LCR's form, cell by cell: for every image and every map row r, softmax the row of each
+    map, KL(P_r || Q_r); summed over images and rows (reduction='sum')."""
+    total = 0.0
+    for pi, qi in zip(p, q):
+        for pr, qr in zip(pi, qi):
+            ep, eq = np.exp(pr - pr.max()), np.exp(qr - qr.max())
+            ps, qs = ep / ep.sum(), eq / eq.sum()
+            total += sum(a * (math.log(a) - math.log(b)) for a, b in zip(ps, qs) if a > 0)
+    return total
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -114,9 +135,9 @@ def test_attention_map_takes_the_channel_max_before_the_min_max():
     np.testing.assert_allclose(numpy(attention_map(pair))[0], numpy(attention_map(x))[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("tau", [1.0, 0.5, 3.0])
-def test_ais_loss_matches_eqs_2_to_4(tau):
-    method = make(kd_temperature=tau, iadm=False)
+@pytest.mark.parametrize("tau, logit_scale", [(1.0, "teacher"), (0.5, "teacher"), (3.0, "teacher"), (1.0, 100.0)])
+def test_ais_loss_matches_eqs_2_to_4(tau, logit_scale):
+    method = make(kd_temperature=tau, iadm=False, logit_scale=logit_scale)
     x = batch()["view1"]
     f = method.moco.backbone.feature_map(x)
     got = method._ais(f, method._attention(f), x, None)
@@ -128,32 +149,134 @@ def test_ais_loss_matches_eqs_2_to_4(tau):
     u_s /= np.linalg.norm(u_s, axis=1, keepdims=True)
     u_t = numpy(method.teacher.encode_image(x))
     text = numpy(method.text_embeddings)
-    scale, tau = method.cfg.logit_scale, method.cfg.kd_temperature
+    scale, tau = method.logit_scale, method.cfg.kd_temperature
+    assert scale == pytest.approx(1 / 0.07 if logit_scale == "teacher" else logit_scale, rel=1e-5)
     p_t, p_s = softmax(scale * u_t @ text.T / tau), softmax(scale * u_s @ text.T / tau)
     expected = tau**2 * np.mean(np.sum(p_t * (np.log(p_t) - np.log(p_s)), axis=1))
     assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-5)
 
 
 def iadm_parts(m: PPSSL, b: dict, guidance: str):
-    """One forward up to L_IADM: (x, f, stage outputs, L_CL, z', L_IADM)."""
+    """One forward up to L_IADM: (x, f, stage outputs, L_CL, w (B, 1, h, w) of m's form, L_IADM)."""
     x = b["view1"].clone().requires_grad_("image" in guidance)
     f, stages = m._features(x)
     loss_cl, _ = m._contrastive(f, b["view2"])
-    z = m._attention(f)
-    return x, f, stages, loss_cl, z, m._iadm(loss_cl, x, stages, z)
+    psi_out = m.psi(f)
+    return x, f, stages, loss_cl, m._iadm_map(psi_out), m._iadm(loss_cl, x, stages, psi_out)
 
 
+@pytest.mark.parametrize("form", ["lcr", "normalized"])
 @pytest.mark.parametrize("guidance", ["image", "layer3", "layer4"])
-def test_iadm_loss_matches_eqs_5_to_8(guidance):
-    m = make(guidance=guidance, ais=False)
+def test_iadm_loss_matches_eqs_5_to_8(guidance, form):
+    """lcr: batch-wide min-max w, row softmax, summed; normalized: fgray's former values (per-image z',
+    maps normalised to sum 1, batch mean), the reference this test held before iadm_form existed."""
+    m = make(guidance=guidance, ais=False, iadm_form=form)
     x, f, stages, loss_cl, _, got = iadm_parts(m, batch(), guidance)
     g_in = x if guidance == "image" else stages[guidance]
     (grad,) = torch.autograd.grad(loss_cl, g_in, retain_graph=True)  # Eq. 5
     cam = np.maximum((numpy(g_in) * numpy(grad)).sum(axis=1), 0.0)  # Eq. 6
     h, w = f.shape[-2:]
-    w_map = ref_attention(numpy(m.psi(f)))  # Eq. 7: the network's attention map of x, z' (Eq. 2)
-    expected = ref_kl(ref_max_pool(cam, h, w), w_map)  # Eq. 8
+    target = ref_max_pool(cam, h, w)
+    if form == "lcr":  # Eq. 7 as LCR's att_max; Eq. 8 as LCR's kl_div
+        expected = ref_row_softmax_kl(target, ref_batch_attention(numpy(m.psi(f))))
+    else:  # Eq. 7: the network's attention map of x, z' (Eq. 2); Eq. 8 on maps summing to 1
+        expected = ref_kl(target, ref_attention(numpy(m.psi(f))))
     assert float(got.detach()) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+# LCR's code (GANPerf/LCR), transcribed line by line: moco/builder.py max_mask (the att_max part) and
+# forward's gradcam, main_moco.py's loss_cam. Written from the authors' code, not from fgray's.
+def lcr_att_max(featmap, conv16, bn16):
+    featcov16 = conv16(featmap)
+    featcov16 = bn16(featcov16)
+    featcov16 = torch.relu(featcov16)
+    img, _ = torch.max(featcov16, axis=1)
+    img = img - torch.min(img)
+    att_max = img / (1e-7 + torch.max(img))
+    return att_max
+
+
+def lcr_gradcam(CE, featmap):
+    grad_wrt_act1 = torch.autograd.grad(outputs=CE, inputs=featmap, grad_outputs=torch.ones_like(CE),
+                                        retain_graph=True, allow_unused=True)[0]
+    gradcam = torch.relu((featmap * grad_wrt_act1).sum(dim=1))
+    return gradcam
+
+
+def lcr_loss_cam(att_max, gradcam):
+    return F.kl_div(att_max.softmax(dim=-1).log(), gradcam.softmax(dim=-1), reduction='sum')
+
+
+def test_lcr_form_matches_lcr_code_on_fixed_tensors():
+    """row_softmax_kl(grad_cam_target, batch_attention_map(psi(.))) == LCR's loss_cam, value and the
+    gradient into psi (conv16 + bn16), on a fixed random feature map and contrastive loss."""
+    torch.manual_seed(0)
+    featmap = (3 * torch.randn(6, 16, 7, 7)).requires_grad_(True)
+    conv16, bn16 = torch.nn.Conv2d(16, 8, 1, bias=False), torch.nn.BatchNorm2d(8)
+    logits = featmap.mean(dim=(2, 3)) @ torch.randn(16, 9) / 0.2  # a MoCo-style (B, 1 + K) logit table
+    CE = F.cross_entropy(logits, torch.zeros(6, dtype=torch.long))  # LCR's name
+    expected = lcr_loss_cam(lcr_att_max(featmap, conv16, bn16), lcr_gradcam(CE, featmap))
+    (grad,) = torch.autograd.grad(CE, featmap, retain_graph=True)
+    w = batch_attention_map(torch.nn.Sequential(conv16, bn16)(featmap))[:, 0]
+    got = row_softmax_kl(grad_cam_target(featmap, grad), w)
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    psi = [conv16.weight, bn16.weight, bn16.bias]  # gradcam depends on none of them: same gradients
+    for a, b in zip(torch.autograd.grad(got, psi, retain_graph=True), torch.autograd.grad(expected, psi)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_lcr_form_of_the_method_is_lcrs_loss_cam():
+    """PPSSL._iadm (form lcr, guidance layer4: Grad-CAM on the last feature map, as LCR) equals LCR's
+    loss_cam with conv16 / bn16 = psi and CE = L_CL, on the same network and batch."""
+    m = make(guidance="layer4", ais=False)
+    assert m.cfg.iadm_form == "lcr"
+    _, f, stages, loss_cl, _, got = iadm_parts(m, batch(6), "layer4")
+    featmap = stages["layer4"]
+    assert featmap.shape == f.shape  # LCR's featmap: the last stage's output, on w's grid
+    expected = lcr_loss_cam(lcr_att_max(featmap, m.psi[0], m.psi[1]), lcr_gradcam(loss_cl, featmap))
+    assert float(got.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+
+
+@pytest.mark.parametrize("form", ["lcr", "normalized"])
+def test_iadm_form_keeps_the_embedding_per_image(form):
+    """Eq. 10 pools with the per-image z' in both forms: an image's embedding ignores its batch-mates."""
+    m = make(iadm_form=form)
+    m.eval()
+    x = batch()["view1"]
+    alone = m.embed(x[:1])
+    together = m.embed(torch.cat([x[:1], 10 * x[1:] + 3]))
+    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
+    # ... while LCR's att_max (IADM's w in form lcr) does depend on them: the min-max is batch-wide.
+    psi_out = torch.randn(2, 4, 3, 3)
+    psi_out[1] = 5 * psi_out[1].abs()
+    assert not torch.allclose(batch_attention_map(psi_out)[0], batch_attention_map(psi_out[:1])[0])
+
+
+def test_config_defaults_are_lcr_and_teacher_scale():
+    cfg = PPSSLConfig()
+    assert cfg.iadm_form == "lcr" and cfg.logit_scale == "teacher"
+    assert PPSSLConfig(logit_scale=100).logit_scale == 100.0
+    for bad, where in [({"iadm_form": "flat"}, "method.iadm_form"), ({"logit_scale": 0}, "method.logit_scale"),
+                       ({"logit_scale": "clip"}, "method.logit_scale")]:
+        with pytest.raises(ConfigError) as err:
+            validate(ExperimentConfig, {"method": {"name": "ppssl", **bad}})
+        assert str(err.value).startswith(where), (bad, str(err.value))
+
+
+def test_logit_scale_teacher_reads_clips_own_scale(tmp_path):
+    """logit_scale: teacher is the CLIP model's exp(logit_scale) (CLIP's zero-shot convention; 1 / 0.07
+    for open_clip's random init, 100 in a checkpoint trained to CLIP's clamp), read at construction,
+    so cached mode (no teacher kept) has it too."""
+    m = make()
+    assert m.logit_scale == pytest.approx(float(m.teacher.model.logit_scale.exp()), rel=1e-6)
+    assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    assert make(teacher_mode="cached").logit_scale == pytest.approx(m.logit_scale)
+    assert make(logit_scale=100.0).logit_scale == 100.0
+    state = m.teacher.model.state_dict()
+    state["logit_scale"] = torch.tensor(math.log(100.0))  # as OpenAI's ViT-B/32 checkpoint holds it
+    torch.save(state, tmp_path / "clip100.pt")
+    trained = TeacherConfig(model=TINY_MODEL, pretrained=str(tmp_path / "clip100.pt"))
+    assert make(teacher=trained).logit_scale == pytest.approx(100.0, rel=1e-5)
 
 
 def test_embedding_is_eq_10(method):
@@ -226,14 +349,20 @@ def test_iadm_trains_the_backbone_for_every_guidance_source(guidance):
 def test_grad_img_is_a_constant_target():
     """The gradient of L_IADM comes through w alone: it equals that of KL(T || w) for the same
     Grad-CAM values T held fixed (layer3: a target left attached would add a path through it)."""
-    m = make(guidance="layer3", ais=False)
-    _, f, stages, loss_cl, z, loss_iadm = iadm_parts(m, batch(), "layer3")
+    for form in ("lcr", "normalized"):
+        check_constant_target(form)
+
+
+def check_constant_target(form: str) -> None:
+    m = make(guidance="layer3", ais=False, iadm_form=form)
+    _, f, stages, loss_cl, w, loss_iadm = iadm_parts(m, batch(), "layer3")
     (grad,) = torch.autograd.grad(loss_cl, stages["layer3"], retain_graph=True)
     cam = np.maximum((numpy(stages["layer3"]) * numpy(grad)).sum(axis=1), 0.0)
     fixed = torch.tensor(ref_max_pool(cam, *f.shape[-2:]), dtype=torch.float32)
     from fgray.losses import attention_kl
 
-    expected = backbone_grad(attention_kl(fixed, z[:, 0]), m)
+    kl = row_softmax_kl if form == "lcr" else attention_kl
+    expected = backbone_grad(kl(fixed, w[:, 0]), m)
     for got, want in zip(backbone_grad(loss_iadm, m), expected):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
 
@@ -410,7 +539,7 @@ def test_cached_teacher_mode_uses_the_batch_embedding():
         u_s = (numpy(f) * ref_attention(numpy(m.psi(f)))[:, None]).mean(axis=(2, 3))
         u_s = u_s @ numpy(m.projector.weight).T + numpy(m.projector.bias)
         u_s /= np.linalg.norm(u_s, axis=1, keepdims=True)
-        text, scale = numpy(m.text_embeddings), m.cfg.logit_scale
+        text, scale = numpy(m.text_embeddings), m.logit_scale
         p_t, p_s = softmax(scale * numpy(cached) @ text.T), softmax(scale * u_s @ text.T)
         expected = float(np.mean(np.sum(p_t * np.log(p_t / p_s), axis=1)))
         assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
@@ -521,6 +650,28 @@ def test_sweep_files_validate_with_and_without_smoke(name):
     assert smoke.method.teacher.model == TINY_MODEL and smoke.method.teacher.pretrained == "random"
     assert smoke.resources.gpus_per_worker == 0 and planned_trials(smoke)[1] <= planned_trials(sweep)[1]
     PPSSL.preflight(smoke.method)
+
+
+def test_mechanism_sweep_file():
+    """sweeps/ppssl_mechanism.yaml: 5 rows x 3 seeds, all tested; the MoCo v2 row shares the PP-SSL rows'
+    MoCo settings and backbone; IADM runs on an 8 x 8 map (output_stride 8 at 64 px), not on 2 x 2."""
+    from fgray.sweep import planned_trials
+
+    sweep = load_sweep("sweeps/ppssl_mechanism.yaml")
+    _, count = planned_trials(sweep)
+    assert count == 15 and sweep.eval.test_top >= count and sweep.data.val_fraction == 0
+    rows = [sweep.experiment(p) for p in sweep.search.points]
+    assert [r.method.name for r in rows] == ["mocov2"] + ["ppssl"] * 4
+    moco_keys = ("temperature", "momentum", "queue_size", "proj_dim", "hidden_dim", "views")
+    assert all(getattr(rows[0].method, k) == getattr(r.method, k) for r in rows[1:] for k in moco_keys)
+    assert [(r.method.ais, r.method.beta) for r in rows[1:]] == [(False, 0.0), (False, 0.01), (False, 0.1),
+                                                                 (True, 0.01)]
+    assert all(r.method.iadm_form == "lcr" and r.method.teacher.pretrained == "random" for r in rows[1:])
+    backbone = build_backbone(rows[0].backbone.name, model_kwargs=rows[0].backbone.model_kwargs)
+    assert all(r.backbone == rows[0].backbone for r in rows)
+    with torch.no_grad():
+        assert backbone.feature_map(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
+    PPSSL.preflight(rows[-1].method)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ second, before the method modules (torch, timm, open_clip) are imported.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from dataclasses import dataclass
 
@@ -194,7 +194,12 @@ class PPSSLConfig(MocoV2Config):
     ais: bool = True
     iadm: bool = True  # Image-Aided Distinction Module on/off (Eqs. 5-8)
     kd_temperature: float = Field(1.0, gt=0)  # tau of Eq. 4 (the paper gives no value)
-    logit_scale: float = Field(100.0, gt=0)  # logits = scale * u T^T: CLIP's zero-shot scale (the paper writes 1)
+    # logits = scale * u T^T for teacher and student, before Eq. 4's 1 / tau. "teacher" (default): the
+    # CLIP checkpoint's own learned exp(logit_scale), CLIP's zero-shot convention (100 for OpenAI ViT-B/32):
+    # the teacher's distribution over the prompts is then the one CLIP was trained to give, and tau alone
+    # is the paper's smoothness knob. The paper prints l = u T^T (scale 1): cosines of unit vectors, nearly
+    # uniform over N prompts at tau = 1. A float: that scale (fgray's former default: 100.0).
+    logit_scale: Literal["teacher"] | Annotated[float, Field(gt=0)] = "teacher"
     corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
     corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
     teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
@@ -203,6 +208,12 @@ class PPSSLConfig(MocoV2Config):
     # (e.g. image+layer4; Table 4); w is the network's attention map z' for every source.
     guidance: str = "image"
     psi_channels: int = Field(32, ge=1)  # output channels of psi, the 1x1 conv of Eq. 2 (LCR: 32)
+    # Form of L_IADM (Eq. 8). lcr (default): the authors' code (LCR, which PP-SSL builds on), the scale
+    # the paper's beta (0.009-0.2) was set on: w min-max normalised over the whole batch, a softmax
+    # along each map row, KL summed over the batch (losses.row_softmax_kl). normalized: fgray's former
+    # form, per-image w, each map normalised to sum 1, batch mean (losses.attention_kl): beta on
+    # another scale (bench/ppssl_scales.py), its gradient unbounded where w is 0.
+    iadm_form: Literal["lcr", "normalized"] = "lcr"
 
     @field_validator("corpus")
     @classmethod

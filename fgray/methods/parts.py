@@ -258,6 +258,19 @@ def attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
     return normed.view(x.shape[0], 1, *x.shape[2:])
 
 
+def batch_attention_map(x: Tensor, eps: float = 1e-7) -> Tensor:
+    """LCR's ``att_max`` (``moco/builder.py`` max_mask): ReLU, max over channels, then one min-max over
+    the whole batch, (m - min) / (1e-7 + max(m - min)); (B, K, h, w) -> (B, 1, h, w) in [0, 1].
+
+    PP-SSL's IADM w in the authors' form (``method.iadm_form: lcr``): the loss that compares it with
+    Grad-CAM is summed over the batch, so one scale for all its maps is what LCR's nu (= beta) was set
+    on. Never an embedding: through the batch min and max an image's map depends on its batch-mates.
+    """
+    peak = F.relu(x.float()).amax(dim=1)  # (B, h, w)
+    shifted = peak - peak.min()
+    return (shifted / (eps + shifted.max())).unsqueeze(1)
+
+
 def grad_cam_target(inputs: Tensor, grad: Tensor) -> Tensor:
     """Grad-CAM score ReLU(sum over channels of input * dL/dinput) (PP-SSL Eq. 6; OLDFS's eta before
     min-max): (B, C, H, W) -> (B, H, W), detached (a target, not a path for gradients)."""

@@ -4,14 +4,16 @@ One training step, in named stages (B images, C channels and h x w grid of the l
   _features / _contrastive  x = view1 -> f (B, C, h, w) -> q; k = momentum encoder(view2);
           L_CL (Eq. 1)
   _attention  z' = A(psi(f)) (B, 1, h, w) (Eq. 2); A = ReLU, channel max, min-max (``attention_map``)
-  _ais    u_s = Projector(AvgPool(f * z')) (Eq. 3); l_s, l_t = logit_scale * u T^T against the N
-          prompt embeddings T; L_AIS (Eq. 4). Teacher u_t: the frozen CLIP image encoder on x
+  _ais    u_s = Projector(AvgPool(f * z')) (Eq. 3); l_s, l_t = s * u T^T against the N prompt
+          embeddings T, s = ``logit_scale`` (default: the CLIP teacher's own exp(logit_scale));
+          L_AIS (Eq. 4). Teacher u_t: the frozen CLIP image encoder on x
           (teacher_mode online, as the paper) or the batch's ``teacher_embedding`` column, CLIP on
           the un-augmented image, computed once by the embedding cache (teacher_mode cached: Train
           workers load CLIP once, on the CPU, to embed the prompts, then drop it).
   _iadm   Grad-Img = ReLU(sum_c g * dL_CL/dg) for the guidance input g (the image: Eqs. 5-6; or a
-          stage's feature map: Table 4), max-pooled to h x w, a constant target; w = z' (Eq. 7, see
-          below); L_IADM = KL(Grad-Img || w) (Eq. 8), averaged over the guidance sources.
+          stage's feature map: Table 4), max-pooled to h x w, a constant target; w = the network's
+          attention map of psi(f) (Eq. 7, see below); L_IADM = KL(Grad-Img || w) (Eq. 8, in the form
+          ``iadm_form``, see below), averaged over the guidance sources.
   L = L_CL + alpha L_AIS + beta L_IADM (Eq. 9); embedding v = normalize(AvgPool(z' * f)) (Eq. 10).
 
 What w is (Eq. 7). The paper prints w = max(norm(relu(psi(x)))) and says it applies "the same series
@@ -25,16 +27,32 @@ GANPerf/LCR), whose ``moco/builder.py`` settles it: ``max_mask`` (lines 125-148)
 Eq. 10 (conv16 + bn16 = psi, ReLU, channel max, min-max, f * att_max, average pool, the retrieval
 feature of ``inference``, lines 293-318); ``forward`` returns that same ``att_max`` as the map the
 Grad-CAM supervises (lines 231, 277-291) and ``main_moco.py`` (lines 360-364) adds
-nu * KL(gradcam || att_max) to the contrastive loss, nu = 0.01 (PP-SSL's beta). So w = z', from the
-same psi as AIS: L_IADM trains psi and, through f, the backbone, whatever the guidance source, and
-it shapes the attention the embedding (Eq. 10) pools with. What PP-SSL changes is where Grad-CAM is
+nu * KL(gradcam || att_max) to the contrastive loss, nu = 0.01 (PP-SSL's beta). So w is z' (LCR
+min-max normalises it over the batch, see below), from the same psi as AIS: L_IADM trains psi and,
+through f, the backbone, whatever the guidance source, and it shapes the attention the embedding
+(Eq. 10) pools with. What PP-SSL changes is where Grad-CAM is
 taken: LCR differentiates L_CL w.r.t. the last feature map (fgray's guidance ``layer4``), PP-SSL
-w.r.t. the input image (Eqs. 5-6, guidance ``image``; Table 4 compares the stages). Two departures
-from LCR's code, both from PP-SSL's text: LCR leaves ``gradcam`` attached to the feature map (the
-KL also pushes the target); fgray detaches it, the paper's "pseudo-label", which is what the image
-source gives anyway. LCR turns both maps into distributions with a softmax along each map row;
-fgray normalises each map to sum 1 (Eq. 8 on the maps themselves, ``losses.attention_kl``).
-Without AIS (``ais: false``) psi and z' remain for IADM, and v is still Eq. 10.
+w.r.t. the input image (Eqs. 5-6, guidance ``image``; Table 4 compares the stages). One departure
+from LCR's code, from PP-SSL's text: LCR leaves ``gradcam`` attached to the feature map (the KL also
+pushes the target); fgray detaches it, the paper's "pseudo-label", which is what the image source
+gives anyway. Without AIS (``ais: false``) psi and z' remain for IADM, and v is still Eq. 10.
+
+The form of Eq. 8 (``iadm_form``). The paper prints Grad-Img * log(Grad-Img / w) and no normalisation;
+its beta (0.009-0.2, 0.01 best) is LCR's nu = 0.01, set on LCR's form. So the default ``lcr`` is LCR's
+code, the rule where the paper is silent: w = ``att_max``, the channel max of ReLU(psi(f)) min-max
+normalised over the whole batch (``parts.batch_attention_map``); the target is Grad-Img max-pooled
+to the grid and not normalised (LCR's raw ``gradcam``); and
+L_IADM = sum over the batch and the map rows of KL(softmax(Grad-Img row) || softmax(w row))
+(``losses.row_softmax_kl``: ``F.kl_div(att_max.softmax(-1).log(), gradcam.softmax(-1), reduction='sum')``,
+whose softmax runs along the last dim, each row of a map, not over its h*w cells). Its gradient
+w.r.t. w is softmax(w row) - softmax(target row), within [-1, 1] per cell. ``normalized`` is fgray's
+former form (w = the per-image z', both maps normalised to sum 1, log(q + 1e-7), batch mean,
+``losses.attention_kl``): it puts beta on another scale (bench/ppssl_scales.py measures both against
+L_CL), and its gradient grows like 1 / w where the target's mass meets w's exact-zero cell. LCR's
+softmax of the raw Grad-Img (small: L_CL is a batch mean) leaves the target's rows near uniform, as in
+the authors' code; fgray keeps that rather than invent a normalisation. In both forms AIS (Eq. 3) and the
+embedding (Eq. 10) use the per-image z': an image's embedding must not depend on its batch-mates; only
+the loss term, a sum over the batch anyway, sees the batch-wide map.
 """
 from __future__ import annotations
 
@@ -46,10 +64,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.data.inputs import DatasetFacts
-from fgray.losses import attention_kl, distillation_kl
+from fgray.losses import attention_kl, distillation_kl, row_softmax_kl
 from fgray.methods.base import Method
 from fgray.methods.configs import PPSSLConfig
-from fgray.methods.parts import MoCoEncoders, attention_map, grad_cam_target
+from fgray.methods.parts import MoCoEncoders, attention_map, batch_attention_map, grad_cam_target
 from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.clip import TINY_MODEL, CLIPTeacher, check_weights
@@ -94,6 +112,8 @@ class PPSSL(Method):
             if cfg.teacher_mode == "online":
                 self.teacher = teacher  # cached mode: CLIP is dropped here, u_t comes with the batch
             self.projector = nn.Linear(channels, teacher.embed_dim)
+            # s of l = s * u T^T, read now: in cached mode the teacher is dropped after construction.
+            self.logit_scale = teacher.logit_scale if cfg.logit_scale == "teacher" else float(cfg.logit_scale)
 
     # ---------------------------------------------------------------------------------------- hooks
 
@@ -116,13 +136,14 @@ class PPSSL(Method):
         f, stage_outputs = self._features(x)
         loss_cl, key = self._contrastive(f, batch["view2"])
         loss, parts = loss_cl, {"loss_cl": loss_cl.detach()}
-        z = self._attention(f) if hasattr(self, "psi") else None
+        psi_out = self.psi(f) if hasattr(self, "psi") else None  # (B, K, h, w), once: AIS's z' and IADM's w
+        z = attention_map(psi_out) if psi_out is not None else None  # Eq. 2, per image
         if self.use_ais:
             cached = batch["teacher_embedding"] if self.cfg.teacher_mode == "cached" else None
             loss_ais = self._ais(f, z, x, cached)
             loss, parts["loss_ais"] = loss + self.cfg.alpha * loss_ais, loss_ais.detach()
         if self.sources:
-            loss_iadm = self._iadm(loss_cl, x, stage_outputs, z)
+            loss_iadm = self._iadm(loss_cl, x, stage_outputs, psi_out)
             loss, parts["loss_iadm"] = loss + self.cfg.beta * loss_iadm, loss_iadm.detach()
         self.moco.enqueue_after_step(key)
         return {"loss": loss, **parts}
@@ -147,7 +168,8 @@ class PPSSL(Method):
         return self.moco.contrastive_loss(query, key), key
 
     def _attention(self, f: Tensor) -> Tensor:
-        """Eq. 2: z' = A(psi(f)), (B, C, h, w) -> (B, 1, h, w) in [0, 1]: AIS's mask, IADM's w."""
+        """Eq. 2: z' = A(psi(f)), (B, C, h, w) -> (B, 1, h, w) in [0, 1], per image: AIS's mask, the
+        embedding's (Eq. 10), and IADM's w in form normalized."""
         return attention_map(self.psi(f))
 
     def _ais(self, f: Tensor, z: Tensor, x: Tensor, cached_teacher: Tensor | None) -> Tensor:
@@ -157,12 +179,17 @@ class PPSSL(Method):
         u_t = cached_teacher if self.cfg.teacher_mode == "cached" else self.teacher.encode_image(x)
         u_t = F.normalize(u_t.detach().float(), dim=1)
         text = self.text_embeddings  # (N, d), L2-normalised, computed once at construction
-        scale = self.cfg.logit_scale
+        scale = self.logit_scale
         return distillation_kl(scale * u_t @ text.t(), scale * u_s @ text.t(), self.cfg.kd_temperature)
 
+    def _iadm_map(self, psi_out: Tensor) -> Tensor:
+        """Eq. 7: w (B, 1, h, w) from psi(f) (B, K, h, w): LCR's batch-wide min-max ``att_max`` (form
+        lcr) or the per-image z' of Eq. 2 (form normalized)."""
+        return batch_attention_map(psi_out) if self.cfg.iadm_form == "lcr" else attention_map(psi_out)
+
     def _iadm(self, loss_cl: Tensor, x: Tensor, stage_outputs: dict[str, Tensor],
-              z: Tensor) -> Tensor:
-        """Eqs. 5-8 for each guidance source, averaged: KL(Grad-Img || w) with w = z' (B, 1, h, w).
+              psi_out: Tensor) -> Tensor:
+        """Eqs. 5-8 for each guidance source, averaged: KL(Grad-Img || w), w = ``_iadm_map(psi(f))``.
 
         Grad-Img is a constant target; the gradient reaches the backbone through w = A(psi(f)).
         ``autograd.grad`` w.r.t. the inputs only (no parameter .grad is written, so DDP's reducer
@@ -170,7 +197,8 @@ class PPSSL(Method):
         """
         inputs = [x if src == "image" else stage_outputs[src] for src in self.sources]
         grads = torch.autograd.grad(loss_cl, inputs, retain_graph=True)  # Eq. 5
-        w = z[:, 0]  # (B, h, w), Eq. 7: already on the last feature map's grid
+        w = self._iadm_map(psi_out)[:, 0]  # (B, h, w), Eq. 7: already on the last feature map's grid
+        kl = row_softmax_kl if self.cfg.iadm_form == "lcr" else attention_kl  # Eq. 8's form
         losses = []
         for inp, grad in zip(inputs, grads):
             if inp.ndim == 3:  # ViT tokens (B, T, C): Grad-CAM per token, laid on the patch grid
@@ -179,7 +207,7 @@ class PPSSL(Method):
             else:
                 target = grad_cam_target(inp, grad)  # (B, H', W'), Eq. 6
             target = F.adaptive_max_pool2d(target.unsqueeze(1), w.shape[-2:])[:, 0]  # (B, h, w)
-            losses.append(attention_kl(target, w))  # Eq. 8
+            losses.append(kl(target, w))  # Eq. 8
         return torch.stack(losses).mean()
 
     def _stage_info(self, stage: int) -> dict:

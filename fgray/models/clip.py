@@ -3,7 +3,8 @@
 ``CLIPTeacher`` wraps an open_clip model: ``encode_image`` takes fgray's batches as they are
 (ImageNet-normalised, at the trial's image size), converts them to CLIP's normalisation and
 input size inside, and returns L2-normalised embeddings u_t (B, d); ``encode_text`` embeds a
-prompt corpus once (T, (N, d), L2-normalised) and caches it. The teacher never trains: its
+prompt corpus once (T, (N, d), L2-normalised) and caches it; ``logit_scale`` is the model's own
+exp(logit_scale), the factor CLIP's zero-shot logits put on the cosines. The teacher never trains: its
 parameters do not require gradients and it stays in eval mode when its parent is ``.train()``ed.
 
 Weights (``TeacherConfig.pretrained``): an open_clip tag (``openai``: looked up in the local
@@ -167,6 +168,9 @@ class CLIPTeacher(nn.Module):
         side = cfg.image_size or model.visual.image_size
         self.image_size: tuple[int, int] = (side, side) if isinstance(side, int) else tuple(side)
         self.embed_dim: int = int(model.visual.output_dim)
+        # CLIP's learned temperature: its zero-shot logits are exp(logit_scale) * cosine (100 for OpenAI's
+        # weights, where training clamped it; 1 / 0.07 at random init). PP-SSL's ``logit_scale: teacher``.
+        self.logit_scale: float = float(model.logit_scale.detach().float().exp().mean())
         pre = open_clip.get_model_preprocess_cfg(model)
         mean = torch.tensor(pre.get("mean", OPENAI_CLIP_MEAN)).view(1, 3, 1, 1)
         std = torch.tensor(pre.get("std", OPENAI_CLIP_STD)).view(1, 3, 1, 1)
