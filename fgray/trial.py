@@ -269,7 +269,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         dataset = pipeline.train_dataset(
             split, config["inputs"], experiment.data, train_cfg.seed, res.data_cpus, epochs, rank, world,
             actors=res.data_actors, rows_per_epoch=rows, batch_size=train_cfg.batch_size,
-            selector=config["selector"], name=f"{experiment.name}/{config.get('trial_id')}/train views")
+            selector=config["selector"],
+            name=pipeline.dataset_name(experiment.name, config.get("trial_id"), "train views"))
         train_batches = fetch_ahead(dataset.iter_batches(batch_size=train_cfg.batch_size, drop_last=True,
                                                          batch_format="numpy"))
 

@@ -33,8 +33,8 @@ def test_train_dataset_holds_the_declared_inputs_of_every_epoch(ray_local, tmp_p
     assert split.facts.num_classes == len(split.label_map) and sorted(split.label_map.values()) == list(
         range(split.facts.num_classes))
     ds = pipeline.train_dataset(split, inputs, data, seed=0, cpus_per_task=0.25, epochs=range(3), batch_rows=4,
-                                name="demo/t1/train views")
-    assert ds.name == "demo/t1/train views"  # the Ray dashboard's Data tab names it by sweep, trial and purpose
+                                name=pipeline.dataset_name("demo", "t1", "train views"))
+    assert ds.name == "demo:t1:train views"  # the Ray dashboard's Data tab names it by sweep, trial and purpose
     batches = _batches(ds)
     assert all(set(b) == {"view1", "view2", "label", "image_id"} for b in batches)
     assert batches[0]["view1"].shape[1:] == (3, 32, 32) and batches[0]["view1"].dtype == np.uint8
@@ -204,9 +204,12 @@ def test_ray_data_reads_exactly_the_rows_asked_for(ray_local, tmp_path, monkeypa
 
     data, prepared, splits = _synthetic(tmp_path, monkeypatch)
     shared = dataclasses.replace(prepared, manifest=dataclasses.replace(prepared.manifest, dataset="imagefolder"))
-    rows = pipeline.Rows(shared, splits.test, ("image_id", "label"), name="demo/evaluation/imagefolder")
-    assert rows.dataset(num_cpus=0.25).map_batches(lambda b: b).name == "demo/evaluation/imagefolder"
-    assert pipeline.Rows(prepared, splits.test, ("image_id",), name="cache").dataset(num_cpus=0.25).name == "cache"
+    rows = pipeline.Rows(shared, splits.test, ("image_id", "label"),
+                         name=pipeline.dataset_name("demo", "evaluation", "imagefolder"))
+    assert rows.dataset(num_cpus=0.25).map_batches(lambda b: b).name == "demo:evaluation:imagefolder"
+    # a model name's '/' would name a log folder Ray does not make: the names keep none
+    cache = pipeline.Rows(prepared, splits.test, ("image_id",), name=pipeline.dataset_name("cache", "hf-hub:a/b"))
+    assert cache.dataset(num_cpus=0.25).name == "cache:hf-hub:a-b" and len(cache.dataset(num_cpus=0.25).take_all())
     read = sorted(zip(*(rows.dataset(num_cpus=0.25).to_pandas()[c].tolist() for c in ("image_id", "label"))))
     here = sorted(zip(*(rows.read().column(c).to_pylist() for c in ("image_id", "label"))))
     assert read == here and [i for i, _ in read] == sorted(splits.test.astype(str))

@@ -33,7 +33,7 @@ import ray
 
 from fgray.data.embedding_cache import cluster_gpus, embed_in_process, weights_digest
 from fgray.data.inputs import DetectorSpec
-from fgray.data.pipeline import PreparedDataset, Rows, read_rows
+from fgray.data.pipeline import PreparedDataset, Rows, dataset_name, read_rows
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
 from fgray.storage import complete_folders, read_folder, write_complete
@@ -171,7 +171,7 @@ def ensure_boxes(spec: DetectorSpec, prepared: PreparedDataset, image_ids: np.nd
     done = pa.concat_tables(known).column("image_id") if known else pa.array([], pa.string())
     missing = pc.filter(wanted, pc.invert(pc.is_in(wanted, done)))
     rows = Rows(prepared, missing.to_numpy(zero_copy_only=False), ("image", "image_id", "class_name"),
-                name=f"detector boxes/{prepared.manifest.dataset}")
+                name=dataset_name("detector boxes", prepared.manifest.dataset))
     if rows.num_rows or not known:  # no rows but folders: together they cover the split, none alone
         known.append(detect_rows(spec, rows, use_gpu, cpus_per_actor, local_max_rows=local_max_rows))
     return write_complete(f"{base}/{uuid.uuid4().hex[:8]}", _union(known))

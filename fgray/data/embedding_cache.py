@@ -29,7 +29,7 @@ import ray
 
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews, PreparedDataset, Rows, TableBatches
+from fgray.data.pipeline import EvalViews, PreparedDataset, Rows, TableBatches, dataset_name
 from fgray.devices import local_device
 from fgray.storage import complete_folders, write_complete
 CACHE_FOLDER = "_embedding_cache"
@@ -155,7 +155,8 @@ def ensure_cache(spec: EncoderSpec, prepared: PreparedDataset, data: DataConfig,
     if found is not None:
         return found
     factory = functools.partial(frozen_encoder, spec.model_dump_json(), data.image_size)
-    rows = Rows(prepared, None, ("image", "image_id"), name=f"frozen cache/{spec.model}/{prepared.manifest.dataset}")
+    rows = Rows(prepared, None, ("image", "image_id"),
+                name=dataset_name("frozen cache", spec.model, prepared.manifest.dataset))
     table = embed_rows([factory], rows, data, batch_rows, cpus_per_actor, use_gpu, 4)
     embeddings = np.stack(table["embedding_0"].to_numpy(zero_copy_only=False)).astype(np.float32)
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())

@@ -128,7 +128,7 @@ class Rows:
     prepared: PreparedDataset
     ids: np.ndarray | None
     columns: tuple[str, ...]
-    name: str = ""  # what the rows are for: their dataset's name in the Ray dashboard's Data tab
+    name: str = ""  # what the rows are for: their dataset's name in the Ray dashboard (``dataset_name``)
 
     @property
     def num_rows(self) -> int:
@@ -158,6 +158,13 @@ class Rows:
         if self.ids is not None:
             ds = ds.filter(expr=col("image_id").is_in(np.asarray(self.ids).astype(str).tolist()))
         return ds.select_columns(list(self.columns))
+
+
+def dataset_name(*parts: object) -> str:
+    """A Ray Data dataset's name in the dashboard's Data tab, e.g. ``demo:f3a1b_00000:train views``:
+    the parts joined by ':'. Ray names each dataset's log file after it, so a '/' (a model name's
+    ``hf-hub:timm/...``) would name a folder that does not exist: replaced by '-'."""
+    return ":".join(str(part).replace("/", "-") for part in parts)
 
 
 class TableBatches:
@@ -320,7 +327,7 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
     index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
     index.context.execution_options.preserve_order = True
-    index.set_name(name)  # the Ray dashboard's Data tab: "<sweep>/<trial>/train views"
+    index.set_name(name)  # the Ray dashboard's Data tab: "<sweep>:<trial>:train views"
     # The rows go to this node's object store, read here: the view actors run on this node too
     # (elsewhere only if it has no room), beside the trainer that consumes their batches.
     table_ref = ray.put(split_rows(split))

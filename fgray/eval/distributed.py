@@ -115,7 +115,7 @@ def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np
                                       experiment.data)
     factories = [functools.partial(trained_method, e.model_dump_json(), c, facts) for e, c in models]
     rows = pipeline.Rows(prepared, ids, ("image", "label", "image_id"),
-                         name=f"{experiment.name}/evaluation/{prepared.manifest.dataset}")
+                         name=pipeline.dataset_name(experiment.name, "evaluation", prepared.manifest.dataset))
     return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus,
                       use_gpu=uses_gpus(experiment), local_max_rows=experiment.eval.local_max_images)
 
