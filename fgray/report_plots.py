@@ -37,17 +37,18 @@ def _png(fig) -> bytes:
 
 def knobs(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The keys whose values differ between rows (the table's axes), in the order rows name them,
-    less those an earlier axis decides (a leaderboard's ``backbone.name`` or ``method.beta`` follow
-    its ``method.name``: one axis, not three)."""
+    less those another axis decides (a leaderboard's ``backbone.name`` or ``method.beta`` follow its
+    ``method.name``: one axis, not three)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row["overrides"] if k not in keys and k != SEED_KEY]
-    varying = [k for k in keys if len({_label(r["overrides"].get(k)) for r in rows}) > 1]
+    remaining = [k for k in keys if len({_label(r["overrides"].get(k)) for r in rows}) > 1]
     axes: list[str] = []
-    for key in varying:
-        if not any(_decides(rows, axis, key) for axis in axes):
-            axes.append(key)
-    return axes
+    while remaining:  # the key that decides the most others first (row keys may come sorted by name)
+        axis = max(remaining, key=lambda k: sum(_decides(rows, k, other) for other in remaining))
+        axes.append(axis)
+        remaining = [k for k in remaining if k != axis and not _decides(rows, axis, k)]
+    return sorted(axes, key=keys.index)
 
 
 def _decides(rows: Sequence[dict[str, Any]], axis: str, key: str) -> bool:

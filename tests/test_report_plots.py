@@ -86,3 +86,15 @@ def test_a_leaderboards_axis_is_the_method_not_what_follows_it():
             _row({"method.name": "dva", "backbone.name": "vit_tiny_patch16_224"}, 60.0)]
     assert knobs(rows) == ["method.name"]
     assert knobs([_row({"a": 1, "b": 1}, 0), _row({"a": 1, "b": 2}, 0), _row({"a": 2, "b": 1}, 0)]) == ["a", "b"]
+
+
+def test_the_deciding_key_is_the_axis_whatever_the_key_order():
+    # summary.json's rows carry their keys sorted by name: backbone.* and method.hidden_dim come first
+    rows = [_row(dict(sorted(o.items())), 1.0) for o in (
+        {"method.name": "simsiam", "method.hidden_dim": 512},
+        {"method.name": "mocov2"},
+        {"method.name": "oldfs", "method.hidden_dim": 256},
+        {"method.name": "ppssl", "method.hidden_dim": 256},
+        {"method.name": "ass", "backbone.name": "vit"},
+        {"method.name": "dva", "backbone.name": "vit"})]
+    assert knobs(rows) == ["method.name"]
