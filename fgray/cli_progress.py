@@ -5,7 +5,7 @@ from __future__ import annotations
 from ray.tune import Callback
 
 from fgray.report import format_value
-from fgray.results import error_line, error_tail
+from fgray.results import SETTINGS_ERROR, error_line, error_tail
 
 
 class ProgressPrinter(Callback):
@@ -21,6 +21,10 @@ class ProgressPrinter(Callback):
                                      f"trial {len(self.names) + 1:>2} ({trial.trial_id})")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get(SETTINGS_ERROR):  # its last result (results.settings_failure): it ends, not retried
+            print(f"{self._name(trial)} FAILED (its settings cannot train; not retried): {result[SETTINGS_ERROR]}",
+                  flush=True)
+            return
         losses = " ".join(f"{k.removeprefix('train/')} {v:.3f}" for k, v in result.items()
                           if k.startswith("train/loss") and isinstance(v, (int, float)))
         value = result.get(self.metric)
@@ -31,6 +35,8 @@ class ProgressPrinter(Callback):
               f"{result.get('time/epoch_s', 0):.0f} s]", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if (trial.last_result or {}).get(SETTINGS_ERROR):
+            return  # its FAILED line is out
         params = ", ".join(f"{k}={format_value('', v)}" for k, v in (trial.config or {}).items())
         print(f"{self._name(trial)} finished  {params}", flush=True)
 

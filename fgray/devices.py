@@ -10,4 +10,7 @@ def local_device():
 
     if torch.accelerator.is_available():
         return torch.accelerator.current_accelerator()
+    from fgray.cluster.cuda_check import refuse_if_failed
+
+    refuse_if_failed()  # a GPU node whose CUDA failed its start check: never the CPU in its GPU's place
     return torch.device("cpu")

@@ -68,13 +68,27 @@ def check_shared_storage(sweep: SweepConfig, storage: str, alive_nodes: int, clu
     would fail at its first checkpoint upload, after burning its GPU time. Refused when the cluster
     has several nodes, pins trial drivers (``driver_resources``: a head/worker split) or asks for
     GPUs it does not have yet (the autoscaler will add nodes). A shared mount says so with file://."""
-    if store.is_uri(storage):
-        return
-    res = sweep.resources
-    asks_gpus = res.gpus_per_worker > 0 and cluster_gpus == 0
-    if alive_nodes > 1 or res.driver_resources or asks_gpus:
-        why = (f"{alive_nodes} nodes" if alive_nodes > 1 else "driver_resources pins trial drivers to the head"
-               if res.driver_resources else "GPU workers the cluster does not have yet")
+    refuse_local_storage(storage, cluster_reason(sweep, alive_nodes, cluster_gpus))
+
+
+def refuse_local_storage(storage: str, why: str | None) -> None:
+    """``check_shared_storage`` given why the sweep runs on a cluster (None: on this machine)."""
+    if not store.is_uri(storage) and why is not None:
         raise ConfigError(f"storage {storage} is a folder of this machine, but the sweep runs on a cluster "
                           f"({why}): pass --storage s3://BUCKET/PREFIX (or set {STORAGE_VARIABLE}), or "
                           f"file:///shared/mount for a folder every node mounts")
+
+
+def cluster_reason(sweep: SweepConfig, alive_nodes: int, cluster_gpus: int) -> str | None:
+    """Why the sweep's trials may run on another node than this one (None: they run here): the cluster
+    has several nodes, trial drivers are pinned (``driver_resources``: a head/worker split), or the sweep
+    asks for GPUs the cluster does not have yet (the autoscaler will add nodes). The rule of every
+    "a path of this machine" refusal: results storage, and the paths trials read (``fgray.node_paths``)."""
+    res = sweep.resources
+    if alive_nodes > 1:
+        return f"{alive_nodes} nodes"
+    if res.driver_resources:
+        return "driver_resources pins trial drivers to the head"
+    if res.gpus_per_worker > 0 and cluster_gpus == 0:
+        return "GPU workers the cluster does not have yet"
+    return None

@@ -29,6 +29,9 @@ SEED_KEY = "train.seed"
 # sit in cloud storage), and repeated so bookkeeping needs no torch (tests keep the two equal).
 META_FILE = "meta.json"
 SUMMARY_FILE = "summary.json"  # written by fgray.report.write_outputs into <storage>/<sweep name>/
+# A trial whose settings cannot train reports this key (the one-line reason) as its last result and
+# ends: Tune has no exception type it does not retry, and a retry would fail the same way (trial.py).
+SETTINGS_ERROR = "error/settings"
 
 
 class TrialResult(Protocol):
@@ -52,6 +55,19 @@ def _overrides(params: dict[str, Any], points: Sequence[dict[str, Any]], base_se
     if REPEAT_KEY in params:  # the i-th repeat of a sampled configuration runs seed train.seed + i
         overrides[SEED_KEY] = base_seed + int(params[REPEAT_KEY])
     return overrides
+
+
+def objective(sweep: SweepConfig) -> tuple[str, str]:
+    """(metric, mode) Tune ranks trials by: the search metric, or without a validation split (nothing to
+    compare while trials run) the epoch count."""
+    return (sweep.search.metric, sweep.search.mode) if sweep.has_validation else ("epoch", "max")
+
+
+def settings_failure(error: BaseException, metric: str, mode: str) -> dict[str, Any]:
+    """The last result of a trial whose settings cannot train: the reason (``SETTINGS_ERROR``) and the
+    worst value of Tune's metric, which Tune requires in every result and a searcher then ranks last
+    (Optuna refuses NaN). No ``epoch``: ASHA ignores a result without its time attribute."""
+    return {SETTINGS_ERROR: error_line(error), metric: -math.inf if mode == "max" else math.inf}
 
 
 def train_run_dir(storage: str, sweep_name: str) -> str:
@@ -159,16 +175,17 @@ def collect_trials(results: Iterable[TrialResult], storage: str, sweep_name: str
         # id, but the params after it may contain underscores too).
         trial_id = metrics.get("trial_id") or posixpath.basename(str(result.path).rstrip("/"))
         params = dict(result.config or {})
-        status = ("error" if result.error
+        refused = metrics.get(SETTINGS_ERROR)  # ended by its own settings, not retried (settings_failure)
+        status = ("error" if result.error or refused
                   else "completed" if metrics.get("epoch") == metrics.get("trial_epochs", epochs) else "stopped")
         trials.append({
             "trial_id": trial_id,
             "params": params,
             "overrides": _overrides(params, points, base_seed),
             "status": status,
-            "error": error_line(result.error),
-            "traceback": error_tail(result.error),
-            "epochs": metrics.get("epoch"),
+            "error": error_line(result.error) or refused,
+            "traceback": error_tail(result.error),  # a refusal's line says it all
+            "epochs": metrics.get("epoch") if finite(metrics.get("epoch")) else None,
             "wall_s": metrics.get("time_total_s"),  # Tune's: the trial's training time, all its epochs
             "metrics": {k: v for k, v in metrics.items()
                         if k.startswith(("val/", "train/")) and finite(v)},

@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune import Callback
-from ray.util.metrics import Gauge
+
+from fgray.ray_compat import Gauge
+from fgray.results import SETTINGS_ERROR
 
 # fgray's name -> (the result key it reads, what it means); every gauge is tagged (sweep, trial).
 TRIAL_GAUGES = {
@@ -70,6 +72,8 @@ class MetricsExporter(Callback):
         self._set_state(trial, "running")
 
     def on_trial_result(self, iteration, trials, trial, result: dict[str, Any], **info):
+        if result.get(SETTINGS_ERROR):  # no epoch, and the metric's worst value: nothing to chart
+            return
         tags = self._tags(trial)
         for name, (key, _text) in TRIAL_GAUGES.items():
             value = result.get(key)
@@ -81,6 +85,9 @@ class MetricsExporter(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        if last.get(SETTINGS_ERROR):  # ended by settings that cannot train (results.settings_failure)
+            self._set_state(trial, "failed")
+            return
         ended = last.get("epoch", 0) >= last.get("trial_epochs", 0)
         self._set_state(trial, "finished" if ended else "stopped")
 

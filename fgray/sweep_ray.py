@@ -25,59 +25,49 @@ def start_ray(verbose: bool = False) -> bool:
     # Worker logs stay in Ray's log folder / dashboard: the console shows one line per trial-epoch.
     ray.init(log_to_driver=False, logging_level="WARNING",
              runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}})
-    import ray.data
+    from fgray.ray_compat import quiet_data_console
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines and progress-bar notices
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    quiet_data_console()
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return True
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, *fragments: str):
+# Ray's notices a new user reads as errors, each harmless here: logger (and its children) -> message fragments.
+KNOWN_NOTICES = {
+    # The local cluster's token auth turning itself on (it stays on).
+    "ray": ("Token authentication is enabled",),
+    # Optuna's grid sampler calls ``Study.stop`` once every grid point is out; Ray logs the RuntimeError, the
+    # sweep goes on.
+    "ray.tune.search.optuna.optuna_search": ("`Study.stop`",),
+    # After a stop signal Tune names its own restore call and the unfinished trials; fgray prints its --resume
+    # command instead.
+    "ray.tune.tune": ("Tuner.restore(", "Trials did not complete"),
+}
+
+
+class _DropNotices(logging.Filter):
+    """Drops a record whose logger is one of ``notices``' (or under it) and whose message holds one of that
+    logger's fragments."""
+
+    def __init__(self, notices: dict[str, tuple[str, ...]]):
         super().__init__()
-        self.fragments = fragments
+        self.notices = notices
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not any(fragment in record.getMessage() for fragment in self.fragments)
-
-
-WORKER_POOL_NOTICE = "worker processes have been started on node"
+        fragments = [f for name, frags in self.notices.items()
+                     if record.name == name or record.name.startswith(name + ".") for f in frags]
+        return not (fragments and any(fragment in record.getMessage() for fragment in fragments))
 
 
 def _quiet_known_notices() -> None:
-    """Ray notices a new user reads as errors, each harmless here (``--verbose`` keeps them): the
-    local cluster's token auth turning itself on (it stays on), Optuna's grid sampler calling
-    ``Study.stop`` once every grid point is out (Ray logs the RuntimeError; the sweep goes on), and
-    a raylet's "N PYTHON worker processes have been started" (every trial starts a few processes:
-    its driver, a DDP trial's workers and Ray Data actors; the raylet's own log keeps the line), and
-    after Ctrl-C Tune's ``Tuner.restore`` hint and its list of the trials the stop left unfinished."""
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropMessages("Token authentication is enabled"))
-    logging.getLogger("ray.tune.search.optuna.optuna_search").addFilter(_DropMessages("`Study.stop`"))
-    # After a stop signal Tune names its own restore call; fgray prints its --resume command instead.
-    logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Tuner.restore(", "Trials did not complete"))
-    _drop_console_lines(WORKER_POOL_NOTICE)
-
-
-def _drop_console_lines(fragment: str) -> None:
-    """Drop the lines holding ``fragment`` from what Ray's driver prints for the cluster (job errors:
-    its listener thread prints them straight to stdout, through ``print_to_stdstream``, with no
-    logger or option to filter them); every other line, a real error included, still prints."""
-    import ray._private.worker as ray_worker
-
-    original = ray_worker.print_to_stdstream
-    if getattr(original, "fgray_drops", None) == fragment:
-        return
-
-    def filtered(data: dict, ignore_prefix: bool) -> None:
-        lines = [line for line in data.get("lines", []) if fragment not in line]
-        if lines:
-            original({**data, "lines": lines}, ignore_prefix)
-
-    filtered.fgray_drops = fragment
-    ray_worker.print_to_stdstream = filtered
+    """Keeps ``KNOWN_NOTICES`` off the console (``--verbose`` keeps them). The filter sits on the handlers of
+    Ray's "ray" logger, which every ``ray.*`` logger (Ray Data's aside) passes its records to: no private Ray
+    module is named. A raylet's "N PYTHON worker processes have been started" notice still prints (every trial starts a
+    few processes: its driver, a DDP trial's workers and Ray Data actors): Ray 2.60 prints it straight to
+    stdout, with no logger or public switch (ray-project/ray#63800)."""
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _DropNotices) for f in handler.filters):  # a second start filters once
+            handler.addFilter(_DropNotices(KNOWN_NOTICES))

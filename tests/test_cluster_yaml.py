@@ -84,6 +84,20 @@ def _env(command: str) -> dict[str, str]:
     return dict(re.findall(r"\b([A-Z][A-Z0-9_]*)=([^\s;]+)", prefix))
 
 
+def _pins() -> dict[str, str]:
+    """constraints.txt: package (canonical name) -> pinned version."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            assert not req.extras, f"constraints cannot carry extras: {line}"
+            pins[canonicalize_name(req.name)] = next(iter(req.specifier)).version
+    return pins
+
+
 def _ray_start(commands: list[str]) -> str:
     starts = [c for c in commands if re.search(r"\bray start\b", c)]
     assert len(starts) == 1, commands
@@ -154,21 +168,42 @@ def test_ray_start_environment(prepared, key):
     assert env.get("FGRAY_STORAGE", "").startswith("s3://")
 
 
-def test_setup_installs_project_on_every_node(prepared):
-    # The repo root is synced to some remote dir ...
+def _all_commands(cfg: dict) -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    per_type = [c for t in cfg["available_node_types"].values() for k in keys for c in t.get(k, [])]
+    return [c for k in keys for c in cfg.get(k, [])] + per_type
+
+
+def test_every_node_runs_the_node_image_and_installs_nothing(prepared):
+    docker = prepared["docker"]
+    image = docker["image"]
+    assert docker["container_name"] and docker.get("pull_before_run") is True
+    assert "head_image" not in docker and "worker_image" not in docker, "one build on every node"
+    for t in prepared["available_node_types"].values():
+        assert "worker_image" not in t.get("docker", {}), "one build on every node"
+    # A tag naming fgray's and Ray's versions, never `latest`: a worker started hours later runs the same build.
+    name, _, tag = image.rpartition(":")
+    assert name and tag and tag != "latest", image
+    ray_pin = _pins()["ray"]
+    assert tag.endswith(f"-ray{ray_pin}"), f"{image}: rebuild and retag the image for ray=={ray_pin}"
+    assert f"docker build -t {image} ." in CLUSTER_YAML.read_text(), "the header builds the image cluster.yaml runs"
+    # Nothing is pip-installed on a node (no CUDA torch, no test extra at boot on billed GPU time).
+    for command in _all_commands(prepared):
+        assert "pip install" not in command and "[test]" not in command, command
+    # Docker on every host; the NVIDIA container runtime on the GPU hosts.
+    for name, t in prepared["available_node_types"].items():
+        assert any("docker.io" in c for c in t.get("initialization_commands", [])), name
+    for name, t in _gpu_types(prepared).items():
+        assert any("nvidia-ctk runtime configure" in c for c in t["initialization_commands"]), name
+    assert "--ulimit nofile=65536:65536" in docker["run_options"]  # the start commands' `ulimit -n 65536`
+
+
+def test_repo_files_reach_the_nodes_without_history(prepared):
     remote = [r for r, local in prepared["file_mounts"].items() if local in (".", "./")]
     assert len(remote) == 1, prepared["file_mounts"]
-    remote_dir = remote[0].rstrip("/")
-    # ... without git history or ignored files (virtualenvs, results).
     assert ".gitignore" in prepared["rsync_filter"]
     assert "**/.git" in prepared["rsync_exclude"]
-
-    # ... and installed there, with the test extra, on the head and on every worker.
-    install = re.compile(
-        r"cd\s+" + re.escape(remote_dir) + r"\s*&&.*pip install\s+-e\s+[\"']?\.\[test\][\"']?"
-    )
-    for key in ("head_setup_commands", "worker_setup_commands"):
-        assert any(install.search(c) for c in prepared[key]), (key, prepared[key])
     for name, t in prepared["available_node_types"].items():
         # A per-type worker_setup_commands would replace (not extend) the global one.
         assert "worker_setup_commands" not in t, name
@@ -182,13 +217,8 @@ def test_every_dependency_is_pinned_on_nodes_inside_its_range(raw):
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    assert any("-c constraints.txt" in c and "pip install" in c for c in raw["setup_commands"])
-    pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            req = Requirement(line)
-            assert not req.extras, f"constraints cannot carry extras: {line}"
-            pins[canonicalize_name(req.name)] = next(iter(req.specifier)).version
+    assert re.search(r"pip install -c constraints\.txt \.(\s|$)", (REPO / "Dockerfile").read_text())
+    pins = _pins()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + project["optional-dependencies"]["test"]
     for text in wanted:
@@ -202,8 +232,30 @@ def test_every_dependency_is_pinned_on_nodes_inside_its_range(raw):
             f"{req.name}=={pins[name]} outside {req.specifier}"
 
 
-def test_gpu_workers_check_cuda_at_setup(prepared):
-    assert any("torch.cuda.is_available()" in c and "sys.exit" in c for c in prepared["worker_setup_commands"])
+def test_gpu_workers_check_cuda_before_ray_start_without_a_replace_loop(prepared):
+    from fgray.cluster.cuda_check import FAILED_VARIABLE
+
+    # The check's reason is exported to every Ray process of the node, before `ray start` ...
+    start = _ray_start(prepared["worker_start_ray_commands"])
+    check = re.search(rf'export {FAILED_VARIABLE}="\$\(python -m fgray\.cluster\.cuda_check\b[^)]*\)"', start)
+    assert check and check.start() < start.index("ray start"), start
+    # ... and nothing fails the node's setup over it (the autoscaler would replace it, again and again).
+    assert not prepared["worker_setup_commands"]
+    assert not any("cuda" in c.lower() for c in prepared["setup_commands"])
+
+
+def test_spot_workers_drain_themselves_on_an_interruption_notice(prepared):
+    commands = prepared["worker_start_ray_commands"]
+    starts = [i for i, c in enumerate(commands) if re.search(r"\bray start\b", c)]
+    watchers = [i for i, c in enumerate(commands) if "-m fgray.cluster.spot_watcher" in c]
+    assert len(watchers) == 1 and watchers[0] > starts[0], commands  # after this node's Ray is up
+    watcher = commands[watchers[0]].strip()
+    assert watcher.endswith("&") and "nohup" in watcher, "in the background, past the start command's shell"
+    assert re.search(r">>\s*~/\S+\.log\s+2>&1", watcher), "logging to a file"
+    assert "RAY_AUTH_MODE=token" in watcher, "`ray drain-node` authenticates like every client"
+    spot = [name for name, t in _gpu_types(prepared).items()
+            if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    assert spot, "the watcher is there for spot workers"
 
 
 def test_workers_reach_only_the_results_bucket(raw):

@@ -213,3 +213,27 @@ def test_ray_data_reads_exactly_the_rows_asked_for(ray_local, tmp_path, monkeypa
     read = sorted(zip(*(rows.dataset(num_cpus=0.25).to_pandas()[c].tolist() for c in ("image_id", "label"))))
     here = sorted(zip(*(rows.read().column(c).to_pylist() for c in ("image_id", "label"))))
     assert read == here and [i for i, _ in read] == sorted(splits.test.astype(str))
+
+
+def test_datasets_built_here_keep_their_types_and_blocks(ray_local, tmp_path, monkeypatch):
+    # Built in this process without a Ray task (ray.data.from_items: trials may hold every CPU): the rendered
+    # set's rows keep the Arrow types the actors read, and each training index block stays one block, whole.
+    import pyarrow as pa
+
+    _, prepared, splits = _synthetic(tmp_path, monkeypatch)
+    rows = pipeline.Rows(prepared, splits.train, ("image", "label", "image_id", "class_name"))
+    ds = rows.dataset(num_cpus=0.25, rows_per_block=4)
+    schema = ds.schema()
+    assert dict(zip(schema.names, schema.types)) == {"image": pa.binary(), "label": pa.int64(),
+                                                      "image_id": pa.string(), "class_name": pa.string()}
+    assert ds.materialize().num_blocks() == -(-len(splits.train) // 4)
+    here = rows.read()
+    got = {r["image_id"]: (r["image"], r["label"]) for r in ds.take_all()}
+    assert got == {i: (b, lab) for i, b, lab in zip(*(here.column(c).to_pylist() for c in ("image_id", "image",
+                                                                                           "label")))}
+    order = [pa.table({"row": np.arange(10), "epoch": np.zeros(10, np.int64)})]
+    blocks = pipeline.index_blocks(order, 2)  # 2, 4, 4 rows
+    index = pipeline.index_dataset(blocks).materialize()
+    assert index.num_blocks() == len(blocks) == index.count()
+    assert [list(r["row"]) for r in index.take_all()] == [b.column("row").to_pylist() for b in blocks]
+    assert pipeline.index_dataset([]).count() == 0  # no epochs left (a finished trial resumed)

@@ -430,6 +430,34 @@ def test_index_blocks_never_split_a_composed_step():
     assert composed == {1, 2}
 
 
+def test_block_views_draw_each_index_block_in_whole_composed_steps(monkeypatch):
+    # A Train worker's view actors get each index block as one row of lists (pipeline.index_dataset, built
+    # without Ray tasks) and draw it in calls of step_rows rows: the calls, and their dtypes, of Ray Data's
+    # batches of step_rows rows over the blocks themselves, each holding whole composed steps.
+    selection = placed_selection(stages=(Stage("warmup", 1), Stage("pretrain", 2)))
+    step_rows = (K + 1) * N
+    order = [pipeline.composed_index(np.arange(3 * BATCH), 0, BATCH, selection, NUM_ROWS, SEED, RANK),
+             *[pipeline.composed_index(np.arange(2 * BATCH) + 8 * epoch, epoch, BATCH, selection, NUM_ROWS, SEED,
+                                       RANK) for epoch in (1, 2)]]
+    blocks = pipeline.index_blocks(order, step_rows)
+    rows = pa.Table.from_pylist(pipeline.index_items(blocks))
+    assert rows.num_rows == len(blocks)
+    # Ray Data's numpy batch of list columns: an object array holding each row's array.
+    batch = {name: rows.column(name).to_numpy(zero_copy_only=False) for name in rows.column_names}
+    calls = []
+    monkeypatch.setattr(ViewActor, "__call__", lambda self, index: calls.append(index) or {"n": len(index["row"])})
+    views = pipeline.BlockViews.__new__(pipeline.BlockViews)
+    views.batch_rows = step_rows
+    drawn = list(views(batch))
+    expected = [b.slice(start, step_rows) for b in blocks for start in range(0, b.num_rows, step_rows)]
+    assert len(drawn) == len(calls) == len(expected)
+    actor = views_actor(selection, selector_matrix())
+    for call, want in zip(calls, expected):
+        for name, values in as_numpy(want).items():
+            assert call[name].dtype == values.dtype and np.array_equal(call[name], values), name
+        actor.compose(call)  # raises on a step split across calls
+
+
 def test_step_blocks_hold_one_training_step_each():
     # A one-worker trial's forked view workers draw one step per block: a plain epoch's blocks are one
     # batch each, a composed epoch's one step's anchors and candidates, which compose into one batch.

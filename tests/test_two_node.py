@@ -1,9 +1,9 @@
 """A two-node Ray cluster on this machine with results in S3 (tests/two_node_cluster.py, run in its
 own process): the worker node in its own mount namespace (its data cache apart from the head's),
-node-local storage refused before any trial, a spot node lost after a checkpoint and the trial
-finished from it on the replacement node, and a 2-worker DDP trial whose driver is killed mid-run,
-retried and resumed from its Train run's checkpoint, and whose per-rank replicas (MoCo's queue and
-key encoder) agree."""
+node-local storage and a data root of the head refused before any trial, a spot node lost after a
+checkpoint and the trial finished from it on the replacement node, and a 2-worker DDP trial whose
+driver is killed mid-run, retried and resumed from its Train run's checkpoint, and whose per-rank
+replicas (MoCo's queue and key encoder) agree."""
 from __future__ import annotations
 
 import json
@@ -32,6 +32,9 @@ def test_two_node_cluster_spot_loss_and_ddp(s3_bucket, tmp_path):
         assert not report["head_file_seen_on_worker"] and not report["worker_file_seen_on_head"], report
     assert report["local_storage_exit"] == 2, report
     assert "folder of this machine" in run.stderr
+    # A data root of the head: one line naming the key, before any trial (nothing written to the bucket).
+    assert report["local_data_exit"] == 2 and not report["local_data_stored"], report
+    assert "error: data.root: " in run.stderr and "pass --set data.root=s3://BUCKET/PREFIX" in run.stderr
 
     assert report["node_lost"] and report["spot_exit"] == 0, (report, run.stdout[-3000:])
     spot = report["spot"]
@@ -53,5 +56,6 @@ def test_two_node_cluster_spot_loss_and_ddp(s3_bucket, tmp_path):
     assert epochs == sorted(set(epochs)) and epochs[-1] == 10, report["ddp_epochs"]
     after = [e for e, end in report["ddp_epochs"] if end > report["driver_killed_at"]]
     assert after and after[0] > 1, report["ddp_epochs"]
-    print(f"two-node suite: {wall:.0f} s (refusal {report['local_storage_s']:.0f} s, spot loss "
+    print(f"two-node suite: {wall:.0f} s (refusals {report['local_storage_s']:.0f} s and "
+          f"{report['local_data_s']:.0f} s, spot loss "
           f"{report['spot_s']:.0f} s, DDP with its driver killed {report['ddp_s']:.0f} s)")

@@ -8,7 +8,8 @@ go to the S3 bucket the test serves. Writes what happened to a JSON file:
 
 1. the two nodes' caches are apart: a file the head writes is invisible on the worker node, and
    the reverse;
-2. a sweep with a folder of this machine as storage is refused (exit 2) before any trial starts;
+2. a sweep with a folder of this machine as storage is refused (exit 2) before any trial starts, and
+   so is one whose data root is a folder of the head (results in the bucket);
 3. a spot loss: the worker node's processes are killed once the trial has checkpointed, a new node
    joins, and the trial finishes from its checkpoint;
 4. a 2-worker DDP MoCo v2 trial (gloo), its driver on the head and its workers on the worker node:
@@ -130,6 +131,12 @@ def results_file(storage: str, sweep: str) -> tuple | None:
     return (fs, found[0]) if found else None
 
 
+def exists(path: str) -> bool:
+    from fgray.storage import exists as stored
+
+    return stored(path)
+
+
 def committed(storage: str, sweep: str) -> bool:
     return results_file(storage, sweep) is not None
 
@@ -199,6 +206,14 @@ def main(storage: str, out: str) -> None:
             started = time.perf_counter()
             report["local_storage_exit"] = sweep([DEMO, *SHORT, "--storage", local])
             report["local_storage_s"] = time.perf_counter() - started
+        # Shards in a folder of the head: a trial on the worker node would find nothing there. Refused
+        # before the data is even read (the folder is empty), so before any trial.
+        with tempfile.TemporaryDirectory() as local:
+            started = time.perf_counter()
+            report["local_data_exit"] = sweep([DEMO, *SHORT, "--set", "name=local-data", "--set", "data.name=cub200",
+                                               "--set", f"data.root={local}", "--storage", storage])
+            report["local_data_s"] = time.perf_counter() - started
+            report["local_data_stored"] = exists(f"{storage}/local-data")
 
         def spot_loss() -> bool:
             report["lost_at"] = time.time()

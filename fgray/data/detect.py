@@ -9,20 +9,20 @@ When no box in the image scores above ``box_threshold`` the whole image is the b
 "fall back to the whole image when nothing passes"); ``detected`` is false there, to be counted.
 
 ``ensure_boxes`` runs it over a split, through a Ray Data actor pool (one GPU per actor when the
-cluster has GPUs; in this process when Ray is not running or the split is small), and stores the
-boxes with the shards: Parquet (``image_id``, ``bbox`` (4,) float32, ``score``, ``detected``) under
-``<data root>/_boxes/<address>/<writer>/``, ``_COMPLETE`` written last, as the embedding cache
-does. The address hashes the detector folder's content, the prompt and the threshold and the
-dataset's content hash. A writer folder holds the boxes of every image detected so far at that
-address: a split it does not cover is completed (only the missing images are detected) into a new
-writer folder, so trials under any split protocol, and the CLI's ``detect``, share the work.
+sweep asks for GPUs, up to ``max_actors`` that the autoscaler brings; in this process when Ray is
+not running or the split is small), and stores the boxes with the shards: Parquet (``image_id``,
+``bbox`` (4,) float32, ``score``, ``detected``) under ``<data root>/_boxes/<address>/<writer>/``,
+``_COMPLETE`` written last, as the embedding cache does. The address hashes the detector folder's
+content, the prompt and the threshold and the dataset's content hash. A writer folder holds the boxes
+of every image detected so far at that address: a split it does not cover is completed (only the
+missing images are detected) into a new writer folder, so trials under any split protocol, and the
+CLI's ``detect``, share the work.
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
-import os
 import re
 import uuid
 
@@ -31,11 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from fgray.data.embedding_cache import cluster_gpus, embed_in_process, weights_digest
+from fgray import ray_compat
+from fgray.data.embedding_cache import cluster_gpus, embed_in_process, pool_size, weights_digest
 from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset, Rows, dataset_name, read_rows
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
+from fgray.node_paths import local_path
 from fgray.storage import complete_folders, read_folder, write_complete
 
 BOXES_FOLDER = "_boxes"
@@ -63,7 +65,7 @@ class DetectActor:
 
         self.torch, self.decode, self.spec = torch, decode, spec
         self.device = local_device()
-        path = os.path.expanduser(spec.path)
+        path = local_path(spec.path)  # file:///mount/...: a folder every node mounts
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, local_files_only=True)
         self.model = model.to(self.device).eval()
@@ -116,21 +118,22 @@ def detect_rows(spec: DetectorSpec, rows: Rows, use_gpu: bool | None = None, cpu
                 max_actors: int = 4, local_max_rows: int = 0) -> pa.Table:
     """One pass of ``DetectActor`` over encoded ``rows`` -> the boxes table (``box_table``).
 
-    Ray Data's read tasks stream the rows into an actor pool that runs it (one GPU per actor when the
-    cluster has GPUs). Without Ray, or for at most ``local_max_rows`` rows on CPU, the rows are read
-    and detected in this process instead: an actor's start (a process importing torch and
-    transformers) costs more than detecting a small split.
+    Ray Data's read tasks stream the rows into an actor pool that runs it (one GPU per actor with
+    ``use_gpu``; None: when the cluster has GPUs now; ``embedding_cache.pool_size``). Without Ray, or
+    for at most ``local_max_rows`` rows on CPU, the rows are read and detected in this process instead:
+    an actor's start (a process importing torch and transformers) costs more than detecting a small split.
     """
     if rows.num_rows == 0:
         return BOX_SCHEMA.empty_table()
-    gpus = cluster_gpus() if ray.is_initialized() else 0
-    use_gpu = gpus > 0 if use_gpu is None else use_gpu
+    if use_gpu is None:  # the CLI's detect: the GPUs up now; a sweep's trials pass what the sweep asks for
+        use_gpu = ray.is_initialized() and cluster_gpus() > 0
     if not ray.is_initialized() or (not use_gpu and rows.num_rows <= local_max_rows):
         return box_table(embed_in_process(DetectActor(spec), rows.read(), spec.batch_size))
-    slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
+    # GPUs: the autoscaler's to bring
+    size = pool_size(use_gpu, max_actors, ray_compat.cluster_resources().get("CPU", 1))
     ds = rows.dataset(num_cpus=min(1.0, cpus_per_actor)).map_batches(
         DetectActor, fn_constructor_kwargs={"spec": spec},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
         num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
         batch_size=spec.batch_size, batch_format="numpy")
     return box_table(pa.Table.from_pandas(ds.to_pandas(), preserve_index=False))

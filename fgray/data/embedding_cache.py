@@ -6,7 +6,7 @@ method's declared ``embeddings`` here; trained methods from checkpoints in ``fgr
 
 ``ensure_cache`` embeds every image of a prepared dataset with a frozen encoder
 (``EncoderSpec``: open_clip image tower or timm model; hub, file or seeded random weights)
-through a pool of those actors (one GPU per actor when the cluster has GPUs) and writes Parquet
+through a pool of those actors (one GPU per actor when the sweep asks for GPUs) and writes Parquet
 (``image_id``, ``embedding`` (d,) float32) under ``<storage>/_embedding_cache/<address>/<writer>/``,
 ``_COMPLETE`` written last. The address hashes the encoder spec, a digest of its weights file,
 the dataset's content hash and the eval transform, so every trial and every later sweep on the
@@ -27,10 +27,12 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from fgray import ray_compat
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
 from fgray.data.pipeline import EvalViews, PreparedDataset, Rows, TableBatches, dataset_name
 from fgray.devices import local_device
+from fgray.node_paths import local_path
 from fgray.storage import complete_folders, write_complete
 CACHE_FOLDER = "_embedding_cache"
 
@@ -63,7 +65,15 @@ class EmbedActor:
 
 
 def cluster_gpus() -> int:
-    return int(ray.cluster_resources().get("GPU", 0))
+    return ray_compat.cluster_gpus()
+
+
+def pool_size(use_gpu: bool, max_actors: int, cluster_cpus: float) -> int:
+    """The most actors a GPU or CPU actor pool may grow to (it starts with one). GPU actors: up to
+    ``max_actors`` whatever is up now: pending actors ask the autoscaler for their GPUs, while sizing by
+    the GPUs up now gave a fresh autoscaling cluster (0 GPUs) one actor for the whole dataset. CPU
+    actors: the CPUs up now (a CPU pool never asks for nodes of its own: the GPU nodes bring CPUs)."""
+    return max(1, max_actors if use_gpu else min(int(cluster_cpus), max_actors))
 
 
 def embed_rows(factories: list[ModelFactory], rows: Rows, data: DataConfig, batch_rows: int,
@@ -73,19 +83,19 @@ def embed_rows(factories: list[ModelFactory], rows: Rows, data: DataConfig, batc
     ``image_id`` (, ``label``), ``embedding_<i>``, in no particular order.
 
     Ray Data's read tasks stream the rows into an actor pool that embeds them (one GPU per actor when
-    the cluster has GPUs); at most ``local_max_rows`` rows on CPU are read and embedded in this
+    the cluster has GPUs; ``use_gpu`` True: the sweep asks for GPUs, which the autoscaler may still be
+    bringing, ``pool_size``); at most ``local_max_rows`` rows on CPU are read and embedded in this
     process instead: for a small split, an actor's start (a process importing torch and the model
     code) costs more than the embedding.
     """
-    gpus = cluster_gpus()
-    use_gpu = gpus > 0 if use_gpu is None else use_gpu
+    use_gpu = cluster_gpus() > 0 if use_gpu is None else use_gpu
     kwargs = {"factories": factories, "image_size": data.image_size, "eval_crop": data.eval_crop}
     if not use_gpu and 0 < rows.num_rows <= local_max_rows:
         return embed_in_process(EmbedActor(**kwargs), rows.read(), batch_rows)
-    slots = gpus if use_gpu else int(ray.cluster_resources().get("CPU", 1))
+    size = pool_size(use_gpu, max_actors, ray_compat.cluster_resources().get("CPU", 1))
     ds = rows.dataset(num_cpus=min(1.0, cpus_per_actor)).map_batches(
         EmbedActor, fn_constructor_kwargs=kwargs,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, min(slots, max_actors))),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size),
         num_gpus=1 if use_gpu else 0, num_cpus=1 if use_gpu else cpus_per_actor,
         batch_size=batch_rows, batch_format="numpy")
     return pa.Table.from_pandas(ds.to_pandas(), preserve_index=False)
@@ -117,7 +127,7 @@ def frozen_encoder(spec_json: str, image_size: int):
 def weights_digest(pretrained: str) -> str:
     """Content digest of a local weights file or folder (a saved model, an fgray checkpoint: every
     file in it, by relative name); hub tags and ``random`` stand for themselves."""
-    path = os.path.expanduser(pretrained)
+    path = local_path(pretrained)
     folder = os.path.isdir(path)
     if folder:
         files = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)

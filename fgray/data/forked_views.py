@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fgray.data.view_actor import ViewActor, runs
+from fgray.validation import ConfigError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: Linux only, as this path is (``fgray.config.FORKED_VIEWS``)
 
@@ -51,8 +52,8 @@ def step_blocks(order: list[pa.Table], batch_size: int) -> list[pa.Table]:
             blocks += [epoch.slice(s.start, s.stop - s.start) for s in runs(epoch.column("group").to_numpy())]
             continue
         if epoch.num_rows < batch_size:
-            raise ValueError(f"data: the training split has {epoch.num_rows} images a rank, fewer than "
-                             f"train.batch_size ({batch_size}): not one step an epoch")
+            raise ConfigError(f"data: the training split has {epoch.num_rows} images a rank, fewer than "
+                              f"train.batch_size ({batch_size}): not one step an epoch")
         starts = range(0, epoch.num_rows - batch_size + 1, batch_size)
         blocks += [epoch.slice(start, batch_size) for start in starts]
     return blocks

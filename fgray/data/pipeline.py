@@ -30,14 +30,16 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data.expressions import col
-from ray._raylet import RAY_NODE_ID_KEY  # the node-id label every node carries
 
-from fgray import storage
+from fgray import ray_compat, storage
 from fgray.config import ConfigError, DataConfig
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment, assign_splits
 from fgray.data.schema import MANIFEST_NAME, Manifest
 from fgray.data.view_actor import ViewActor
+
+# Every node's default label in Ray: its node id (Ray's docs, "Use labels to control scheduling").
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 @dataclass(frozen=True)
@@ -148,13 +150,13 @@ class Rows:
 
     def _source(self, num_cpus: float, rows_per_block: int) -> ray.data.Dataset:
         if self.prepared.rendered_per_node:
-            table = self.read()
-            return local_dataset([table.slice(start, rows_per_block)
-                                  for start in range(0, table.num_rows, rows_per_block)] or [table])
+            return table_dataset(self.read(), rows_per_block)
         filesystem, root = storage.filesystem(self.prepared.root)
+        # The columns as a projection Ray Data pushes into the scan (read_parquet's columns= is deprecated);
+        # image_id stays in it until the ids have filtered the rows.
         ds = ray.data.read_parquet([posixpath.join(root, name) for name in self.prepared.manifest.shards],
-                                   filesystem=filesystem, columns=sorted({*self.columns, "image_id"}),
-                                   num_cpus=num_cpus)
+                                   filesystem=filesystem, num_cpus=num_cpus
+                                   ).select_columns(sorted({*self.columns, "image_id"}))
         if self.ids is not None:
             ds = ds.filter(expr=col("image_id").is_in(np.asarray(self.ids).astype(str).tolist()))
         return ds.select_columns(list(self.columns))
@@ -179,11 +181,45 @@ class TableBatches:
             yield {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
 
 
-def local_dataset(blocks: list[pa.Table]) -> ray.data.Dataset:
-    """A dataset of Arrow tables held here. ``from_blocks``, not ``from_arrow``: from_arrow reads
-    each block's metadata in a 1-CPU task, which never runs while trials hold all but a fraction
-    of a CPU (a one-worker trial holds its CPUs from its start); from_blocks reads it here."""
-    return ray.data.from_blocks(blocks)
+def table_dataset(table: pa.Table, rows_per_block: int) -> ray.data.Dataset:
+    """An Arrow table held here as a dataset of blocks of about ``rows_per_block`` rows. ``from_items``, not
+    ``from_arrow``: from_arrow reads each block's metadata in a 1-CPU task, which never runs while trials hold
+    all but a fraction of a CPU (a one-worker trial holds its CPUs from its start); from_items builds the
+    blocks in this process. The rows pass through Python objects: binary, string, int64 and bool columns come
+    back with their types (the encoded rows' ``image``, ``image_id``, ``label``, ``class_name``); int32 would
+    come back int64 and a fixed-size list a list."""
+    blocks = max(1, -(-table.num_rows // rows_per_block))
+    return ray.data.from_items(table.to_pylist(), override_num_blocks=blocks)
+
+
+def index_dataset(blocks: list[pa.Table]) -> ray.data.Dataset:
+    """``index_blocks``' blocks held here as a dataset of one row per block, each column a list, built in this
+    process (``from_items``, as ``table_dataset``). One row per block because ``from_items`` cuts its rows into
+    equal blocks: the blocks' growing sizes (the first step's wait) and whole composed steps survive as rows,
+    one block each, which ``BlockViews`` draws."""
+    items = index_items(blocks)
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+
+
+def index_items(blocks: list[pa.Table]) -> list[dict[str, list]]:
+    """``index_dataset``'s rows: one a block, each of its columns a list."""
+    return [{name: block.column(name).to_pylist() for name in block.column_names} for block in blocks]
+
+
+class BlockViews(ViewActor):
+    """The view actor of ``train_dataset``: each row it is given is one index block (``index_dataset``), drawn
+    ``batch_rows`` index rows at a time (one composed step of ASS), each part's views yielded as they are drawn,
+    so the actor never holds a whole block's views at once."""
+
+    def __init__(self, batch_rows: int, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_rows = batch_rows
+
+    def __call__(self, blocks: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(blocks["row"])):
+            block = {name: np.asarray(column[i]) for name, column in blocks.items()}
+            for start in range(0, len(block["row"]), self.batch_rows):
+                yield super().__call__({name: v[start: start + self.batch_rows] for name, v in block.items()})
 
 
 class EvalViews:
@@ -251,8 +287,8 @@ def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataC
     if inputs.needs_boxes:
         missing = index.column("bbox").null_count
         if missing:
-            raise ValueError(f"data: method {method!r} needs boxes, but {missing} of {index.num_rows} training "
-                             f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
+            raise ConfigError(f"data: method {method!r} needs boxes, but {missing} of {index.num_rows} training "
+                              f"images of '{prepared.name}' have none (prepare a layout that ships boxes)")
     facts, label_map = labels_facts(prepared, index.column("label").to_numpy(), data, caches)
     ids = index.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     detected = index.column("bbox").combine_chunks() if boxes is not None else None
@@ -294,8 +330,8 @@ def train_index(split: TrainingSplit, inputs: Inputs, seed: int, epochs: range, 
     if batch_size is None or selector is None:  # ASS: every epoch's steps as index groups
         raise ValueError("train_index: composed batches need batch_size and the selector's cache")
     if batch_size % 2:
-        raise ValueError(f"train.batch_size: a composed step is N anchors + N negatives, so it must be even, "
-                         f"got {batch_size}")
+        raise ConfigError(f"train.batch_size: a composed step is N anchors + N negatives, so it must be even, "
+                          f"got {batch_size}")
     order = [composed_index(r, e, batch_size, selection, split.num_rows, seed, rank) for r, e in zip(rows, epochs)]
     return order, (selection.pool_factor + 1) * (batch_size // 2)
 
@@ -324,18 +360,17 @@ def train_dataset(split: TrainingSplit, inputs: Inputs, data: DataConfig, seed: 
     order, step_rows = train_index(split, inputs, seed, epochs, rank, world, rows_per_epoch, batch_size, selector)
     batch_rows = step_rows or batch_rows  # one composed step per call
     # The index is tiny (two integers per row and epoch); the encoded images stay in one copy, below.
-    empty = {"row": np.zeros(0, np.int64), "epoch": np.zeros(0, np.int64)}
-    index = local_dataset(index_blocks(order, batch_rows) or [pa.table(empty)])
-    index.context.execution_options.preserve_order = True
+    index = ray_compat.keep_order(index_dataset(index_blocks(order, batch_rows)))
     index.set_name(name)  # the Ray dashboard's Data tab: "<sweep>:<trial>:train views"
     # The rows go to this node's object store, read here: the view actors run on this node too
     # (elsewhere only if it has no room), beside the trainer that consumes their batches.
     table_ref = ray.put(split_rows(split))
-    here = {RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
+    here = {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}
     # A fixed pool: an autoscaling one grew into logical CPUs that Train workers' threads use.
     return index.map_batches(
-        ViewActor, fn_constructor_kwargs=view_actor_kwargs(split, table_ref, inputs, data, seed, rank, selector),
-        concurrency=actors, batch_size=batch_rows, batch_format="numpy", num_cpus=cpus_per_task,
+        BlockViews, fn_constructor_kwargs={"batch_rows": batch_rows,
+                                           **view_actor_kwargs(split, table_ref, inputs, data, seed, rank, selector)},
+        compute=ray.data.ActorPoolStrategy(size=actors), batch_size=1, batch_format="numpy", num_cpus=cpus_per_task,
         label_selector=here, fallback_strategy=[{"label_selector": {}}])
 
 

@@ -1,5 +1,5 @@
 """Distributed evaluation: embeddings extracted by the shared Ray Data actor pool
-(``embedding_cache.EmbedActor``: one GPU per actor when the cluster has GPUs; several models per
+(``embedding_cache.EmbedActor``: one GPU per actor when the sweep asks for GPUs; several models per
 pass), cached by (checkpoint, dataset, transform) with
 image ids as keys, then exact search with faiss in a Ray task placed on a GPU when there is one.
 Besides its own test split, a model is scored on the ``eval.transfer`` datasets it never trained on."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import posixpath
 from typing import Any
 
@@ -52,6 +53,14 @@ def uses_gpus(experiment: ExperimentConfig) -> bool:
     """Whether the evaluation runs on GPUs: because the sweep asks for them (``gpus_per_worker``), not
     because some happen to be up (an autoscaling cluster's GPU nodes come and go)."""
     return experiment.resources.gpus_per_worker > 0
+
+
+def evaluation_actors(experiment: ExperimentConfig, most: int = 8) -> int:
+    """The most embedding actors a test pass may grow to: the GPUs the sweep's trials held at full
+    concurrency (the nodes the autoscaler started for them, still up after the trials), up to ``most``;
+    an embedding pass should not start new GPU nodes the trials never needed."""
+    res = experiment.resources
+    return max(1, min(most, math.ceil(res.workers_per_trial * res.gpus_per_worker * res.max_concurrent_trials)))
 
 
 def _metrics(*args, use_gpu: bool = False, **kwargs) -> dict[str, float]:
@@ -117,7 +126,8 @@ def _embed_pass(models: list[Model], prepared: pipeline.PreparedDataset, ids: np
     rows = pipeline.Rows(prepared, ids, ("image", "label", "image_id"),
                          name=pipeline.dataset_name(experiment.name, "evaluation", prepared.manifest.dataset))
     return embed_rows(factories, rows, experiment.data, experiment.eval.batch_size, experiment.resources.data_cpus,
-                      use_gpu=uses_gpus(experiment), local_max_rows=experiment.eval.local_max_images)
+                      use_gpu=uses_gpus(experiment), max_actors=evaluation_actors(experiment),
+                      local_max_rows=experiment.eval.local_max_images)
 
 
 def _cache_key(experiment, checkpoint_path, prepared, image_ids, trained_on=None) -> str:

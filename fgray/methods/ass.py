@@ -42,6 +42,7 @@ from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.heads import ProjectionHead
 from fgray.models.mae import MAEDecoder, encode_visible, patchify, unpatchify
+from fgray.node_paths import local_path
 from fgray.validation import ConfigError
 
 
@@ -72,7 +73,7 @@ class ASS(Method):
     def preflight(cls, config: ASSConfig) -> None:
         weights = config.selector.weights
         if config.composes and weights not in (HUB_WEIGHTS, RANDOM_WEIGHTS):
-            path = os.path.abspath(os.path.expanduser(weights))
+            path = os.path.abspath(local_path(weights))
             if not os.path.exists(path):
                 raise ConfigError(f"method.selector.weights: no file or checkpoint folder at {path}; pass a timm "
                                   "weights file, the checkpoint_* folder of a selector pre-training run "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fgray.data.inputs import EncoderSpec, Inputs, ViewRecipe
+from fgray.node_paths import ReadPath, local_path
 
 # name -> config class: the one registration point of a method's name (``@method_config``); the
 # method's module ``fgray.methods.<name>`` registers its class against it (registry.register_method).
@@ -78,6 +79,12 @@ class MethodConfig(BaseModel):
         """Reads training labels (so needs a training split with classes)."""
         return "label" in self.inputs.columns
 
+    @property
+    def min_train_classes(self) -> int:
+        """Training classes a trial needs (checked before trials start): a method that reads labels
+        learns nothing from one class (its classifier or proxies have nothing to tell apart)."""
+        return 2 if self.supervised else 1
+
     def stages(self, epochs: int) -> tuple[Stage, ...]:
         """Ordered stages of a trial of ``epochs`` training epochs (``train.epochs``); one by default."""
         return (Stage("train", epochs),)
@@ -88,7 +95,8 @@ class TeacherConfig(BaseModel):
 
     # open_clip architecture; "<name>-quickgelu" for a local copy of OpenAI's weights; fgray-tiny-clip for tests
     model: str = "ViT-B-32"
-    pretrained: str = "openai"  # open_clip tag (local cache, else the hub) | /path/to/weights | random (seeded)
+    # open_clip tag (local cache, else the hub) | /path/to/weights (file:///mount/... on a cluster) | random (seeded)
+    pretrained: Annotated[str, ReadPath(uri=False)] = "openai"
     image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
     seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
 
@@ -200,7 +208,8 @@ class PPSSLConfig(MocoV2Config):
     # is the paper's smoothness knob. The paper prints l = u T^T (scale 1): cosines of unit vectors, nearly
     # uniform over N prompts at tau = 1. A float: that scale (fgray's former default: 100.0).
     logit_scale: Literal["teacher"] | Annotated[float, Field(gt=0)] = "teacher"
-    corpus: list[str] | str = list(DEFAULT_CORPUS)  # prompts, or a text file with one prompt per line (# comments)
+    # prompts, or a text file with one prompt per line (# comments)
+    corpus: Annotated[list[str] | str, ReadPath(uri=False)] = list(DEFAULT_CORPUS)
     corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
     teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
     teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
@@ -255,7 +264,7 @@ def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
     """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file."""
     if not isinstance(corpus, str):
         return tuple(corpus)
-    path = os.path.expanduser(corpus)
+    path = local_path(corpus)
     if not os.path.isfile(path):
         raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
     with open(path, encoding="utf-8") as f:
@@ -275,8 +284,8 @@ class DecoderConfig(BaseModel):
     joint_lr: float = Field(1e-4, gt=0)  # that optimiser's rate, as given (no scale_lr) [early code: 1e-4]
     joint_weight_decay: float = Field(0.0, ge=0)  # its weight decay [early code: none]
     # A trained decoder: a state-dict file, or an fgray checkpoint (folder or its state file) of an
-    # oldfs run; its decoder.* weights are loaded and stage 0 is skipped.
-    weights: str | None = None
+    # oldfs run; its decoder.* weights are loaded and stage 0 is skipped. Local, or a URI pyarrow reads.
+    weights: Annotated[str | None, ReadPath()] = None
     width: int = Field(512, ge=8)  # channels of the 4 x 4 map after the linear layer (spec: 512)
     blocks: int = Field(1, ge=0)  # timm BasicBlocks per up-sampling scale
 

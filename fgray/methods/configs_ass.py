@@ -7,12 +7,13 @@ manuscript and code skeleton.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fgray.data.inputs import EncoderSpec, Inputs, Selection, ViewRecipe
 from fgray.methods.configs import CropViews, MethodConfig, Stage, method_config
+from fgray.node_paths import ReadPath, local_path
 
 # ``selector.weights`` values that name no file: timm's hub weights of ``selector.model``, or a
 # seeded random encoder (smoke runs and tests).
@@ -31,7 +32,7 @@ class SelectorConfig(_Section):
     model: str = "vit_small_patch16_224.dino"  # timm name; paper: ViT-S/16 (its own weights are private)
     # hub | random | a timm weights file | an fgray checkpoint folder of a selector pre-training run
     # (sweeps/ass_selector_pretrain.yaml: its encoder + 128-d head embed, spec §1 "128-d projection head")
-    weights: str = HUB_WEIGHTS
+    weights: Annotated[str, ReadPath(uri=False)] = HUB_WEIGHTS  # a path: file:///mount/... on a cluster
     seed: int = 0  # init seed of weights: random
     tau: float = Field(16.0, gt=0)  # [draft, code sigma]
     pool_factor: int = Field(10, ge=1)  # K: candidates per anchor [draft]
@@ -40,7 +41,7 @@ class SelectorConfig(_Section):
 
     @property
     def is_checkpoint(self) -> bool:
-        return os.path.isfile(os.path.join(os.path.expanduser(self.weights), "meta.json"))
+        return os.path.isfile(os.path.join(local_path(self.weights), "meta.json"))
 
     def encoder(self) -> EncoderSpec:
         """The cached-embedding encoder: an fgray checkpoint's selector head, or a timm model."""

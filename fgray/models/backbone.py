@@ -12,6 +12,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from fgray.node_paths import local_path
+
 
 class Backbone(nn.Module):
     def __init__(self, model: nn.Module, name: str):
@@ -63,18 +65,18 @@ def build_backbone(name: str, pretrained: bool | str = False, image_size: int | 
         kwargs["drop_path_rate"] = drop_path_rate
     if image_size is not None and _accepts_img_size(name):
         kwargs["img_size"] = image_size
-    if isinstance(pretrained, str) and os.path.isdir(os.path.expanduser(pretrained)):
+    if isinstance(pretrained, str) and os.path.isdir(local_path(pretrained)):
         from fgray.checkpoint import backbone_state  # the checkpoint layer sits above models/
 
         backbone = Backbone(timm.create_model(name, pretrained=False, **kwargs), name)
         try:  # strict: the BN statistics come too, and a different architecture fails here
-            backbone.load_state_dict(backbone_state(os.path.expanduser(pretrained)))
+            backbone.load_state_dict(backbone_state(local_path(pretrained)))
         except RuntimeError as err:
             raise ValueError(f"backbone.pretrained {pretrained}: its backbone does not fit {name} "
                              f"{model_kwargs or ''}: {str(err).splitlines()[0]}") from None
         return backbone
     if isinstance(pretrained, str):
-        path = os.path.expanduser(pretrained)
+        path = local_path(pretrained)  # file:///mount/...: a file every node mounts
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
     else:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)

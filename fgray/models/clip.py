@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.methods.configs import TeacherConfig
+from fgray.node_paths import local_path
 
 # fgray's batches are normalised with ImageNet statistics (fgray.engine.normalize_images).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -74,7 +75,7 @@ def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
     if cfg.pretrained == "random":
         return
     if is_weights_path(cfg.pretrained):
-        path = os.path.abspath(os.path.expanduser(cfg.pretrained))
+        path = os.path.abspath(local_path(cfg.pretrained))
         if not os.path.isfile(path):
             raise ConfigError(f"{key}.pretrained: CLIP weights file not found: fgray looked for {path}; {how}")
         return
@@ -139,7 +140,7 @@ def build_clip(cfg: TeacherConfig):
     from open_clip.pretrained import get_pretrained_cfg
 
     random_init = cfg.pretrained == "random"
-    path = None if random_init or not is_weights_path(cfg.pretrained) else os.path.expanduser(cfg.pretrained)
+    path = None if random_init or not is_weights_path(cfg.pretrained) else local_path(cfg.pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if cfg.model == TINY_MODEL:

@@ -2,13 +2,12 @@
 ``EncoderSpec``: an open_clip image tower or any timm model (hub, local file or seeded random)."""
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.data.inputs import EncoderSpec
+from fgray.node_paths import local_path
 
 
 class FrozenEncoder(nn.Module):
@@ -73,7 +72,7 @@ def checkpoint_encoder(directory: str) -> FrozenEncoder:
     from fgray import checkpoint as ckpt
     from fgray.engine import build_method
 
-    directory = os.path.expanduser(directory)
+    directory = local_path(directory)
     method = build_method(ckpt.read_experiment(directory), ckpt.read_facts(directory))
     ckpt.load(directory, method)
     if hasattr(method, "selector_embed"):
