@@ -27,6 +27,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +42,7 @@ from eval_large_gallery import synthetic_gallery  # noqa: E402
 
 from fgray.config import ExperimentConfig  # noqa: E402
 from fgray.data.declared import declared_batch  # noqa: E402
-from fgray.data.inputs import DatasetFacts  # noqa: E402
+from fgray.data.inputs import DEFERRED_SUFFIX, DatasetFacts  # noqa: E402
 from fgray.engine import (build_method, inference_embed, normalize_images, place_method,  # noqa: E402
                           train_one_epoch)
 from fgray.eval import retrieval_metrics  # noqa: E402
@@ -129,8 +130,11 @@ def release(device: torch.device) -> None:
 
 
 def on_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, Any]:
-    """Numeric arrays as tensors on the device, once (uint8 images stay uint8: the step normalises)."""
-    return {k: torch.from_numpy(v).to(device) if v.dtype.kind in "biuf" else v for k, v in batch.items()}
+    """Numeric arrays as tensors on the device, once (uint8 images stay uint8: the step normalises and,
+    with ``data.views_on`` gpu/trainer, finishes the views from their ``@ops`` rows, kept on the host
+    as a trial's arrive)."""
+    return {k: torch.from_numpy(v).to(device) if v.dtype.kind in "biuf" and not k.endswith(DEFERRED_SUFFIX) else v
+            for k, v in batch.items()}
 
 
 class _WholeProgram:
@@ -242,7 +246,8 @@ def measure_case(name: str, compiled: bool, args, device: torch.device, peak_tfl
         while True:
             train = experiment.train.model_copy(update={"batch_size": batch})
             if (name, batch) not in batches:  # built once per case and size: the views run on the CPU
-                batches[name, batch] = declared_batch(experiment.method.inputs, case_facts(experiment), n=batch)
+                inputs = replace(experiment.method.inputs, defer_views=experiment.defer_views)  # data.views_on
+                batches[name, batch] = declared_batch(inputs, case_facts(experiment), n=batch)
             try:
                 result = measure_step(experiment.model_copy(update={"train": train}), variant,
                                       batches[name, batch], device, args.steps, args.warmup,

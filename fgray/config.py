@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -21,6 +20,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from fgray.data.protocols import dataset_spec
 from fgray.methods.registry import method_configs
+from fgray.node_paths import ReadPath, is_uri, local_path
 # Re-exported: ConfigError is the error type of every config check (the CLI catches it from here);
 # the search section's names are imported from here by the sweep's modules.
 from fgray.search_config import PaperConfig, PaperRow, SearchConfig, grid_points, switched_method  # noqa: F401
@@ -42,9 +42,14 @@ class SyntheticOptions(Strict):
     seed: int = 0  # the generator's seed: the same seed always renders the same images
 
 
+# Prepared shards: a URI or a folder every node mounts on a cluster; the synthetic set is rendered on each node.
+PREPARED = "written by `python -m fgray.data prepare ... --out s3://BUCKET/PREFIX`"
+
+
 class DataConfig(Strict):
     name: str = "synthetic"  # "synthetic" or a prepared dataset's reader name (cub200, sop, ...)
-    root: str | None = None  # folder of prepared shards (local or s3://); synthetic: cache folder
+    # folder of prepared shards (local or s3://); synthetic: cache folder
+    root: Annotated[str | None, ReadPath(per_node=lambda data: data.name == "synthetic", how=PREPARED)] = None
     protocol: Literal["open", "closed"] = "open"  # open: disjoint test classes; closed: official image split
     image_size: int = Field(64, ge=16)  # network input side (pixels)
     # Of training classes (open) / images (closed). 0: no validation split, for sweeps of fixed rows
@@ -53,6 +58,12 @@ class DataConfig(Strict):
     split_seed: int = 0  # which training classes/images become validation
     eval_crop: float = Field(0.875, gt=0, le=1)  # eval view: resize to image_size / eval_crop, centre-crop
     synthetic: SyntheticOptions = SyntheticOptions()
+    # Where a view recipe's deferrable ops (MoCo v2's jitter, greyscale, blur) run. cpu: in the view
+    # workers. gpu: on the trainer's GPU, per image from the parameters its worker drew under the image's
+    # seed (the workers only decode, crop and flip: a core feeds ~2x the images, bench/README.md,
+    # view_path.py); refused without one. auto: gpu when the trial has a GPU. trainer: on the trainer's
+    # device whatever it is (a CPU trial: tests, or spare trainer cores when the view workers bound it).
+    views_on: Literal["auto", "cpu", "gpu", "trainer"] = "auto"
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":
@@ -69,8 +80,9 @@ def _deep(info: ValidationInfo) -> bool:
 class BackboneConfig(Strict):
     name: str = "resnet18"  # any timm model name
     # false | true (timm hub) | /path/to/weights (.pth / .safetensors) | an fgray checkpoint folder (a
-    # trial's checkpoint_*, its backbone: a warm start) | a sweep's output folder (its best / only trial's)
-    pretrained: bool | str = False
+    # trial's checkpoint_*, its backbone: a warm start) | a sweep's output folder (its best / only trial's);
+    # a path on a mount every node has: file:///mount/...
+    pretrained: Annotated[bool | str, ReadPath(uri=False)] = False
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     # Extra timm.create_model arguments, e.g. {channels: [32, 64, 128, 256]} for a narrow ResNet.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -105,14 +117,15 @@ class BackboneConfig(Strict):
     @field_validator("pretrained")
     @classmethod
     def _weights_file_exists(cls, value: bool | str) -> bool | str:
-        if isinstance(value, str) and "://" not in value and not Path(os.path.expanduser(value)).is_file():
+        mounted = isinstance(value, str) and value.startswith("file://")  # a mount every node has: stays a URI
+        if isinstance(value, str) and (mounted or not is_uri(value)) and not Path(local_path(value)).is_file():
             from fgray.results import resolve_checkpoint  # torch-free: meta / summary files only
 
-            folder = resolve_checkpoint(value)  # recorded resolved: the trials name the checkpoint they load
+            folder = resolve_checkpoint(local_path(value))  # recorded resolved: the trials name the checkpoint
             if folder is None:
                 raise ValueError(f"weights file not found: {value} (nor an fgray checkpoint folder holding "
                                  f"meta.json, nor a sweep's output folder holding summary.json)")
-            return folder
+            return f"file://{folder}" if mounted else folder
         return value
 
 
@@ -155,7 +168,8 @@ class TransferConfig(Strict):
     # The prepared dataset's reader name (what its manifest says: nabirds, aircraft, imagefolder, ...);
     # default: name. "synthetic": the generator (smoke stand-ins), with ``synthetic`` below.
     dataset: str | None = None
-    root: str | None = None  # folder of prepared shards (local or s3://); synthetic: cache folder
+    # folder of prepared shards (local or s3://); synthetic: cache folder
+    root: Annotated[str | None, ReadPath(per_node=lambda t: t.reader == "synthetic", how=PREPARED)] = None
     images: Literal["all", "train", "test"] = "all"  # every image, or one side of its official split
     classes: int | None = Field(None, ge=2)  # keep the first N classes (by label), e.g. iNat2021's 100
     ks: tuple[int, ...] | None = None  # Recall@K list; default: the experiment's eval.ks
@@ -278,6 +292,19 @@ class ExperimentConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _views_on_a_gpu(self) -> "ExperimentConfig":
+        if self.data.views_on == "gpu" and not self.resources.gpus_per_worker:
+            raise ValueError("data.views_on: gpu finishes views on the trainer's GPU, but resources.gpus_per_worker "
+                             "is 0: use cpu or auto (or trainer, to finish them in a CPU trainer's process)")
+        return self
+
+    @property
+    def defer_views(self) -> bool:
+        """Whether the recipes' deferrable ops run on the trainer's device (``data.views_on``)."""
+        views_on = self.data.views_on
+        return views_on in ("gpu", "trainer") or (views_on == "auto" and self.resources.gpus_per_worker > 0)
 
     @property
     def has_validation(self) -> bool:

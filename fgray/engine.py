@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fgray.config import ExperimentConfig, TrainConfig
-from fgray.data.inputs import DatasetFacts
+from fgray.data.inputs import DEFERRED_SUFFIX, DatasetFacts
 from fgray.eval import retrieval_metrics
 from fgray.methods import create_method
 from fgray.methods.base import Method
@@ -86,10 +86,15 @@ def place_method(method: Method, device: torch.device, train: TrainConfig) -> Me
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Move arrays to ``device``; uint8 images (..., 3, H, W) become normalised float; strings
-    (image ids) stay on the host as numpy arrays."""
+    """Move arrays to ``device``; uint8 images (..., 3, H, W) become normalised float, after their
+    deferred colour ops and blur where the batch carries them (``<key>@ops``: views finished on the
+    trainer's device, ``data.views_on``; the rows are consumed here); strings (image ids) stay on the
+    host as numpy arrays."""
+    rows = _deferred(batch)
     out = {}
     for key, value in batch.items():
+        if key.endswith(DEFERRED_SUFFIX):
+            continue
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
             value = torch.from_numpy(value)
         if not isinstance(value, Tensor):
@@ -97,9 +102,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
             continue
         value = value.to(device, non_blocking=True)
         if is_image(value):
-            value = normalize_images(value)
+            value = normalize_images(value, rows.get(key))
         out[key] = value
     return out
+
+
+def _deferred(batch: dict) -> dict:
+    if not any(key.endswith(DEFERRED_SUFFIX) for key in batch):
+        return {}
+    from fgray.data.views.deferred import deferred_rows  # Kornia, imported by trainers that defer only
+
+    return deferred_rows(batch)
 
 
 def is_image(value: Tensor) -> bool:
@@ -107,11 +120,16 @@ def is_image(value: Tensor) -> bool:
     return value.dtype == torch.uint8 and value.ndim >= 4 and value.shape[-3] == 3
 
 
-def normalize_images(images: Tensor) -> Tensor:
-    """uint8 (..., 3, H, W) -> float, ImageNet mean/std per channel."""
+def normalize_images(images: Tensor, deferred: np.ndarray | None = None) -> Tensor:
+    """uint8 (..., 3, H, W) -> float, ImageNet mean/std per channel; ``deferred`` (B, OPS_WIDTH): the
+    views' colour ops and blur, applied first (``fgray.data.views.deferred``)."""
     mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=images.device).view(3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    if deferred is None:
+        return (images.float() / 255.0 - mean) / std
+    from fgray.data.views.deferred import finish
+
+    return (finish(images, deferred) - mean) / std
 
 
 def build_optimizer(param_groups: list[dict], cfg: TrainConfig, world_size: int = 1,

@@ -2,7 +2,9 @@
 
 Bad input exits 2 with one line: a schema error (an unknown key, a bad value) or a storage one (a
 sweep already there, nothing to resume) before Ray starts; one that the checks loading timm and the
-methods find (a model name, a weights file) once the local Ray started beside them is stopped.
+methods find (a model name, a weights file) once the local Ray started beside them is stopped; and,
+once Ray is up, before any trial (``fgray.sweep_checks``): a path of this machine on a cluster, a
+trial's resources that fit no node type, settings the dataset's splits cannot train.
 Uses the running cluster when there is one (``RAY_ADDRESS``, ``ray job submit``), otherwise
 starts a local Ray instance.
 """
@@ -21,7 +23,7 @@ from fgray.held_out import evaluate_best
 from fgray.interrupts import Interrupted, graceful_stop, resume_command
 from fgray.profiles import PROFILES
 from fgray.provenance import STORAGE_VARIABLE, check_resume
-from fgray.startup import Rendering, render_ahead, resolve_dataset
+from fgray.startup import Rendering, render_ahead
 from fgray.sweep_file import check_deep, load_sweep
 from fgray.sweep_ray import start_ray
 
@@ -41,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="results folder or URI (overrides FGRAY_STORAGE and the file's storage)")
     parser.add_argument("--force", action="store_true", help="--resume even if the sweep's settings changed")
     parser.add_argument("--verbose", action="store_true", help="keep Ray's notices that fgray hides")
+    parser.add_argument("--cluster-config", metavar="PATH",
+                        help="Ray autoscaler config (cluster.yaml) whose node types every trial must fit "
+                             "(default: FGRAY_CLUSTER_CONFIG, else Ray's copy on a `ray up` head, else the live nodes)")
     return parser.parse_args(argv)
 
 
@@ -106,7 +111,20 @@ def describe_plan(sweep: SweepConfig, storage: str) -> str:
                   for i, row in enumerate(rows)]
     else:
         lines += [f"  {k}: {d.kind} {_short(getattr(d, d.kind))}" for k, d in sweep.search.space.items()]
-    return "\n".join(lines)
+    return "\n".join(lines + feed_lines(sweep, rows))
+
+
+def feed_lines(sweep: SweepConfig, rows: list[dict[str, Any]] | None) -> list[str]:
+    """Per GPU trial, its view workers' rate against its GPU step's (``fgray.feed``): one line when every
+    trial shares it, else one per trial; a warning where a trial would wait for its views."""
+    from fgray import feed
+
+    per_trial = [feed.experiment_line(sweep.experiment(row, deep=False)) for row in (rows or [{}])]
+    if not any(per_trial):
+        return []
+    if len(set(per_trial)) == 1:
+        return [f"feed{' (every trial)' if len(per_trial) > 1 else ''}: {per_trial[0]}"]
+    return [f"  trial {i + 1} feed: {line}" for i, line in enumerate(per_trial) if line]
 
 
 def _short(value: Any) -> str:
@@ -173,17 +191,15 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from fgray.cli_progress import ProgressPrinter
+    from fgray.cluster_fit import trial_bundle
+    from fgray.results import objective
     from fgray.storage import ray_storage
     from fgray.sweep_metrics import MetricsExporter
     from fgray.trial import trial_driver
 
     res, search = sweep.resources, sweep.search
-    if res.in_trial:  # the trial process trains (and forks its view workers): it holds their CPUs / GPUs
-        bundle = {"cpu": res.trial_process_cpus, **({"gpu": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    else:  # the driver only orchestrates (workers hold the CPUs/GPUs); Tune needs a non-empty bundle
-        bundle = {"cpu": 0, **res.driver_resources} if res.driver_resources else {"cpu": 0.01}
-    trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage), bundle)
+    trainable = tune.with_resources(  # the bundle the start of the sweep checked against the node types
+        tune.with_parameters(trial_driver, sweep=sweep.model_dump(mode="json"), storage=storage), trial_bundle(res))
     storage_path, filesystem = ray_storage(storage)  # an S3 endpoint reaches Ray through the filesystem
     if resume:
         return tune.Tuner.restore(ray_storage(f"{storage}/{sweep.name}")[0], trainable=trainable,
@@ -191,7 +207,7 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
     space, search_alg, num_samples = build_search(sweep)
     # Without a validation split nothing can be compared while trials run: no early stopping, and
     # the searcher (a grid) is handed the epoch count.
-    metric, mode = (search.metric, search.mode) if sweep.has_validation else ("epoch", "max")
+    metric, mode = objective(sweep)
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.longest_trial,
                                grace_period=search.scheduler.grace_period,
                                reduction_factor=search.scheduler.reduction_factor)
@@ -217,26 +233,21 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
 
 
 def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bool = True,
-              verbose: bool = False, data_ready: Rendering | None = None) -> dict[str, Any]:
+              verbose: bool = False, data_ready: Rendering | None = None,
+              cluster_config: str | None = None) -> dict[str, Any]:
     """Run (or resume) the sweep, evaluate the best trials on test, write the report. ``record``: store
     the sweep and fgray version with the results (a new sweep, or a forced resume); ``data_ready``:
-    ``render_ahead``'s dataset (None: resolved here)."""
+    ``render_ahead``'s dataset (None: resolved here); ``cluster_config``: ``--cluster-config``."""
     from fgray.report import write_outputs
     from fgray.results import collect_trials
 
     start_ray(verbose)
-    # The data generated or verified once, before trials race for it.
-    if data_ready is not None:
-        data_ready.result()
-    else:
-        resolve_dataset(sweep.data)
-    import ray
-
     from fgray import provenance
+    from fgray.sweep_checks import before_trials
     from fgray.trial import prepare_frozen
 
-    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
-    provenance.check_shared_storage(sweep, storage, alive, int(ray.cluster_resources().get("GPU", 0)))
+    # Shared storage and paths, resources that fit a node, settings the data can train: before any trial.
+    before_trials(sweep, storage, data_ready, cluster_config)
     if record:
         provenance.record(sweep, storage)
 
@@ -288,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             sweep = validate(SweepConfig, {**sweep.model_dump(), "storage": override}, deep=False)
         storage = resolve_storage(sweep.storage)
         if args.dry_run:
-            print(describe_plan(check_deep(sweep), storage))
+            from fgray.preflight import dry_run_checks
+
+            sweep = check_deep(sweep)
+            fits = dry_run_checks(sweep, storage, args.cluster_config)  # against cluster.yaml's node types
+            print(describe_plan(sweep, storage) + (f"\n{fits}" if fits else ""))
             return 0
         # The synthetic set renders in a forked process from here on (before this process imports
         # Ray Tune for the storage check), beside the checks that load timm, in a thread, and Ray's
@@ -315,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     print(describe_plan(sweep, storage).splitlines()[0], flush=True)
     try:
         summary = run_sweep(sweep, storage, resume=args.resume, record=not args.resume or args.force,
-                            verbose=args.verbose, data_ready=data_ready)
+                            verbose=args.verbose, data_ready=data_ready, cluster_config=args.cluster_config)
     except ConfigError as err:  # found once Ray is up: the cluster's shape, a dataset missing there
         print(f"error: {err}", file=sys.stderr)
         return 2

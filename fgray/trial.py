@@ -36,15 +36,17 @@ import ray
 import ray.train
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.tune.integration.ray_train import TuneReportCallback
 
+from fgray import ray_compat
+from fgray.cluster.cuda_check import refuse_if_failed
 from fgray.config import FORKED_VIEWS, ExperimentConfig, SweepConfig
 from fgray.data import detect, embedding_cache, pipeline
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment
-from fgray.results import checkpoint_epoch, overrides_from, train_run_dir, train_run_name
+from fgray.results import (checkpoint_epoch, objective, overrides_from, settings_failure, train_run_dir,
+                           train_run_name)
 from fgray.storage import ray_storage
-from fgray.validation import validate
+from fgray.validation import ConfigError, validate
 
 # torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a DDP worker
 # starts its data pipeline first, and the pipeline's actor starts while torch loads here.
@@ -57,9 +59,21 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     It resolves exactly the inputs the method declares: its frozen encoders' embeddings (once per
     storage, ``embedding_cache``), the training split (which images, their labels) and the validation
     images. It reads no image: each trainer reads the rows it uses (``worker_loop``).
+
+    Settings that cannot train (a ConfigError: a split too small for a batch, one without a class to
+    score) fail every retry the same way, and Tune retries whatever a trial raises: such a trial
+    reports the reason as its last result instead (``results.settings_failure``) and ends, and the
+    sweep records it as failed with that reason. The sweep's start refuses the cases it can foresee.
     """
     # The sweep was validated whole before its trials started: the schema pass here skips timm's checks.
     sweep_cfg = validate(SweepConfig, sweep, deep=False)
+    try:
+        _drive(params, sweep_cfg, storage)
+    except ConfigError as err:
+        tune.report(settings_failure(err, *objective(sweep_cfg)))
+
+
+def _drive(params: dict[str, Any], sweep_cfg: SweepConfig, storage: str) -> None:
     experiment = sweep_cfg.experiment(overrides_from(params, sweep_cfg), deep=False)
     res, data = experiment.resources, experiment.data
     frozen = frozen_inputs(experiment, storage)
@@ -67,8 +81,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     needed = ("train", "val") if experiment.has_validation else ("train",)
     empty = [name for name in needed if len(getattr(splits, name)) == 0]
     if empty:  # fail before any worker starts, with the reason, rather than after an epoch
-        raise ValueError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
-                         f"more images per class or another data.val_fraction (now {data.val_fraction})")
+        raise ConfigError(f"data: the {' and '.join(empty)} split is empty ({splits.description}); "
+                          f"more images per class or another data.val_fraction (now {data.val_fraction})")
     split = pipeline.training_split(prepared, splits.train, data, frozen.inputs, experiment.method.name,
                                     frozen.caches, boxes=frozen.boxes)
     val = (pipeline.Rows(prepared, splits.val, ("image", "label", "image_id"))
@@ -98,7 +112,7 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
             # (path, filesystem): an S3-compatible endpoint reaches Train's uploads (fgray.storage)
             storage_path=run_path,
             storage_filesystem=filesystem,
-            callbacks=[TuneReportCallback()],
+            callbacks=ray_compat.report_to_tune(),  # every ray.train.report reaches Tune
             # Worker-group failures: max_failures; node preemptions (spot): counted apart, unlimited.
             failure_config=FailureConfig(max_failures=res.max_failures, max_preemption_failures=-1),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
@@ -127,6 +141,8 @@ def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
     finds them complete: one computed inside a trial holding the cluster's GPUs would wait for a GPU
     that trial itself holds."""
     res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
+    # Views finished on the trainer's device (data.views_on): its view workers only decode, crop and flip.
+    inputs = replace(inputs, defer_views=experiment.defer_views)
     if inputs.selection is not None:  # composed batches in the epochs of their stage
         stages = experiment.method.stages(experiment.train.epochs)
         inputs = replace(inputs, selection=inputs.selection.placed(stages))
@@ -185,6 +201,8 @@ class TrainSession:
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.wrap = ray.train.torch.prepare_model
         self.device = ray.train.torch.get_device()
+        if self.device.type != "cpu":
+            refuse_if_failed()  # this GPU node failed its CUDA check at start: fail here, with its reason
 
     def checkpoint(self) -> Checkpoint | None:
         return ray.train.get_checkpoint()
@@ -208,6 +226,8 @@ class TrialSession:
     def device(self):
         import torch  # Ray gives the trial process its GPU (CUDA_VISIBLE_DEVICES)
 
+        if self.use_gpu:
+            refuse_if_failed()  # this GPU node failed its CUDA check at start: fail here, with its reason
         return torch.device("cuda" if self.use_gpu else "cpu")
 
     @staticmethod
@@ -319,8 +339,8 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
         if rank == 0 and val_batches is not None and due:
             last_val = evaluate(method, val_batches, runner.device, ks, amp=experiment.eval.amp)
             if not last_val.get("val/num_queries"):  # every metric NaN: Tune would stop the whole sweep
-                raise ValueError("validation: no query has a relevant image (each validation class has one image); "
-                                 "the split needs classes with 2+ images (data.val_fraction)")
+                raise ConfigError("validation: no query has a relevant image (each validation class has one "
+                                  "image); the split needs classes with 2+ images (data.val_fraction)")
         metrics.update(last_val)  # carried forward between evaluations so ASHA always sees the metric
         if world > 1:  # what DDP neither syncs nor broadcasts (MoCo's queue, key encoder) is still one copy
             agree = replicas_agree(runner.method, runner.method.replicated_prefixes)

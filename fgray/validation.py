@@ -4,6 +4,7 @@ errors are one line per problem, naming the key path (``method.temperature: must
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 import yaml
@@ -99,5 +100,8 @@ def validate(model: type[BaseModel], data: Any, deep: bool = True):
         for error in err.errors():
             loc = _loc(error, tags)
             hint = _unknown_key_hint(model, error, loc, data) if error["type"] == "extra_forbidden" else ""
-            lines.append(f"{loc}: {_describe(error)}{hint}")
+            described = _describe(error)
+            # A check across sections names its key path itself ("data.views_on: ..."), not "<root>".
+            named = loc == "<root>" and re.match(r"^[a-z_]+(\.[a-z_]+)+: ", described)
+            lines.append(f"{described}{hint}" if named else f"{loc}: {described}{hint}")
         raise ConfigError("; ".join(dict.fromkeys(lines))) from None

@@ -14,7 +14,8 @@ def declared_batch(inputs: Inputs, facts: DatasetFacts, n: int = 8, seed: int = 
     than ``facts.image_size``, its box inside) goes through every declared recipe; labels cycle over
     the classes; cached embeddings are random unit vectors of the encoder's width; a composed batch's
     pairing (``negative_index``) pairs anchor i (the first half) with negative N - 1 - i: not the
-    identity, so a method that ignored it would be seen to."""
+    identity, so a method that ignored it would be seen to. With ``inputs.defer_views`` the deferred
+    views come with their ``<key>@ops`` rows, as a trial that finishes views on its device gets them."""
     from fgray.data.views import build_recipe
     from fgray.models.encoders import build_encoder
 
@@ -23,7 +24,7 @@ def declared_batch(inputs: Inputs, facts: DatasetFacts, n: int = 8, seed: int = 
     images = torch.randint(0, 256, (n, 3, size + 8, size + 8), dtype=torch.uint8, generator=g)
     boxes = torch.tensor([[4.0, 6.0, size - 2.0, size - 4.0]]).repeat(n, 1)
     out: dict[str, list] = {}
-    recipes = [build_recipe(view, size) for view in inputs.views]
+    recipes = [build_recipe(view, size, inputs.defer_views) for view in inputs.views]
     with torch.random.fork_rng(devices=[]):  # the recipes draw from torch's global generator
         for i in range(n):
             torch.manual_seed(seed * 1000 + i)

@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from fgray.node_paths import ReadPath, local_path
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class Recipe:
     needs_boxes: bool = False
     doc: str = ""
     options: tuple[str, ...] = ()  # the option names its implementation takes (checked at config time)
+    # Keys whose colour ops and blur can run on the trainer's device (data.views_on): the view worker
+    # then only decodes, crops and flips them (fgray.data.views.deferred).
+    deferred: tuple[str, ...] = ()
 
 
 # MoCo v2's view parameters (fgray.data.transforms.moco_v2_augmentation): crop area range, colour
@@ -45,11 +50,12 @@ MOCO_VIEW_OPTIONS = ("scale", "jitter", "p_jitter", "p_gray", "p_blur")
 
 # Shapes per image: S = data.image_size; M = the ``count`` option of grid_crops.
 RECIPES: dict[str, Recipe] = {
-    "moco_pair": Recipe(("view1", "view2"), options=MOCO_VIEW_OPTIONS,
+    "moco_pair": Recipe(("view1", "view2"), options=MOCO_VIEW_OPTIONS, deferred=("view1", "view2"),
                         doc="two MoCo v2 views: (3, S, S) uint8 each"),
     "crop_flip": Recipe(("image",), options=("scale", "jitter"),
                         doc="one random-resized crop + horizontal flip (+ colour jitter): (3, S, S) uint8"),
     "clean_augmented": Recipe(("clean", "view1", "view2"), options=("eval_crop",) + MOCO_VIEW_OPTIONS,
+                              deferred=("view1", "view2"),
                               doc="the un-augmented eval view (3, S, S) and two MoCo v2 views"),
     "object_background": Recipe(
         ("image", "object", "background", "has_background"), needs_boxes=True,
@@ -62,6 +68,9 @@ RECIPES: dict[str, Recipe] = {
             "S; their boxes (M, 4) float32 x1, y1, x2, y2 in the image's pixels"),
 }
 COLUMNS = ("label", "bbox", "image_id")
+# A deferred view's ops travel beside it as ``<key>@ops`` (B, OPS_WIDTH) float32 (``Inputs.defer_views``): the
+# trainer applies them on its device (fgray.data.views.deferred) and drops the key before the method reads.
+DEFERRED_SUFFIX = "@ops"
 NEGATIVE_INDEX = "negative_index"  # the batch key of a composed step's pairing (``Selection``)
 
 
@@ -119,7 +128,7 @@ class DetectorSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: str
+    path: Annotated[str, ReadPath(uri=False)]  # on a cluster: a folder every node mounts, file:///mount/...
     # class_name: each image's class name (the paper's prompt); meta_category: one word for every image
     prompt: Literal["class_name", "meta_category"] = "class_name"
     meta_category: str = "object"  # e.g. bird, car, dog (spec §2.3)
@@ -131,9 +140,9 @@ class DetectorSpec(BaseModel):
     def _saved_detector(cls, path: str, info: ValidationInfo) -> str:
         if (info.context or {}).get("schema_only"):  # checked where the sweep starts, not in every trial
             return path
-        if "://" in path:
+        if "://" in path and not path.startswith("file://"):
             raise ValueError(f"must be a local folder (transformers loads it local_files_only), got {path}")
-        if not os.path.isfile(os.path.join(os.path.expanduser(path), "config.json")):
+        if not os.path.isfile(os.path.join(local_path(path), "config.json")):
             raise ValueError(f"no saved detector in {path} (looked for {path}/config.json): where the hub "
                              "is reachable, save_pretrained(DIR) AutoModelForZeroShotObjectDetection and "
                              "AutoProcessor of google/owlv2-base-patch16-ensemble, copy DIR here")
@@ -178,6 +187,9 @@ class Inputs:
     embeddings: tuple[tuple[str, EncoderSpec], ...] = ()  # (batch key, encoder), in a fixed order
     selection: Selection | None = None  # composed batches (ASS); None: uniform batches
     detector: DetectorSpec | None = None  # training images' boxes from this detector; None: the dataset's
+    # Set by the trial, not the method (data.views_on): the recipes' deferred keys are finished on the
+    # trainer's device, their view workers only decode, crop and flip them.
+    defer_views: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.columns if c not in COLUMNS]

@@ -20,17 +20,24 @@ def decode(encoded: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def moco_blur(image_size: int) -> tuple[int, tuple[float, float]]:
+    """MoCo v2's Gaussian blur at this view side: (odd kernel side, sigma range in px)."""
+    kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # ~10% of the side, odd
+    # MoCo v2's sigma range (0.1, 2.0) is in pixels of a 224 px view; scaled with the side so a
+    # small view is blurred as much relative to its content (sigma 2 at 64 px erases small parts).
+    return kernel, (0.1 * image_size / 224, 2.0 * image_size / 224)
+
+
 def moco_v2_augmentation(image_size: int, scale: tuple[float, float] = (0.2, 1.0), jitter: float = 0.4,
                          p_jitter: float = 0.8, p_gray: float = 0.2, p_blur: float = 0.5) -> v2.Compose:
     """MoCo v2's view augmentation: crop 0.2-1, colour jitter p=0.8, grey p=0.2, blur p=0.5, flip.
 
-    The defaults are the published recipe. ``scale``: RandomResizedCrop's area range;
+    The defaults are the published recipe, and this is the reference the training views are tested
+    against: ``fgray.data.views.moco`` draws the same parameters and renders them with PIL (or
+    defers the colour ops to the trainer's device). ``scale``: RandomResizedCrop's area range;
     ``jitter``: ColorJitter strength s as (s, s, s, s / 4) (MoCo v2: 0.4); ``p_*``: probabilities.
     """
-    blur_kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)  # ~10% of the side, odd
-    # MoCo v2's sigma range (0.1, 2.0) is in pixels of a 224 px view; scaled with the side so a
-    # small view is blurred as much relative to its content (sigma 2 at 64 px erases small parts).
-    sigma = (0.1 * image_size / 224, 2.0 * image_size / 224)
+    blur_kernel, sigma = moco_blur(image_size)
     return v2.Compose([
         v2.RandomResizedCrop(image_size, scale=tuple(scale), antialias=True),
         v2.RandomApply([v2.ColorJitter(jitter, jitter, jitter, jitter / 4)], p=p_jitter),

@@ -31,14 +31,14 @@ class ViewActor:
         import torch
         from PIL import Image
 
-        from fgray.data import transforms, views
+        from fgray.data import views
 
         Image.preinit()  # PIL's format plugins here: forked view workers would each import them
-        self.torch, self.decode = torch, transforms.decode
+        self.torch, self.source = torch, views.Source
         # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
         self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
         self.inputs, self.seed, self.rank = inputs, seed, rank
-        self.recipes = [views.build_recipe(view, image_size) for view in inputs.views]
+        self.recipes = [views.build_recipe(view, image_size, inputs.defer_views) for view in inputs.views]
         self.label_map = label_map
         ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
         self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
@@ -58,14 +58,14 @@ class ViewActor:
         out: dict[str, list] = {key: [] for view in self.inputs.views for key in view.keys}
         boxes = _boxes(rows) if "bbox" in rows.column_names else None
         for i, (encoded, image_id, epoch) in enumerate(zip(rows.column("image").to_pylist(), ids, index["epoch"])):
-            image = self.decode(encoded)
+            image = self.source(encoded)  # decoded by the recipes, at the scale their crops allow
             box = None if boxes is None or np.isnan(boxes[i]).any() else self.torch.from_numpy(boxes[i])
             # The CPU generator only: torch.manual_seed also queues a CUDA seeding with a stack trace
             # (torch.cuda._lazy_call), measured at ~20 % of a 64 px image's views.
             self.torch.default_generator.manual_seed(image_seed(self.seed, int(epoch), image_id))
             for recipe in self.recipes:
-                for key, value in recipe(image, box).items():
-                    out[key].append(value)
+                for key, value in recipe(image, box).items():  # declared keys, then any <key>@ops
+                    out.setdefault(key, []).append(value)
         batch = {key: self.torch.stack(values).numpy() for key, values in out.items()}
         columns = self.inputs.columns
         if "label" in columns:

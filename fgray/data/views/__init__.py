@@ -1,0 +1,26 @@
+"""Views: how a training image becomes the batch arrays a method declares (DESIGN.md §1, fgray/data's
+"views" role). The declarations are ``fgray.data.inputs.RECIPES``; here are their implementations::
+
+    recipe = build_recipe(view_recipe, image_size)      # view_recipe: inputs.ViewRecipe
+    out = recipe(image, box)  # image: Source (encoded bytes) or (3, H, W) uint8 RGB; box (4,) x1, y1, x2, y2 or None
+
+``out`` holds exactly ``RECIPES[name].keys``: uint8 images (3, S, S), grid crops (M, 3, S, S), boxes
+float32, flags bool, S = image_size; built with ``defer=True``, a recipe's deferred keys also get
+``<key>@ops`` rows that the trainer applies on its device (``deferred``). Every random draw comes
+from torch's global CPU RNG, so the caller's ``torch.default_generator.manual_seed(image_seed(...))``
+makes an image's views bit-identical whichever actor draws them.
+
+Modules: ``params`` (the draws), ``source`` (decoding, reduced where the crops allow),
+``worker_colour`` (jitter, greyscale, blur of one view: a colour lookup table in PIL, scipy's blur),
+``moco`` (MoCo v2's views), ``recipes`` (crop + flip, DVA's objects and backgrounds, VAPNet's grid
+crops), ``colour`` (the same ops per image of a batch, Kornia, on any device) and ``deferred`` (the
+trainer's side). The other view modules of the
+role (``transforms``, ``view_actor``, ``forked_views``, ``declared``) stay beside this package for now.
+"""
+from fgray.data.views import moco, recipes  # noqa: F401  (register the recipes)
+from fgray.data.views.recipes import (GridCrops, ObjectBackground, crop_flip_with_box, crop_regions,  # noqa: F401
+                                      grid_boxes, mean_blur_region, object_crop)
+from fgray.data.views.registry import DEFERRED_SUFFIX, Views, ViewFn, build_recipe, check_registry  # noqa: F401
+from fgray.data.views.source import Source  # noqa: F401
+
+check_registry()
