@@ -34,7 +34,7 @@ import ray
 from fgray import ray_compat
 from fgray.data.embedding_cache import cluster_gpus, embed_in_process, pool_size, weights_digest
 from fgray.data.inputs import DetectorSpec
-from fgray.data.pipeline import PreparedDataset, Rows, dataset_name, read_rows
+from fgray.data.rows import PreparedDataset, Rows, dataset_name, read_rows
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
 from fgray.node_paths import local_path

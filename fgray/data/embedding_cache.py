@@ -30,7 +30,8 @@ import ray
 from fgray import ray_compat
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews, PreparedDataset, Rows, TableBatches, dataset_name
+from fgray.data.pipeline import EvalViews
+from fgray.data.rows import PreparedDataset, Rows, TableBatches, dataset_name
 from fgray.devices import local_device
 from fgray.node_paths import local_path
 from fgray.storage import complete_folders, write_complete
