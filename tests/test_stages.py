@@ -119,25 +119,31 @@ def test_stage_order_and_thawing(tmp_path):
         2 * runner.optimizer.param_groups[0]["lr"])
 
 
+def train_until(method, exp, data, folder, start=0, state=None, save_at=None):
+    """Run ``method``'s stages from epoch ``start`` (``state``: a loaded checkpoint); with ``save_at``,
+    checkpoint into ``folder`` after that epoch and stop there, as a killed trial would."""
+    runner = StageRunner(method, exp, steps_per_epoch=2, device=torch.device("cpu"))
+
+    def on_epoch(epoch, stats, r):
+        if epoch + 1 == save_at:
+            ckpt.save(str(folder), method, exp, FACTS, r.stage.name, epoch + 1, {}, r.optimizer, r.scheduler,
+                      r.scaler)
+            raise _Stop
+
+    try:
+        runner.run(iter(data * 10), start, state, on_epoch)
+    except _Stop:
+        pass
+    return method
+
+
 @pytest.mark.parametrize("stop_after", [1, 2, 3])  # inside the first stage, at the boundary, inside the second
 def test_resume_from_a_checkpoint_ends_identical_to_an_uninterrupted_run(tmp_path, stop_after):
     data = batches(2)
     exp = experiment()
 
     def train(method, start=0, state=None, save_at=None):
-        runner = StageRunner(method, exp, steps_per_epoch=2, device=torch.device("cpu"))
-
-        def on_epoch(epoch, stats, r):
-            if epoch + 1 == save_at:
-                ckpt.save(str(tmp_path), method, exp, FACTS, r.stage.name, epoch + 1, {}, r.optimizer, r.scheduler,
-                          r.scaler)
-                raise _Stop
-
-        try:
-            runner.run(iter(data * 10), start, state, on_epoch)
-        except _Stop:
-            pass
-        return method
+        return train_until(method, exp, data, tmp_path, start, state, save_at)
 
     full = train(fresh())
     train(fresh(), save_at=stop_after)
@@ -200,19 +206,7 @@ def test_resume_keeps_the_state_of_a_groups_own_optimizer(tmp_path, stop_after):
     data, exp = batches(2), own_optimizer_experiment()
 
     def train(method, start=0, state=None, save_at=None):
-        runner = StageRunner(method, exp, steps_per_epoch=2, device=torch.device("cpu"))
-
-        def on_epoch(epoch, stats, r):
-            if epoch + 1 == save_at:
-                ckpt.save(str(tmp_path), method, exp, FACTS, r.stage.name, epoch + 1, {}, r.optimizer, r.scheduler,
-                          r.scaler)
-                raise _Stop
-
-        try:
-            runner.run(iter(data * 10), start, state, on_epoch)
-        except _Stop:
-            pass
-        return method
+        return train_until(method, exp, data, tmp_path, start, state, save_at)
 
     full = train(fresh_own())
     train(fresh_own(), save_at=stop_after)
