@@ -101,7 +101,9 @@ def node_types_from_nodes(nodes: list[dict[str, Any]]) -> NodeTypes:
                      if k not in ("memory", "object_store_memory") and not k.startswith(("node:", "accelerator_type:"))}
         key = tuple(sorted(resources.items()))
         groups[key] = groups.get(key, 0) + 1
-    return {f"{count} node{'s' if count > 1 else ''}": dict(key) for key, count in groups.items()}
+    # one name per distinct set: "1 node" twice would keep only the last set (a head and one worker)
+    return {f"{count} node{'s' if count > 1 else ''} like #{i + 1}": dict(key)
+            for i, (key, count) in enumerate(groups.items())}
 
 
 def cluster_config_path(given: str | None) -> str | None:

@@ -79,8 +79,11 @@ def test_live_nodes_are_grouped_by_their_resources():
              {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0, "memory": 2e10, "node:10.0.0.3": 1.0}},
              {"Alive": True, "Resources": {"CPU": 0.0, "TRAIN_DRIVER": 8.0, "node:__internal_head__": 1.0}},
              {"Alive": False, "Resources": {"CPU": 64.0}}]
-    assert node_types_from_nodes(nodes) == {"2 nodes": {"CPU": 8.0, "GPU": 1.0},
-                                            "1 node": {"CPU": 0.0, "TRAIN_DRIVER": 8.0}}
+    assert node_types_from_nodes(nodes) == {"2 nodes like #1": {"CPU": 8.0, "GPU": 1.0},
+                                            "1 node like #2": {"CPU": 0.0, "TRAIN_DRIVER": 8.0}}
+    # a head and one worker: two sets of one node each, both kept (one name each)
+    assert node_types_from_nodes(nodes[1:3]) == {"1 node like #1": {"CPU": 8.0, "GPU": 1.0},
+                                                 "1 node like #2": {"CPU": 0.0, "TRAIN_DRIVER": 8.0}}
 
 
 def test_unknown_or_unstartable_node_types():

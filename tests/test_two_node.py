@@ -46,6 +46,11 @@ def test_two_node_cluster_spot_loss_and_ddp(s3_bucket, tmp_path):
     assert any(a < lost < b for (_, a), (_, b) in zip(epochs, epochs[1:])), (epochs, lost)
     assert 0 <= spot["test"]["recall@1"] <= 1
 
+    # Drained as a preemption (the spot watcher's command), then lost: not counted against max_failures 0.
+    assert report["drained"] and report["drain_rc"] == 0, (report, run.stdout[-3000:])
+    drained = report["drained_trial"]
+    assert report["drained_exit"] == 0 and drained["status"] == "completed" and drained["epochs"] == 8, report
+
     ddp = report["ddp"]
     assert report["driver_killed"], report
     assert report["ddp_exit"] == 0 and ddp["status"] == "completed", (report, run.stdout[-3000:])

@@ -11,7 +11,9 @@ go to the S3 bucket the test serves. Writes what happened to a JSON file:
 2. a sweep with a folder of this machine as storage is refused (exit 2) before any trial starts, and
    so is one whose data root is a folder of the head (results in the bucket);
 3. a spot loss: the worker node's processes are killed once the trial has checkpointed, a new node
-   joins, and the trial finishes from its checkpoint;
+   joins, and the trial finishes from its checkpoint; then a spot reclaim as cluster.yaml's watcher
+   reports it (``ray drain-node`` with the preemption reason, then the node goes) with
+   ``max_failures: 0``: Tune does not count a preempted node's loss, and the trial finishes;
 4. a 2-worker DDP MoCo v2 trial (gloo), its driver on the head and its workers on the worker node:
    the driver is killed once an epoch is in, Tune retries it, the retried driver resumes the Train
    run's checkpoint, and the state DDP neither syncs nor broadcasts (queue, key encoder) agrees across
@@ -229,6 +231,32 @@ def main(storage: str, out: str) -> None:
         report.update(spot_exit=outcome.get("exit"), spot_s=time.perf_counter() - started, node_lost=lost)
         report["spot"] = summary(storage, "spot")["trials"][0]
         report["spot_epochs"] = epoch_ends(storage, "spot")
+
+        def drained_preemption() -> bool:
+            # What a reclaimed spot node does under cluster.yaml: its watcher sees EC2's notice and drains
+            # the node with the preemption reason (the same command), then the instance goes away.
+            from datetime import datetime, timedelta, timezone
+
+            from fgray.cluster.spot_watcher import Notice, drain_command
+
+            worker = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU"))
+            now = datetime.now(timezone.utc)
+            command = drain_command(Notice("terminate", now + timedelta(seconds=20)), now, node_id=worker,
+                                    ray=os.path.join(os.path.dirname(sys.executable), "ray"))
+            report["drain_rc"] = subprocess.run(command, capture_output=True, text=True, timeout=60).returncode
+            report["drained_at"] = time.time()
+            time.sleep(2)
+            nodes[-1].kill()
+            time.sleep(3)
+            nodes.append(WorkerNode(cluster.address, [cache], namespace))
+            return True
+
+        started = time.perf_counter()
+        outcome, drained = run_and_interrupt(
+            [DEMO, *SHORT, "--set", "name=drained", "--set", "train.epochs=8", "--set", "train.steps_per_epoch=6",
+             "--set", "resources.max_failures=0", "--storage", storage], storage, "drained", drained_preemption)
+        report.update(drained_exit=outcome.get("exit"), drained_s=time.perf_counter() - started, drained=drained)
+        report["drained_trial"] = summary(storage, "drained")["trials"][0]
 
         def kill_driver() -> bool:
             pids = trial_driver_pids()
