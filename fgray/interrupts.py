@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -43,11 +44,10 @@ def graceful_stop() -> Iterator[StopRequest]:
     """While active, the first SIGINT / SIGTERM asks Tune to stop gracefully and is recorded; the
     second raises KeyboardInterrupt. Outside the main thread (no handlers can be set) it does nothing."""
     request = StopRequest()
-    try:
-        previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    except ValueError:
+    if threading.current_thread() is not threading.main_thread():  # signal.signal would raise there
         yield request
         return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
     def handler(signum: int, frame) -> None:
         if request.signum is not None:

@@ -34,3 +34,22 @@ def test_known_notices_are_dropped_and_real_errors_still_print():
     out = console.getvalue()
     assert "Token authentication" not in out and "To continue" not in out and "Study.stop" not in out
     assert out.count(CRASH) == 2  # every other record, a real error included, still prints
+
+
+def test_a_sweep_run_from_a_thread_sets_no_signal_handler():
+    # Signal handlers can be set only in the main thread: a sweep started from another thread (the
+    # two-node simulation, a notebook's worker) runs without fgray's Ctrl-C handling instead of failing.
+    import threading
+
+    from fgray.interrupts import graceful_stop
+
+    seen = {}
+
+    def run():
+        with graceful_stop() as stop:
+            seen["signum"] = stop.signum
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == {"signum": None}
