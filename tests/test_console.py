@@ -19,6 +19,10 @@ def test_known_notices_are_dropped_and_real_errors_still_print():
     _quiet_known_notices()  # a second start (tests, a resumed sweep in one process) filters once
     handlers = logging.getLogger("ray").handlers
     assert handlers and all(sum(isinstance(f, _DropNotices) for f in h.filters) == 1 for h in handlers)
+    # pytest >= 9.2 also hangs its own capture handlers on non-propagating loggers such as "ray"; the console
+    # is Ray's handler.
+    handlers = [h for h in handlers if not type(h).__module__.startswith("_pytest")]
+    assert handlers
     console = io.StringIO()
     streams = [h.setStream(console) for h in handlers]  # the console Ray's handler writes to, read here
     try:
