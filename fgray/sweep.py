@@ -225,8 +225,9 @@ def build_tuner(sweep: SweepConfig, storage: str, resume: bool):
                                   verbose=0,
                                   callbacks=[ProgressPrinter(sweep.longest_trial, search.metric),
                                              MetricsExporter(sweep.name, search.metric)],
-                                  # Tune retries a trial (a one-worker trial's training, a DDP trial's
-                                  # driver); Train retries a DDP trial's worker group, each from its checkpoint.
+                                  # Tune retries a failed trial (a one-worker trial's training, a DDP trial's
+                                  # driver, which resumes its Train run) from its checkpoint; Train retries a
+                                  # DDP worker group only after a node preemption (trial.py).
                                   failure_config=tune.FailureConfig(max_failures=res.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

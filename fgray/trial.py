@@ -10,8 +10,8 @@ which reads its rows and draws its batches, in one of two ways:
   (``fgray.data.forked_views``). No TorchTrainer, no view process to start: a laptop trial
   trains seconds sooner.
 - several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``, each with
-  a Ray Data pipeline; Train restarts a failed worker group from the last checkpoint
-  (``ray.train.FailureConfig``).
+  a Ray Data pipeline; Train restarts a worker group a node preemption stopped, and Tune retries
+  a trial that failed otherwise (``tune.FailureConfig``), resuming the Train run's last checkpoint.
 
 Both draw the same batches (the same index, view code and per-image seeds).
 
@@ -113,12 +113,42 @@ def _drive(params: dict[str, Any], sweep_cfg: SweepConfig, storage: str) -> None
             storage_path=run_path,
             storage_filesystem=filesystem,
             callbacks=ray_compat.report_to_tune(),  # every ray.train.report reaches Tune
-            # Worker-group failures: max_failures; node preemptions (spot): counted apart, unlimited.
-            failure_config=FailureConfig(max_failures=res.max_failures, max_preemption_failures=-1),
+            # Node preemptions (spot) are retried here, unlimited. A real failure ends the run at once: Train
+            # V2 has no public way to skip retrying a deterministic error (a ConfigError in a worker), so
+            # Tune retries real failures (resources.max_failures, one budget for either host) and the
+            # driver stops a settings error first (``fit``).
+            failure_config=FailureConfig(max_failures=0, max_preemption_failures=-1),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
-    trainer.fit()  # a failed run raises here, and Tune records the trial as errored
+    fit(trainer)
+
+
+def fit(trainer) -> None:
+    """``trainer.fit()``; a worker group that failed on its settings (a ``ConfigError`` raised by any rank)
+    raises that ConfigError here, which ``trial_driver`` reports without a retry. Any other failure
+    raises as Train raised it, and Tune retries the trial: the retried driver starts the same Train run
+    (its name), which resumes from the run's last checkpoint."""
+    try:
+        trainer.fit()
+    except ray.train.WorkerGroupError as err:
+        cause = settings_cause(err)
+        if cause is None:
+            raise
+        raise ConfigError(str(cause)) from err
+
+
+def settings_cause(err: "ray.train.WorkerGroupError") -> ConfigError | None:
+    """The first ``ConfigError`` a failed worker group's ranks raised (``worker_failures``: rank ->
+    exception, a ``RayTaskError`` wrapping it or the exception itself), else None."""
+    for _, failure in sorted(err.worker_failures.items()):
+        seen = set()
+        while failure is not None and id(failure) not in seen:
+            if isinstance(failure, ConfigError):
+                return failure
+            seen.add(id(failure))
+            failure = getattr(failure, "cause", None) or failure.__cause__
+    return None
 
 
 @dataclass(frozen=True)
