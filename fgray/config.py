@@ -254,8 +254,9 @@ class ResourcesConfig(Strict):
     # e.g. {TRAIN_DRIVER: 1}: a TorchTrainer trial's driver on cluster.yaml's head (a one-worker trial
     # that trains in its own process has no separate driver: refused there, it would be ignored)
     driver_resources: dict[str, float] = {}
-    # Restarts of a failed trial (Tune) and of a DDP trial's worker group (Train), each from the last
-    # checkpoint; a spot node's preemption notice does not count (Train: unlimited), a lost node does.
+    # Retries of a failed trial (Tune; a DDP trial's driver resumes its Train run), from the last checkpoint;
+    # a spot node's preemption notice does not count (Train restarts the worker group, unlimited), a lost
+    # node does, and a settings error (ConfigError) ends the trial at once.
     max_failures: int = Field(3, ge=0)
 
     @model_validator(mode="after")
