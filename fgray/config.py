@@ -20,7 +20,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from fgray.data.protocols import dataset_spec
 from fgray.methods.registry import method_configs
-from fgray.node_paths import ReadPath, is_uri, local_path
+from fgray.node_paths import WEIGHTS_HOW, ReadPath, is_object_store, is_uri, local_path
 # Re-exported: ConfigError is the error type of every config check (the CLI catches it from here);
 # the search section's names are imported from here by the sweep's modules.
 from fgray.search_config import PaperConfig, PaperRow, SearchConfig, grid_points, switched_method  # noqa: F401
@@ -81,8 +81,8 @@ class BackboneConfig(Strict):
     name: str = "resnet18"  # any timm model name
     # false | true (timm hub) | /path/to/weights (.pth / .safetensors) | an fgray checkpoint folder (a
     # trial's checkpoint_*, its backbone: a warm start) | a sweep's output folder (its best / only trial's);
-    # a path on a mount every node has: file:///mount/...
-    pretrained: Annotated[bool | str, ReadPath(uri=False)] = False
+    # on a cluster: s3://... / gs://... (copied once per node: fgray.weights_uri) or file:///mount/...
+    pretrained: Annotated[bool | str, ReadPath(how=WEIGHTS_HOW)] = False
     drop_path_rate: float = Field(0.0, ge=0, lt=1)
     # Extra timm.create_model arguments, e.g. {channels: [32, 64, 128, 256]} for a narrow ResNet.
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -117,6 +117,8 @@ class BackboneConfig(Strict):
     @field_validator("pretrained")
     @classmethod
     def _weights_file_exists(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and is_object_store(value):
+            return _stored_weights(value)
         mounted = isinstance(value, str) and value.startswith("file://")  # a mount every node has: stays a URI
         if isinstance(value, str) and (mounted or not is_uri(value)) and not Path(local_path(value)).is_file():
             from fgray.results import resolve_checkpoint  # torch-free: meta / summary files only
@@ -125,8 +127,23 @@ class BackboneConfig(Strict):
             if folder is None:
                 raise ValueError(f"weights file not found: {value} (nor an fgray checkpoint folder holding "
                                  f"meta.json, nor a sweep's output folder holding summary.json)")
-            return f"file://{folder}" if mounted else folder
+            return f"file://{folder}" if mounted and not is_uri(folder) else folder
         return value
+
+
+def _stored_weights(value: str) -> str:
+    """An object-store ``backbone.pretrained`` checked as a local one (a file, a checkpoint folder, a
+    sweep's output folder, resolved to its checkpoint); pyarrow asks the store (one or two requests)."""
+    from fgray.results import resolve_checkpoint
+    from fgray.weights_uri import stored_type
+
+    if stored_type(value) == "file":
+        return value
+    folder = resolve_checkpoint(value)
+    if folder is None:
+        raise ValueError(f"weights file not found: {value} (nor an fgray checkpoint folder holding meta.json, "
+                         f"nor a sweep's output folder holding summary.json)")
+    return folder
 
 
 class TrainConfig(Strict):

@@ -10,9 +10,11 @@ On a cluster, a path of one machine names nothing on the others: a trial on a GP
 (a data root, at its first read) or, worse, find another copy there. So, as results storage
 (``provenance.check_shared_storage``), such a path is refused before any trial starts; what every
 node reads is a URI (``s3://``, ``gs://``) or a folder every node mounts, which a user declares as
-``file:///shared/mount/...``. A relative path inside a job's working directory (``ray job submit
---working-dir .``) travels with the job to every node. Imports no Ray, torch or pyarrow: the config
-modules use the marker.
+``file:///shared/mount/...``. Weights and saved models (a weights file, a checkpoint or detector
+folder, a corpus file) are URIs too: ``fgray.weights_uri.local_weights`` copies one once per node into
+its cache for the loaders, which open files. A relative path inside a job's working directory
+(``ray job submit --working-dir .``) travels with the job to every node. Imports no Ray, torch or
+pyarrow: the config modules use the marker.
 """
 from __future__ import annotations
 
@@ -25,16 +27,20 @@ from pydantic import BaseModel
 FILE_SCHEME = "file://"
 # What a weights value ends with when it names a file (open_clip's and timm's usual files).
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".txt", ".json")
+# ReadPath.how of weights fields: how a file or folder gets into a bucket, and what each node does with it.
+WEIGHTS_HOW = ("upload it with `aws s3 cp` (--recursive for a folder); each node copies it once into "
+               "$FGRAY_CACHE/weights")
 
 
 @dataclass(frozen=True)
 class ReadPath:
     """``Annotated`` marker of a config field whose value may name a file or folder that is read where
-    the config is used (a trial's node). ``uri``: pyarrow reads it, so an object-store URI works
-    (prepared shards); False: it is loaded from a file (weights, a saved detector), so on a cluster it
-    must be on a mount every node has (``file:///...``). ``per_node``: the config section -> whether
-    each node makes its own copy of a local path (the built-in synthetic set, rendered where read).
-    ``how``: how to put the thing there, for the refusal's line."""
+    the config is used (a trial's node). ``uri``: an object-store URI works: pyarrow reads it (prepared
+    shards), or ``fgray.weights_uri`` copies it to the node for a loader that opens files (weights, a
+    saved detector); False: only a file of a mount every node has (``file:///...``) works on a cluster
+    (no field today). ``per_node``: the config section -> whether each node makes its own copy of a
+    local path (the built-in synthetic set, rendered where read). ``how``: how to put the thing there,
+    for the refusal's line."""
 
     uri: bool = True
     per_node: Callable[[Any], bool] | None = None
@@ -54,9 +60,15 @@ def is_uri(value: str) -> bool:
     return "://" in value
 
 
+def is_object_store(value: str) -> bool:
+    """A URI of a store no node mounts (``s3://``, ``gs://``), as opposed to a declared mount (``file://``)."""
+    return is_uri(value) and not value.startswith((FILE_SCHEME, "local://"))
+
+
 def local_path(value: str) -> str:
     """The file-system path a value names: ``file:///x`` -> ``/x`` (a folder every node mounts, declared
-    so), ``~`` expanded. Where weights are loaded from files (not through pyarrow)."""
+    so), ``~`` expanded. Loaders of weights take ``fgray.weights_uri.local_weights``, which also copies an
+    object-store URI to the node."""
     if value.startswith(FILE_SCHEME):
         value = value[len(FILE_SCHEME):]
     return os.path.expanduser(value)
@@ -111,10 +123,12 @@ def node_local(field: PathField, shipped: bool = False) -> bool:
 
 def refusal(field: PathField, why: str) -> str:
     """The one-line refusal of a node-local ``field`` on a cluster (``why``: what makes it one)."""
-    where = "a file" if os.path.isfile(local_path(field.value)) else "a folder"
+    is_file = os.path.isfile(local_path(field.value))
+    where = "a file" if is_file else "a folder"
     how = f" ({field.marker.how})" if field.marker.how else ""
-    instead = (f"pass --set {field.key}=s3://BUCKET/PREFIX{how}, or file:///shared/mount/... for a folder "
-               f"every node mounts" if field.marker.uri else
+    name = f"/{os.path.basename(field.value)}" if is_file else ""  # a file keeps its name in the bucket
+    instead = (f"pass --set {field.key}=s3://BUCKET/PREFIX{name}{how}, or file:///shared/mount/... for a "
+               f"folder every node mounts" if field.marker.uri else
                f"copy it to a folder every node mounts and pass --set {field.key}=file:///shared/mount/...{how}")
     return f"{field.key}: {field.value} is {where} of this machine, but the sweep runs on a cluster ({why}): {instead}"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import posixpath
 from typing import TYPE_CHECKING, Any, Iterable, Protocol, Sequence
 
@@ -121,28 +120,34 @@ def _complete_meta(filesystem: pafs.FileSystem, folder: str) -> dict[str, Any] |
 
 
 def resolve_checkpoint(path: str) -> str | None:
-    """The local checkpoint folder that ``path`` names (``backbone.pretrained``): ``path`` itself when it
+    """The checkpoint folder that ``path`` names (``backbone.pretrained``): ``path`` itself when it
     holds a meta file, or for a sweep's output folder (``<storage>/<sweep name>``, holding
     summary.json) the checkpoint of its best trial, else of its only trial with one, so a chained
-    sweep can name a stable path. None when ``path`` is neither; ValueError when the sweep's choice is
-    ambiguous or its checkpoint is gone."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isfile(os.path.join(path, META_FILE)):
+    sweep can name a stable path. ``path``: a local folder (returned absolute) or a URI pyarrow reads
+    (``s3://``, ``gs://``, ``file://``); a sweep's checkpoint is returned as its summary names it (a
+    URI for a sweep whose storage is a bucket, a local path for a local one). None when ``path`` is
+    neither; ValueError when the sweep's choice is ambiguous or its checkpoint is gone."""
+    path = storage.absolute(path)
+    if _is_file(storage.join(path, META_FILE)):
         return path
-    if not os.path.isfile(os.path.join(path, SUMMARY_FILE)):
+    if not _is_file(storage.join(path, SUMMARY_FILE)):
         return None
-    with open(os.path.join(path, SUMMARY_FILE)) as f:
-        summary = json.load(f)
+    summary = json.loads(storage.read_bytes(storage.join(path, SUMMARY_FILE)))
     trials = [t for t in summary.get("trials", []) if t.get("checkpoint")]
     chosen = [t for t in trials if t["trial_id"] == summary.get("best")] or (trials if len(trials) == 1 else [])
     if not chosen:
         raise ValueError(f"{path}: {len(trials)} trials with a checkpoint and no best one in {SUMMARY_FILE}; "
                          f"name one trial's checkpoint_* folder instead")
     folder = chosen[0]["checkpoint"].removeprefix("file://")
-    if not os.path.isfile(os.path.join(folder, META_FILE)):
-        raise ValueError(f"{path}: trial {chosen[0]['trial_id']}'s checkpoint {folder} is not a local "
-                         f"checkpoint folder")
+    if not _is_file(storage.join(folder, META_FILE)):
+        raise ValueError(f"{path}: trial {chosen[0]['trial_id']}'s checkpoint {folder} is not a "
+                         f"checkpoint folder (no {META_FILE})")
     return folder
+
+
+def _is_file(path: str) -> bool:
+    filesystem, inner = storage.filesystem(path)
+    return filesystem.get_file_info(inner).type == pafs.FileType.File
 
 
 def checkpoint_epoch(checkpoint: str | None, filesystem: pafs.FileSystem | None = None) -> int:

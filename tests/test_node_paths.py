@@ -138,14 +138,15 @@ def test_the_rule_is_the_storage_checks(nodes, sets, refused):
         assert problem.startswith("data.root: /data/cub is a folder of this machine")
 
 
-def test_weights_are_refused_with_a_mount_to_copy_them_to(tmp_path):
+def test_weights_are_refused_with_a_bucket_or_a_mount_to_copy_them_to(tmp_path):
     weights = tmp_path / "selector.pth"
     weights.write_bytes(b"0")
     sweep = load_sweep("sweeps/ass_lambda.yaml", ["data.root=s3://b/cub", f"method.selector.weights={weights}"],
                        None, deep=False)
     message = refuse(sweep, why="GPU workers the cluster does not have yet")
     assert message.startswith(f"method.selector.weights: {weights} is a file of this machine")
-    assert "copy it to a folder every node mounts and pass --set method.selector.weights=file:///" in message
+    assert "pass --set method.selector.weights=s3://BUCKET/PREFIX/selector.pth (upload it with `aws s3 cp`" in message
+    assert "or file:///shared/mount/... for a folder every node mounts" in message
 
 
 def test_a_row_that_names_its_own_root_is_named():
@@ -201,9 +202,7 @@ def test_a_detector_folder_may_be_a_declared_mount(tmp_path):
     from fgray.data.inputs import DetectorSpec
 
     (tmp_path / "config.json").write_text("{}")
-    assert DetectorSpec(path=f"file://{tmp_path}").path == f"file://{tmp_path}"
-    with pytest.raises(ValueError, match="must be a local folder"):
-        DetectorSpec(path="s3://bucket/owl")
+    assert DetectorSpec(path=f"file://{tmp_path}").path == f"file://{tmp_path}"  # a bucket: test_weights_uri
 
 
 def test_experiments_keep_their_marks_through_validation():

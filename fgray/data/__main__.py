@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir", help="prepared folder (local path or s3://...)")
     d = sub.add_parser("detect", help="store a zero-shot detector's boxes with the shards (DVA)")
     d.add_argument("--root", required=True, help="prepared folder (local path or s3://...)")
-    d.add_argument("--detector", required=True, help="local folder of a saved transformers detector")
+    d.add_argument("--detector", required=True, help="folder of a saved transformers detector: local, "
+                   "file:///mount/..., or s3:// / gs:// (copied to this machine's cache)")
     d.add_argument("--prompt", default="class_name", choices=["class_name", "meta_category"])
     d.add_argument("--meta-category", default="object", help="every image's prompt with meta_category")
     d.add_argument("--box-threshold", type=float, default=0.35, help="at or below: the whole image")

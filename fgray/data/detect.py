@@ -37,8 +37,8 @@ from fgray.data.inputs import DetectorSpec
 from fgray.data.rows import PreparedDataset, Rows, dataset_name, read_rows
 from fgray.data.schema import SHARD_SCHEMA
 from fgray.devices import local_device
-from fgray.node_paths import local_path
 from fgray.storage import complete_folders, read_folder, write_complete
+from fgray.weights_uri import local_weights
 
 BOXES_FOLDER = "_boxes"
 BOX_TYPE = SHARD_SCHEMA.field("bbox").type  # fixed-size list<float32>[4], as the shards hold boxes
@@ -65,7 +65,7 @@ class DetectActor:
 
         self.torch, self.decode, self.spec = torch, decode, spec
         self.device = local_device()
-        path = local_path(spec.path)  # file:///mount/...: a folder every node mounts
+        path = local_weights(spec.path)  # file:///mount/... as it is; s3:// / gs://: this node's copy
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
         model = AutoModelForZeroShotObjectDetection.from_pretrained(path, local_files_only=True)
         self.model = model.to(self.device).eval()

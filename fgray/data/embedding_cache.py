@@ -33,8 +33,8 @@ from fgray.data.inputs import EncoderSpec
 from fgray.data.pipeline import EvalViews
 from fgray.data.rows import PreparedDataset, Rows, TableBatches, dataset_name
 from fgray.devices import local_device
-from fgray.node_paths import local_path
 from fgray.storage import complete_folders, write_complete
+from fgray.weights_uri import local_weights
 CACHE_FOLDER = "_embedding_cache"
 
 # A model factory: called once in each actor, returns images (B, 3, S, S) normalised -> (B, d).
@@ -126,9 +126,10 @@ def frozen_encoder(spec_json: str, image_size: int):
 
 
 def weights_digest(pretrained: str) -> str:
-    """Content digest of a local weights file or folder (a saved model, an fgray checkpoint: every
-    file in it, by relative name); hub tags and ``random`` stand for themselves."""
-    path = local_path(pretrained)
+    """Content digest of a weights file or folder (a saved model, an fgray checkpoint: every file in
+    it, by relative name), local or an object-store URI (of this node's copy, which its loader opens
+    next); hub tags and ``random`` stand for themselves."""
+    path = local_weights(pretrained)
     folder = os.path.isdir(path)
     if folder:
         files = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, names in os.walk(path) for f in names)

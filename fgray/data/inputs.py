@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fgray.node_paths import ReadPath, local_path
+from fgray.node_paths import WEIGHTS_HOW, ReadPath, is_object_store, local_path
 
 
 @dataclass(frozen=True)
@@ -104,8 +104,9 @@ class ViewRecipe:
 class EncoderSpec(BaseModel):
     """A frozen image encoder whose embeddings are cached once per (weights, dataset, transform).
 
-    ``pretrained``: a hub tag (open_clip: ``openai``; timm: true), a local weights file, or
-    ``random`` (seeded: every actor builds the same encoder; smoke runs and tests).
+    ``pretrained``: a hub tag (open_clip: ``openai``; timm: true), a weights file or checkpoint folder
+    (local, ``file:///mount/...``, ``s3://`` / ``gs://``: ``fgray.weights_uri``), or ``random``
+    (seeded: every actor builds the same encoder; smoke runs and tests).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -122,13 +123,14 @@ class DetectorSpec(BaseModel):
     """A zero-shot detector whose boxes replace the dataset's for the training images (DVA, spec
     dva.md §2.3), detected once per (weights, prompt, threshold, dataset) by ``fgray.data.detect``.
 
-    ``path``: a local folder holding a transformers zero-shot detector and its processor
-    (``save_pretrained`` of e.g. google/owlv2-base-patch16-ensemble); loaded with local_files_only.
+    ``path``: a folder holding a transformers zero-shot detector and its processor (``save_pretrained``
+    of e.g. google/owlv2-base-patch16-ensemble): local, ``file:///mount/...``, or ``s3://`` / ``gs://``
+    (copied once per node, ``fgray.weights_uri``); loaded from there with local_files_only.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Annotated[str, ReadPath(uri=False)]  # on a cluster: a folder every node mounts, file:///mount/...
+    path: Annotated[str, ReadPath(how=WEIGHTS_HOW)]  # on a cluster: s3://..., gs://... or file:///mount/...
     # class_name: each image's class name (the paper's prompt); meta_category: one word for every image
     prompt: Literal["class_name", "meta_category"] = "class_name"
     meta_category: str = "object"  # e.g. bird, car, dog (spec §2.3)
@@ -140,9 +142,13 @@ class DetectorSpec(BaseModel):
     def _saved_detector(cls, path: str, info: ValidationInfo) -> str:
         if (info.context or {}).get("schema_only"):  # checked where the sweep starts, not in every trial
             return path
-        if "://" in path and not path.startswith("file://"):
-            raise ValueError(f"must be a local folder (transformers loads it local_files_only), got {path}")
-        if not os.path.isfile(os.path.join(local_path(path), "config.json")):
+        if is_object_store(path):
+            from fgray.weights_uri import stored_type  # pyarrow: imported where a URI is given
+
+            found = stored_type(f"{path.rstrip('/')}/config.json") == "file"
+        else:
+            found = os.path.isfile(os.path.join(local_path(path), "config.json"))
+        if not found:
             raise ValueError(f"no saved detector in {path} (looked for {path}/config.json): where the hub "
                              "is reachable, save_pretrained(DIR) AutoModelForZeroShotObjectDetection and "
                              "AutoProcessor of google/owlv2-base-patch16-ensemble, copy DIR here")

@@ -42,8 +42,9 @@ from fgray.methods.registry import register_method
 from fgray.models.backbone import Backbone
 from fgray.models.heads import ProjectionHead
 from fgray.models.mae import MAEDecoder, encode_visible, patchify, unpatchify
-from fgray.node_paths import local_path
+from fgray.node_paths import is_object_store, local_path
 from fgray.validation import ConfigError
+from fgray.weights_uri import stored_type
 
 
 @register_method("ass")
@@ -73,8 +74,12 @@ class ASS(Method):
     def preflight(cls, config: ASSConfig) -> None:
         weights = config.selector.weights
         if config.composes and weights not in (HUB_WEIGHTS, RANDOM_WEIGHTS):
-            path = os.path.abspath(local_path(weights))
-            if not os.path.exists(path):
+            path = weights if is_object_store(weights) else os.path.abspath(local_path(weights))
+            try:  # an object-store URI: pyarrow asks the store
+                found = stored_type(path) is not None if is_object_store(path) else os.path.exists(path)
+            except ValueError as err:  # the store cannot be asked: no credentials, no network
+                raise ConfigError(f"method.selector.weights: {err}") from None
+            if not found:
                 raise ConfigError(f"method.selector.weights: no file or checkpoint folder at {path}; pass a timm "
                                   "weights file, the checkpoint_* folder of a selector pre-training run "
                                   "(sweeps/ass_selector_pretrain.yaml), 'hub' (downloads) or 'random'")

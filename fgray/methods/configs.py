@@ -7,6 +7,7 @@ second, before the method modules (torch, timm, open_clip) are imported.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Annotated, Literal
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fgray.data.inputs import EncoderSpec, Inputs, ViewRecipe
-from fgray.node_paths import ReadPath, local_path
+from fgray.node_paths import WEIGHTS_HOW, ReadPath, is_object_store, local_path
 
 # name -> config class: the one registration point of a method's name (``@method_config``); the
 # method's module ``fgray.methods.<name>`` registers its class against it (registry.register_method).
@@ -95,8 +96,9 @@ class TeacherConfig(BaseModel):
 
     # open_clip architecture; "<name>-quickgelu" for a local copy of OpenAI's weights; fgray-tiny-clip for tests
     model: str = "ViT-B-32"
-    # open_clip tag (local cache, else the hub) | /path/to/weights (file:///mount/... on a cluster) | random (seeded)
-    pretrained: Annotated[str, ReadPath(uri=False)] = "openai"
+    # open_clip tag (local cache, else the hub) | /path/to/weights | random (seeded); on a cluster the file is
+    # s3://... / gs://... (copied once per node: fgray.weights_uri) or file:///mount/...
+    pretrained: Annotated[str, ReadPath(how=WEIGHTS_HOW)] = "openai"
     image_size: int | None = Field(None, ge=16)  # CLIP input side; None: the architecture's own (224 for ViT-B-32)
     seed: int = 0  # init seed of pretrained=random, so every worker and cache actor builds the same teacher
 
@@ -208,8 +210,8 @@ class PPSSLConfig(MocoV2Config):
     # is the paper's smoothness knob. The paper prints l = u T^T (scale 1): cosines of unit vectors, nearly
     # uniform over N prompts at tau = 1. A float: that scale (fgray's former default: 100.0).
     logit_scale: Literal["teacher"] | Annotated[float, Field(gt=0)] = "teacher"
-    # prompts, or a text file with one prompt per line (# comments)
-    corpus: Annotated[list[str] | str, ReadPath(uri=False)] = list(DEFAULT_CORPUS)
+    # prompts, or a text file with one prompt per line (# comments): local, file:///mount/..., s3:// or gs://
+    corpus: Annotated[list[str] | str, ReadPath()] = list(DEFAULT_CORPUS)
     corpus_size: int | None = Field(None, ge=2)  # N: use the first N prompts (Fig. 6); None: all
     teacher: TeacherConfig = TeacherConfig()  # the frozen CLIP image/text encoders
     teacher_mode: Literal["online", "cached"] = "online"  # online: CLIP on the augmented query view (paper)
@@ -261,14 +263,31 @@ class PPSSLConfig(MocoV2Config):
 
 
 def read_corpus(corpus: tuple[str, ...] | list[str] | str) -> tuple[str, ...]:
-    """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file."""
+    """The prompts of a corpus value: the list itself, or the non-empty, non-# lines of a file (local,
+    ``file:///mount/...``, or an object-store URI, read once per process)."""
     if not isinstance(corpus, str):
         return tuple(corpus)
+    if is_object_store(corpus):
+        return _stored_corpus(corpus)
     path = local_path(corpus)
     if not os.path.isfile(path):
         raise ValueError(f"corpus file not found: {corpus} (give a list of prompts or a text file, one per line)")
     with open(path, encoding="utf-8") as f:
-        return tuple(line.strip() for line in f if line.strip() and not line.lstrip().startswith("#"))
+        return _prompts(f.read())
+
+
+def _prompts(text: str) -> tuple[str, ...]:
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+@functools.lru_cache(maxsize=None)  # every validation of a config reads the corpus: one request per process
+def _stored_corpus(uri: str) -> tuple[str, ...]:
+    from fgray.storage import read_bytes  # pyarrow: a text file needs no copy on the node
+    from fgray.weights_uri import stored_type
+
+    if stored_type(uri) != "file":
+        raise ValueError(f"corpus file not found: {uri} (give a list of prompts or a text file, one per line)")
+    return _prompts(read_bytes(uri).decode("utf-8"))
 
 
 class DecoderConfig(BaseModel):

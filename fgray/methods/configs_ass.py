@@ -6,6 +6,7 @@ manuscript and code skeleton.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Annotated, Literal
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fgray.data.inputs import EncoderSpec, Inputs, Selection, ViewRecipe
 from fgray.methods.configs import CropViews, MethodConfig, Stage, method_config
-from fgray.node_paths import ReadPath, local_path
+from fgray.node_paths import WEIGHTS_HOW, ReadPath, is_object_store, local_path
 
 # ``selector.weights`` values that name no file: timm's hub weights of ``selector.model``, or a
 # seeded random encoder (smoke runs and tests).
@@ -31,8 +32,9 @@ class SelectorConfig(_Section):
     enabled: bool = True  # false: uniform negatives (the "selector off" ablation row)
     model: str = "vit_small_patch16_224.dino"  # timm name; paper: ViT-S/16 (its own weights are private)
     # hub | random | a timm weights file | an fgray checkpoint folder of a selector pre-training run
-    # (sweeps/ass_selector_pretrain.yaml: its encoder + 128-d head embed, spec §1 "128-d projection head")
-    weights: Annotated[str, ReadPath(uri=False)] = HUB_WEIGHTS  # a path: file:///mount/... on a cluster
+    # (sweeps/ass_selector_pretrain.yaml: its encoder + 128-d head embed, spec §1 "128-d projection head");
+    # local, file:///mount/..., or s3:// / gs:// (copied once per node: fgray.weights_uri)
+    weights: Annotated[str, ReadPath(how=WEIGHTS_HOW)] = HUB_WEIGHTS
     seed: int = 0  # init seed of weights: random
     tau: float = Field(16.0, gt=0)  # [draft, code sigma]
     pool_factor: int = Field(10, ge=1)  # K: candidates per anchor [draft]
@@ -41,6 +43,8 @@ class SelectorConfig(_Section):
 
     @property
     def is_checkpoint(self) -> bool:
+        if is_object_store(self.weights):
+            return _stored_checkpoint(self.weights)
         return os.path.isfile(os.path.join(local_path(self.weights), "meta.json"))
 
     def encoder(self) -> EncoderSpec:
@@ -49,6 +53,13 @@ class SelectorConfig(_Section):
             return EncoderSpec(kind="fgray", model="selector", pretrained=self.weights)
         pretrained = "true" if self.weights == HUB_WEIGHTS else self.weights
         return EncoderSpec(kind="timm", model=self.model, pretrained=pretrained, seed=self.seed)
+
+
+@functools.lru_cache(maxsize=None)  # asked at each ``inputs``: one request per process
+def _stored_checkpoint(uri: str) -> bool:
+    from fgray.weights_uri import stored_type
+
+    return stored_type(f"{uri.rstrip('/')}/meta.json") == "file"
 
 
 class MAEDecoderConfig(_Section):

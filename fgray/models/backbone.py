@@ -12,7 +12,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from fgray.node_paths import local_path
+from fgray.weights_uri import local_weights
 
 
 class Backbone(nn.Module):
@@ -56,27 +56,28 @@ class Backbone(nn.Module):
 
 def build_backbone(name: str, pretrained: bool | str = False, image_size: int | None = None,
                    drop_path_rate: float = 0.0, model_kwargs: dict | None = None) -> Backbone:
-    """A timm model without its classifier. ``pretrained``: False, True (hub), a local weights file or
-    an fgray checkpoint folder (the one holding ``meta.json``: a previous trial's backbone, e.g. a
-    warm start; ``fgray.checkpoint.backbone_state``); ``model_kwargs``: extra ``timm.create_model``
-    arguments (e.g. a ResNet's ``channels``)."""
+    """A timm model without its classifier. ``pretrained``: False, True (hub), a weights file or an
+    fgray checkpoint folder (the one holding ``meta.json``: a previous trial's backbone, e.g. a warm
+    start; ``fgray.checkpoint.backbone_state``), each local, ``file:///mount/...`` or an object-store
+    URI (``s3://``, ``gs://``: copied to this node's cache, ``fgray.weights_uri``); ``model_kwargs``:
+    extra ``timm.create_model`` arguments (e.g. a ResNet's ``channels``)."""
     kwargs: dict = {**(model_kwargs or {}), "num_classes": 0}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
     if image_size is not None and _accepts_img_size(name):
         kwargs["img_size"] = image_size
-    if isinstance(pretrained, str) and os.path.isdir(local_path(pretrained)):
+    path = local_weights(pretrained) if isinstance(pretrained, str) else None
+    if path is not None and os.path.isdir(path):
         from fgray.checkpoint import backbone_state  # the checkpoint layer sits above models/
 
         backbone = Backbone(timm.create_model(name, pretrained=False, **kwargs), name)
         try:  # strict: the BN statistics come too, and a different architecture fails here
-            backbone.load_state_dict(backbone_state(local_path(pretrained)))
+            backbone.load_state_dict(backbone_state(path))
         except RuntimeError as err:
             raise ValueError(f"backbone.pretrained {pretrained}: its backbone does not fit {name} "
                              f"{model_kwargs or ''}: {str(err).splitlines()[0]}") from None
         return backbone
-    if isinstance(pretrained, str):
-        path = local_path(pretrained)  # file:///mount/...: a file every node mounts
+    if path is not None:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
     else:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)

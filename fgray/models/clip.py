@@ -8,7 +8,8 @@ exp(logit_scale), the factor CLIP's zero-shot logits put on the cosines. The tea
 parameters do not require gradients and it stays in eval mode when its parent is ``.train()``ed.
 
 Weights (``TeacherConfig.pretrained``): an open_clip tag (``openai``: looked up in the local
-Hugging Face / open_clip caches, downloaded when the hub is reachable), a local file, or
+Hugging Face / open_clip caches, downloaded when the hub is reachable), a file (local,
+``file:///mount/...``, or ``s3://`` / ``gs://``: copied once per node, ``fgray.weights_uri``), or
 ``random`` (seeded random init, nothing downloaded: tests and ``--profile smoke`` use it with
 the ~1.6M-parameter ``fgray-tiny-clip`` architecture). ``check_weights`` is the preflight
 check that fails with one line before any trial starts when weights cannot be found.
@@ -28,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.methods.configs import TeacherConfig
-from fgray.node_paths import local_path
+from fgray.node_paths import is_object_store
+from fgray.weights_uri import local_weights, stored_file
 
 # fgray's batches are normalised with ImageNet statistics (fgray.engine.normalize_images).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,7 +50,7 @@ TINY_CLIP_CONFIG = {
 
 
 def is_weights_path(pretrained: str) -> bool:
-    """A local file rather than a tag: has a folder part, starts with ~ or ., or ends like a weights file."""
+    """A file rather than a tag: has a folder part (a URI has), starts with ~ or ., or ends like a weights file."""
     return ("/" in pretrained or os.sep in pretrained or pretrained.startswith(("~", "."))
             or pretrained.endswith(WEIGHT_SUFFIXES))
 
@@ -71,12 +73,17 @@ def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
     tag = "openai" if cfg.pretrained == "random" or is_weights_path(cfg.pretrained) else cfg.pretrained
     how = (f"on a machine with internet run `python -c \"import open_clip; open_clip.create_model('{cfg.model}', "
            f"pretrained='{tag}')\"`, copy the file it downloads (under ~/.cache/huggingface) where every node can "
-           f"read it and set {key}.pretrained=/path/to/it (or {key}.pretrained=random for a plumbing test)")
+           f"read it (s3://BUCKET/PREFIX/FILE, or a mount) and set {key}.pretrained=/path/to/it "
+           f"(or {key}.pretrained=random for a plumbing test)")
     if cfg.pretrained == "random":
         return
     if is_weights_path(cfg.pretrained):
-        path = os.path.abspath(local_path(cfg.pretrained))
-        if not os.path.isfile(path):
+        path = cfg.pretrained if is_object_store(cfg.pretrained) else os.path.abspath(local_weights(cfg.pretrained))
+        try:
+            found = stored_file(path)
+        except ValueError as err:  # the store cannot be asked: no credentials, no network
+            raise ConfigError(f"{key}.pretrained: {err}") from None
+        if not found:
             raise ConfigError(f"{key}.pretrained: CLIP weights file not found: fgray looked for {path}; {how}")
         return
     if cfg.model == TINY_MODEL:
@@ -140,7 +147,7 @@ def build_clip(cfg: TeacherConfig):
     from open_clip.pretrained import get_pretrained_cfg
 
     random_init = cfg.pretrained == "random"
-    path = None if random_init or not is_weights_path(cfg.pretrained) else local_path(cfg.pretrained)
+    path = None if random_init or not is_weights_path(cfg.pretrained) else local_weights(cfg.pretrained)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if cfg.model == TINY_MODEL:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgray.data.inputs import EncoderSpec
-from fgray.node_paths import local_path
+from fgray.weights_uri import local_weights
 
 
 class FrozenEncoder(nn.Module):
@@ -72,7 +72,7 @@ def checkpoint_encoder(directory: str) -> FrozenEncoder:
     from fgray import checkpoint as ckpt
     from fgray.engine import build_method
 
-    directory = local_path(directory)
+    directory = local_weights(directory)  # an object-store URI: this node's copy of the folder
     method = build_method(ckpt.read_experiment(directory), ckpt.read_facts(directory))
     ckpt.load(directory, method)
     if hasattr(method, "selector_embed"):
