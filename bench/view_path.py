@@ -14,6 +14,9 @@ its paper-size case (``gpu_check.CASES``), at 224 px. Paths, timed in one proces
   (the blur at sigma 0.5: 59 ms; at 2: 10 ms), so the reference is also timed without them.
 - ``cpu``: what a view worker does with ``data.views_on: cpu`` (the fast path for MoCo's views).
 - ``gpu``: what a view worker still does with ``data.views_on: gpu`` (decode, crop, flip, the draws).
+- ``trainer-decode``: what it still does with ``data.decode_on: trainer`` too (read the header, the
+  draws, their rows), for the recipes with deferred ops; ``trainer decode`` times the trainer's side,
+  decoding and cropping a batch of 32 on this CPU (information: on a GPU, nvJPEG does it).
 - ``device ops``: the deferred ops themselves (``views.deferred.finish``) on this CPU, per image, in
   batches of 32: what the trainer's GPU does instead (information; not a view worker's cost).
 
@@ -49,10 +52,12 @@ from fgray.data.inputs import ViewRecipe  # noqa: E402
 from fgray.data.synthetic_shards import photo_jpegs  # noqa: E402
 from fgray.data.views import Source, build_recipe, moco, recipes, source  # noqa: E402
 from fgray.data.views.deferred import finish  # noqa: E402
+from fgray.data.views.trainer_decode import decode_views  # noqa: E402
 
 MOCO_RECIPES = ("moco_pair", "clean_augmented")
 FLUSHED = "reference, no denormals"
-PATHS = ("reference", FLUSHED, "cpu", "gpu")
+DECODED = "trainer-decode"
+PATHS = ("reference", FLUSHED, "cpu", "gpu", DECODED)
 
 
 clock = time.process_time  # CPU seconds of this process (one thread)
@@ -77,7 +82,8 @@ class Timer:
 @contextlib.contextmanager
 def patched(timer: Timer):
     """Time the view modules' operations where the recipes call them (module attributes)."""
-    targets = [(source.Source, "_decode", "decode"), (moco.MocoView, "draw", "draws"),
+    targets = [(source.Source, "__init__", "header"), (source.Source, "_decode", "decode"),
+               (moco.MocoView, "draw", "draws"), (moco, "_regions", "rows"),
                (moco, "resized_crop", "crop+flip"), (moco, "apply_colour", "jitter+grey"), (moco, "blur", "blur"),
                (moco, "to_tensor", "to tensor"), (recipes, "crop_flip_with_box", "crop+flip (box)"),
                (recipes, "object_crop", "object crop"), (recipes, "mean_blur_region", "background blur"),
@@ -127,8 +133,8 @@ def reference_recipe(view: ViewRecipe, size: int, timer: Timer) -> Callable:
     return lambda encoded, box: current(decode(encoded), box)
 
 
-def our_recipe(view: ViewRecipe, size: int, defer: bool, timer: Timer) -> Callable:
-    recipe = build_recipe(view, size, defer)
+def our_recipe(view: ViewRecipe, size: int, defer: bool, timer: Timer, decode: bool = False) -> Callable:
+    recipe = build_recipe(view, size, defer, decode)
     for attr in ("augment",):
         if hasattr(recipe, attr):
             setattr(recipe, attr, _timed_compose(getattr(recipe, attr), timer))
@@ -160,6 +166,18 @@ def device_ops_ms(outputs: list) -> float | None:
     return 1e3 * (clock() - start) / len(outputs)
 
 
+def trainer_decode_ms(outputs: list) -> float | None:
+    """ms per image of the trainer's side of ``data.decode_on: trainer`` on this CPU: a batch of the kept
+    outputs decoded, cropped and flipped (``views.trainer_decode``; the colour ops are ``device ops``)."""
+    if not outputs or "@encoded" not in outputs[0]:
+        return None
+    batch = {key: torch.stack([o[key] for o in outputs]).numpy() for key in outputs[0] if key != "@encoded"}
+    batch["@encoded"] = [o["@encoded"] for o in outputs]
+    start = clock()
+    decode_views(batch, torch.device("cpu"))
+    return 1e3 * (clock() - start) / len(outputs)
+
+
 def measure(args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     photos = photo_jpegs(args.images)
@@ -177,24 +195,29 @@ def measure(args) -> dict[str, Any]:
                  FLUSHED: reference_recipe(view, size, timers[FLUSHED]),
                  "cpu": our_recipe(view, size, False, timers["cpu"]),
                  "gpu": our_recipe(view, size, True, timers["gpu"])}
+        if view.name in MOCO_RECIPES:  # the recipes with deferred ops: the others decode on the worker
+            draws[DECODED] = our_recipe(view, size, True, timers[DECODED], decode=True)
         seconds: dict[str, list[float]] = defaultdict(list)
-        device_ms = None
+        device_ms = decode_ms = None
         for _ in range(args.rounds):
             for path, draw in draws.items():
-                with patched(timers[path]) if path in ("cpu", "gpu") else contextlib.nullcontext():
+                with patched(timers[path]) if path in ("cpu", "gpu", DECODED) else contextlib.nullcontext():
                     torch.set_flush_denormal(path == FLUSHED)
                     elapsed, kept = run_path(draw, photos, timers[path])
                     torch.set_flush_denormal(False)
                 seconds[path].append(elapsed)
                 if path == "gpu":
                     device_ms = device_ops_ms(kept)
+                if path == DECODED:
+                    decode_ms = trainer_decode_ms(kept)
         for path in draws:
             ms = 1e3 * statistics.median(seconds[path]) / len(photos)
             ops = {k: 1e3 * v / (len(photos) * args.rounds) for k, v in timers[path].seconds.items()}
             rows.append({"recipe": view.name, "cases": names, "size": size, "path": path, "ms_per_image": ms,
                          "images_per_s_core": 1e3 / ms, "ops_ms": ops,
                          "x_reference": statistics.median(r / s for r, s in zip(seconds["reference"], seconds[path])),
-                         **({"device_ops_ms_cpu": device_ms} if path == "gpu" else {})})
+                         **({"device_ops_ms_cpu": device_ms} if path == "gpu" else {}),
+                         **({"trainer_decode_ms_cpu": decode_ms} if path == DECODED else {})})
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()
                               if k != "ops_ms"}), flush=True)
     return {"date": time.strftime("%Y-%m-%d"), "images": args.images, "rounds": args.rounds,
@@ -232,10 +255,14 @@ def markdown(report: dict) -> str:
     if device:
         lines += ["", "Deferred ops on this CPU, batches of 32 (what the GPU does instead): " + ", ".join(
             f"{r['recipe']} {r['device_ops_ms_cpu']:.2f} ms/image" for r in device) + "."]
-    lines += ["", f"| case | {feed.STEP_GPU} step images/s | cores: reference | cores: reference, no denormals "
-              "| cores: cpu | cores: gpu |", "| --- | --- | --- | --- | --- | --- |"]
+    decoded = [r for r in report["rows"] if r.get("trainer_decode_ms_cpu")]
+    if decoded:
+        lines += ["", "Trainer's decode + crop on this CPU, batches of 32 (what nvJPEG does instead): " + ", ".join(
+            f"{r['recipe']} {r['trainer_decode_ms_cpu']:.2f} ms/image" for r in decoded) + "."]
+    lines += ["", f"| case | {feed.STEP_GPU} step images/s | " + " | ".join(f"cores: {p}" for p in PATHS) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in PATHS) + " |"]
     for c in report["cores"]:
-        cores = " | ".join(f"{c.get('cores_' + path, 0):.1f}" for path in PATHS)
+        cores = " | ".join(f"{c['cores_' + path]:.1f}" if "cores_" + path in c else "" for path in PATHS)
         lines.append(f"| {c['case']} | {c['step_images_per_s']:.0f} | {cores} |")
     return "\n".join(lines) + "\n"
 

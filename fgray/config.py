@@ -64,6 +64,11 @@ class DataConfig(Strict):
     # view_path.py); refused without one. auto: gpu when the trial has a GPU. trainer: on the trainer's
     # device whatever it is (a CPU trial: tests, or spare trainer cores when the view workers bound it).
     views_on: Literal["auto", "cpu", "gpu", "trainer"] = "auto"
+    # Who decodes the stored images of those recipes, when views_on finishes them on the trainer (refused
+    # otherwise). worker: the view workers (PIL). trainer: the trainer's device, batched (torchvision's
+    # decode_jpeg: nvJPEG on a GPU; stored PNGs decode on the trainer's CPU); the workers then only read each
+    # header and draw (MoCo v2's pair: 0.2 ms a CUB image against 3.1: bench/README.md, view_path.py). Same draws.
+    decode_on: Literal["worker", "trainer"] = "worker"
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":
@@ -318,11 +323,24 @@ class ExperimentConfig(Strict):
                              "is 0: use cpu or auto (or trainer, to finish them in a CPU trainer's process)")
         return self
 
+    @model_validator(mode="after")
+    def _decode_where_views_finish(self) -> "ExperimentConfig":
+        if self.data.decode_on == "trainer" and not self.defer_views:
+            resolved = "" if self.data.views_on == "cpu" else ", cpu in a trial without a GPU"
+            raise ValueError(f"data.decode_on: trainer needs the views finished on the trainer, but data.views_on "
+                             f"is {self.data.views_on}{resolved}: use views_on gpu or trainer, or decode_on worker")
+        return self
+
     @property
     def defer_views(self) -> bool:
         """Whether the recipes' deferrable ops run on the trainer's device (``data.views_on``)."""
         views_on = self.data.views_on
         return views_on in ("gpu", "trainer") or (views_on == "auto" and self.resources.gpus_per_worker > 0)
+
+    @property
+    def decode_views(self) -> bool:
+        """Whether those recipes' images are decoded on the trainer's device too (``data.decode_on``)."""
+        return self.data.decode_on == "trainer" and self.defer_views
 
     @property
     def has_validation(self) -> bool:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from fgray.config import ExperimentConfig, TrainConfig
-from fgray.data.inputs import DEFERRED_SUFFIX, DatasetFacts
+from fgray.data.inputs import DEFERRED_SUFFIX, ENCODED_KEY, DatasetFacts
 from fgray.eval import retrieval_metrics
 from fgray.methods import create_method
 from fgray.methods.base import Method
@@ -89,7 +89,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
     """Move arrays to ``device``; uint8 images (..., 3, H, W) become normalised float, after their
     deferred colour ops and blur where the batch carries them (``<key>@ops``: views finished on the
     trainer's device, ``data.views_on``; the rows are consumed here); strings (image ids) stay on the
-    host as numpy arrays."""
+    host as numpy arrays. A batch of encoded images (``@encoded``: ``data.decode_on``) is decoded here
+    first, its views cut from the regions their workers drew (``<key>@crop``)."""
+    batch = _decoded(batch, device)
     rows = _deferred(batch)
     out = {}
     for key, value in batch.items():
@@ -105,6 +107,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
             value = normalize_images(value, rows.get(key))
         out[key] = value
     return out
+
+
+def _decoded(batch: dict, device: torch.device) -> dict:
+    if ENCODED_KEY not in batch:
+        return batch
+    from fgray.data.views.trainer_decode import decode_views  # torchvision.io, imported by trainers that decode only
+
+    return decode_views(batch, device)
 
 
 def _deferred(batch: dict) -> dict:

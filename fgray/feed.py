@@ -30,6 +30,10 @@ VIEW_MS: dict[str, dict[str, float]] = {  # recipe -> {"cpu": ms, "gpu": ms} at 
     "grid_crops": {"cpu": 2.7, "gpu": 2.7},
 }
 MEASURED_SIZE = 224
+# CPU ms of one core per stored image with the decoding left to the trainer too (data.decode_on: trainer;
+# bench/README.md, "view_path.py", 2026-12-06, 40 images x 2 rounds, where the gpu path took 3.1 and 4.1):
+# the header and the draws, whatever the size. Recipes without deferred ops still decode on the worker.
+TRAINER_DECODE_MS: dict[str, float] = {"moco_pair": 0.21, "clean_augmented": 0.24}
 
 
 @dataclass(frozen=True)
@@ -50,27 +54,35 @@ class Feed:
         return None if not self.per_core or self.step_per_s is None else self.step_per_s / self.per_core
 
 
-def per_core_rate(recipes: list[str], image_size: int, deferred: bool) -> float | None:
+def per_core_rate(recipes: list[str], image_size: int, deferred: bool, decoded: bool = False) -> float | None:
     """Stored images/s one core draws for these recipes (one decode), their view work scaled with the
-    pixels from the measured 224 px (decoding does not scale)."""
+    pixels from the measured 224 px (decoding does not scale); ``decoded`` (data.decode_on: trainer, with
+    ``deferred``): the recipes that leave the decoding to the trainer cost only their draws."""
     if any(name not in VIEW_MS for name in recipes):
         return None
-    views = sum(VIEW_MS[name]["gpu" if deferred else "cpu"] for name in recipes)
-    return 1000.0 / (DECODE_MS + views * (image_size / MEASURED_SIZE) ** 2)
+    drawn = [name for name in recipes if deferred and decoded and name in TRAINER_DECODE_MS]
+    ms = sum(TRAINER_DECODE_MS[name] for name in drawn)
+    rendered = [name for name in recipes if name not in drawn]
+    if rendered:
+        views = sum(VIEW_MS[name]["gpu" if deferred else "cpu"] for name in rendered)
+        ms += DECODE_MS + views * (image_size / MEASURED_SIZE) ** 2
+    return 1000.0 / ms
 
 
 def trial_feed(method: str, backbone: str, recipes: list[str], image_size: int, deferred: bool,
-               data_actors: int, data_cpus: float) -> Feed:
-    per_core = per_core_rate(recipes, image_size, deferred)
+               data_actors: int, data_cpus: float, decoded: bool = False) -> Feed:
+    per_core = per_core_rate(recipes, image_size, deferred, decoded)
     cores = data_actors * min(1.0, data_cpus)
     step = STEP_RATES.get((method, backbone.split(".")[0])) if image_size == MEASURED_SIZE else None
     return Feed(None if per_core is None else per_core * cores, step, cores, per_core)
 
 
-def describe(feed: Feed, deferred: bool, deferrable: bool = True) -> str:
+def describe(feed: Feed, deferred: bool, deferrable: bool = True, decoded: bool = False) -> str:
     """A trial's feed (after "feed: "): supply, demand, and a warning when the views cannot keep up
-    (``deferrable``: its recipes have ops the GPU could finish)."""
-    where = "decode + crop, the rest on the GPU" if deferred else "every op on the CPU"
+    (``deferrable``: its recipes have ops the GPU could finish; ``decoded``: the GPU decodes them too, a
+    cost the measured step rate leaves out)."""
+    where = ("the draws, decode + crop + the rest on the GPU" if decoded
+             else "decode + crop, the rest on the GPU" if deferred else "every op on the CPU")
     supply = ("views: no measured cost for a recipe" if feed.views_per_s is None
               else f"views ~{feed.views_per_s:.0f} img/s ({feed.cores:g} core{'s' * (feed.cores != 1)} x "
                     f"{feed.per_core:.0f}, {where})")
@@ -78,7 +90,8 @@ def describe(feed: Feed, deferred: bool, deferrable: bool = True) -> str:
         return f"{supply}; step rate not measured for this method/backbone/size (bench/gpu_check.py)"
     line = f"{supply}; the {STEP_GPU} step eats ~{feed.step_per_s:.0f} img/s"
     if feed.data_bound:
-        hint = ", or data.views_on: gpu" if deferrable and not deferred else ""
+        hint = (", or data.views_on: gpu" if deferrable and not deferred
+                else ", or data.decode_on: trainer" if deferrable and not decoded else "")
         line += (f" -- WARNING: data-bound at {feed.views_per_s / feed.step_per_s:.0%} of the step rate; "
                  f"~{feed.cores_needed:.0f} view cores needed (resources.data_actors x data_cpus){hint}")
     return line
@@ -90,12 +103,12 @@ def experiment_line(experiment) -> str | None:
     res = experiment.resources
     if not res.gpus_per_worker:
         return None
-    deferred = experiment.defer_views
+    deferred, decoded = experiment.defer_views, experiment.decode_views
     recipes = [view.name for view in experiment.method.inputs.views]
     trial = trial_feed(experiment.method.name, experiment.backbone.name, recipes, experiment.data.image_size,
-                       deferred, res.data_actors, res.data_cpus)
+                       deferred, res.data_actors, res.data_cpus, decoded)
     deferrable = any(_defers(name) for name in recipes)
-    return describe(trial, deferred and deferrable, deferrable)
+    return describe(trial, deferred and deferrable, deferrable, decoded and deferrable)
 
 
 def _defers(recipe: str) -> bool:

@@ -171,8 +171,9 @@ def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
     finds them complete: one computed inside a trial holding the cluster's GPUs would wait for a GPU
     that trial itself holds."""
     res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
-    # Views finished on the trainer's device (data.views_on): its view workers only decode, crop and flip.
-    inputs = replace(inputs, defer_views=experiment.defer_views)
+    # Views finished on the trainer's device (data.views_on): its view workers only decode, crop and flip,
+    # or only draw when the trainer decodes too (data.decode_on).
+    inputs = replace(inputs, defer_views=experiment.defer_views, decode_views=experiment.decode_views)
     if inputs.selection is not None:  # composed batches in the epochs of their stage
         stages = experiment.method.stages(experiment.train.epochs)
         inputs = replace(inputs, selection=inputs.selection.placed(stages))

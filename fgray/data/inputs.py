@@ -40,7 +40,8 @@ class Recipe:
     doc: str = ""
     options: tuple[str, ...] = ()  # the option names its implementation takes (checked at config time)
     # Keys whose colour ops and blur can run on the trainer's device (data.views_on): the view worker
-    # then only decodes, crops and flips them (fgray.data.views.deferred).
+    # then only decodes, crops and flips them (fgray.data.views.deferred). A recipe with deferred keys
+    # can also leave the decoding to the trainer (data.decode_on): its worker then only draws.
     deferred: tuple[str, ...] = ()
 
 
@@ -71,6 +72,12 @@ COLUMNS = ("label", "bbox", "image_id")
 # A deferred view's ops travel beside it as ``<key>@ops`` (B, OPS_WIDTH) float32 (``Inputs.defer_views``): the
 # trainer applies them on its device (fgray.data.views.deferred) and drops the key before the method reads.
 DEFERRED_SUFFIX = "@ops"
+# Decoded on the trainer (``Inputs.decode_views``): a recipe's every key travels as ``<key>@crop`` (B, CROP_WIDTH)
+# int32, the region its worker drew, beside one ``@encoded`` column of the stored images' bytes (B,) (an
+# object array: Ray Data carries it as an Arrow binary column); the trainer decodes, crops and flips
+# (fgray.data.views.trainer_decode) and drops both before the method reads.
+CROP_SUFFIX = "@crop"
+ENCODED_KEY = "@encoded"
 NEGATIVE_INDEX = "negative_index"  # the batch key of a composed step's pairing (``Selection``)
 
 
@@ -196,6 +203,9 @@ class Inputs:
     # Set by the trial, not the method (data.views_on): the recipes' deferred keys are finished on the
     # trainer's device, their view workers only decode, crop and flip them.
     defer_views: bool = False
+    # Set by the trial too (data.decode_on: trainer, only with defer_views): the recipes with deferred keys
+    # hand on the encoded image and their drawn regions; the trainer decodes (nvJPEG on a GPU) and crops.
+    decode_views: bool = False
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.columns if c not in COLUMNS]

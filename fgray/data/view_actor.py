@@ -38,7 +38,8 @@ class ViewActor:
         # An object-store reference in a pipeline; a table itself where the actor runs without Ray (bench/).
         self.table = ray.get(table_ref[0]) if isinstance(table_ref[0], ray.ObjectRef) else table_ref[0]
         self.inputs, self.seed, self.rank = inputs, seed, rank
-        self.recipes = [views.build_recipe(view, image_size, inputs.defer_views) for view in inputs.views]
+        self.recipes = [views.build_recipe(view, image_size, inputs.defer_views, inputs.decode_views)
+                        for view in inputs.views]
         self.label_map = label_map
         ids = self.table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
         self.embeddings = {key: lookup_embeddings(path, ids) for key, path in caches.items()}
@@ -63,10 +64,13 @@ class ViewActor:
             # The CPU generator only: torch.manual_seed also queues a CUDA seeding with a stack trace
             # (torch.cuda._lazy_call), measured at ~20 % of a 64 px image's views.
             self.torch.default_generator.manual_seed(image_seed(self.seed, int(epoch), image_id))
+            drawn = {}  # one entry per key and image: recipes decoded on the trainer each give its @encoded
             for recipe in self.recipes:
-                for key, value in recipe(image, box).items():  # declared keys, then any <key>@ops
-                    out.setdefault(key, []).append(value)
-        batch = {key: self.torch.stack(values).numpy() for key, values in out.items()}
+                drawn.update(recipe(image, box))  # declared keys, then any <key>@ops (or <key>@crop, @encoded)
+            for key, value in drawn.items():
+                out.setdefault(key, []).append(value)
+        # Declared keys a recipe left to the trainer (data.decode_on) stay empty: the trainer makes them.
+        batch = {key: stacked(values, self.torch) for key, values in out.items() if values}
         columns = self.inputs.columns
         if "label" in columns:
             labels = rows.column("label").to_numpy()
@@ -116,6 +120,16 @@ class ViewActor:
             out_pairs.append(np.concatenate([paired, np.full(len(anchors), -1)]).astype(np.int64))
         return {"row": np.concatenate(out_rows), "epoch": np.concatenate(out_epochs),
                 NEGATIVE_INDEX: np.concatenate(out_pairs)}
+
+
+def stacked(values: list, torch) -> np.ndarray:
+    """One batch column: tensors stacked, or bytes (``@encoded``) as an object array, which Ray Data
+    carries as an Arrow binary column and hands back as an object array of bytes."""
+    if isinstance(values[0], bytes):
+        column = np.empty(len(values), dtype=object)
+        column[:] = values
+        return column
+    return torch.stack(values).numpy()
 
 
 def runs(values: np.ndarray) -> list[slice]:

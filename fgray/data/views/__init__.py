@@ -6,15 +6,17 @@
 
 ``out`` holds exactly ``RECIPES[name].keys``: uint8 images (3, S, S), grid crops (M, 3, S, S), boxes
 float32, flags bool, S = image_size; built with ``defer=True``, a recipe's deferred keys also get
-``<key>@ops`` rows that the trainer applies on its device (``deferred``). Every random draw comes
+``<key>@ops`` rows that the trainer applies on its device (``deferred``); with ``decode=True`` too, no
+pixels: each key's drawn region ``<key>@crop`` and the encoded image ``@encoded``, which the trainer
+decodes and cuts (``trainer_decode``). Every random draw comes
 from torch's global CPU RNG, so the caller's ``torch.default_generator.manual_seed(image_seed(...))``
 makes an image's views bit-identical whichever actor draws them.
 
 Modules: ``params`` (the draws), ``source`` (decoding, reduced where the crops allow),
 ``worker_colour`` (jitter, greyscale, blur of one view: a colour lookup table in PIL, scipy's blur),
 ``moco`` (MoCo v2's views), ``recipes`` (crop + flip, DVA's objects and backgrounds, VAPNet's grid
-crops), ``colour`` (the same ops per image of a batch, Kornia, on any device) and ``deferred`` (the
-trainer's side). The other view modules of the
+crops), ``colour`` (the same ops per image of a batch, Kornia, on any device), ``deferred`` (the
+trainer's side) and ``trainer_decode`` (the trainer's decoding, ``data.decode_on``). The other view modules of the
 role (``transforms``, ``view_actor``, ``forked_views``, ``declared``) stay beside this package for now.
 """
 from fgray.data.views import moco, recipes  # noqa: F401  (register the recipes)

@@ -3,6 +3,8 @@ the way fast image libraries do: a reduced JPEG decode where every crop allows i
 per crop (crop, antialiased bilinear resize and flip), the jitter and greyscale as one 3-D colour
 lookup table and a separable Gaussian blur (``worker_colour``). Deferred (``defer``), a view
 is only cropped and flipped here; its colour ops and blur travel as ``<key>@ops`` for the trainer.
+Decoded on the trainer too (``decode``), nothing is decoded here: the views travel as their drawn
+regions, ``<key>@crop``, beside the encoded image (``trainer_decode``).
 
 Same parameters per seed as the torchvision reference, same distribution of pixels
 (tests/test_view_ops.py); bench/view_path.py measures both.
@@ -13,11 +15,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from fgray.data.inputs import CROP_SUFFIX, ENCODED_KEY
 from fgray.data.transforms import moco_blur
 from fgray.data.views.worker_colour import apply_colour, blur
 from fgray.data.views.params import Crop, MocoDraw, draw_moco
 from fgray.data.views.registry import DEFERRED_SUFFIX, Views, register
 from fgray.data.views.source import Source, as_source, draft_reduction, to_tensor
+from fgray.data.views.trainer_decode import crop_row, window_row
 
 
 def resized_crop(source: Source, image: Image.Image, box: tuple[float, float, float, float], size: int,
@@ -70,29 +74,46 @@ def _views(source: Source, views: dict[str, tuple[MocoView, MocoDraw]], defer: b
     return out
 
 
+def _regions(source: Source, views: dict[str, tuple[MocoView, MocoDraw]]) -> Views:
+    """Drawn views left whole to the trainer: each one's region and ops rows, and the encoded image."""
+    out: Views = {}
+    for key, (view, draw) in views.items():
+        out[key + CROP_SUFFIX] = torch.from_numpy(crop_row(draw.crop, view.size, draw.flip))
+        out[key + DEFERRED_SUFFIX] = torch.from_numpy(draw.ops.row())
+    out[ENCODED_KEY] = source.encoded  # bytes: the view worker keeps one per image for every recipe
+    return out
+
+
 @register("moco_pair")
 class MocoPair:
     """Two independent MoCo v2 views: view1, view2 (3, S, S) uint8 (options: moco_v2_augmentation's)."""
 
     def __init__(self, size: int, scale=(0.2, 1.0), jitter: float = 0.4, p_jitter: float = 0.8,
-                 p_gray: float = 0.2, p_blur: float = 0.5, defer: bool = False):
-        self.view, self.defer = MocoView(size, scale, jitter, p_jitter, p_gray, p_blur), defer
+                 p_gray: float = 0.2, p_blur: float = 0.5, defer: bool = False, decode: bool = False):
+        self.view, self.defer, self.decode = MocoView(size, scale, jitter, p_jitter, p_gray, p_blur), defer, decode
 
     def __call__(self, image: "Tensor | Source", box: Tensor | None = None) -> Views:
         source = as_source(image)
         draws = {key: (self.view, self.view.draw(source)) for key in ("view1", "view2")}  # view1's first
+        if self.decode and source.encoded is not None:  # a decoded tensor (tests) is cropped here
+            return _regions(source, draws)
         return _views(source, draws, self.defer)
 
 
-def eval_box(width: int, height: int, size: int, crop_fraction: float) -> tuple[float, float, float, float]:
-    """The stored-image region ``transforms.eval_transform`` keeps: torchvision's Resize of the short
-    side to round(size / crop_fraction), then its CenterCrop of size, mapped back."""
+def eval_resize(width: int, height: int, size: int, crop_fraction: float) -> tuple[int, int, int, int]:
+    """``transforms.eval_transform``'s geometry: its Resize of the short side to round(size /
+    crop_fraction) makes the image new_w x new_h, its CenterCrop of size starts at (top, left)."""
     short = int(round(size / crop_fraction))
     if width <= height:
         new_w, new_h = short, int(short * height / width)
     else:
         new_w, new_h = int(short * width / height), short
-    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return new_w, new_h, int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+
+
+def eval_box(width: int, height: int, size: int, crop_fraction: float) -> tuple[float, float, float, float]:
+    """The stored-image region ``transforms.eval_transform`` keeps (``eval_resize``), mapped back."""
+    new_w, new_h, top, left = eval_resize(width, height, size, crop_fraction)
     sx, sy = width / new_w, height / new_h
     return left * sx, top * sy, (left + size) * sx, (top + size) * sy
 
@@ -102,12 +123,16 @@ class CleanAugmented:
     """clean: resize + centre crop (``eval_crop`` = crop fraction); view1, view2: MoCo v2 views."""
 
     def __init__(self, size: int, eval_crop: float = 0.875, scale=(0.2, 1.0), jitter: float = 0.4,
-                 p_jitter: float = 0.8, p_gray: float = 0.2, p_blur: float = 0.5, defer: bool = False):
-        self.size, self.eval_crop, self.defer = size, eval_crop, defer
+                 p_jitter: float = 0.8, p_gray: float = 0.2, p_blur: float = 0.5, defer: bool = False,
+                 decode: bool = False):
+        self.size, self.eval_crop, self.defer, self.decode = size, eval_crop, defer, decode
         self.view = MocoView(size, scale, jitter, p_jitter, p_gray, p_blur)
 
     def __call__(self, image: "Tensor | Source", box: Tensor | None = None) -> Views:
         source = as_source(image)
-        clean = {"clean": eval_box(*source.size, self.size, self.eval_crop)}
         draws = {key: (self.view, self.view.draw(source)) for key in ("view1", "view2")}
+        if self.decode and source.encoded is not None:  # the clean view: eval_transform's own resize and crop
+            window = window_row(*source.size, *eval_resize(*source.size, self.size, self.eval_crop), self.size)
+            return {"clean" + CROP_SUFFIX: torch.from_numpy(window), **_regions(source, draws)}
+        clean = {"clean": eval_box(*source.size, self.size, self.eval_crop)}
         return _views(source, draws, self.defer, clean, self.size)
