@@ -2,8 +2,9 @@
 
 For MoCo v2 and PP-SSL (ResNet-50, 224 px, the papers' batches, random weights) it runs, one after the
 other, a one-trial Ray sweep (``python -m fgray.sweep``, a local Ray) on the synthetic set rendered at
-224 px, with the views finished by the view workers (``data.views_on: cpu``) and on the GPU (``gpu``),
-and reports per run: the trial's images/s and data wait (``train/images_per_s``, ``train/data_wait`` of
+224 px and stored as JPEG (as CUB stores its images), with the views finished by the view workers
+(``data.views_on: cpu``), on the GPU (``gpu``), and decoded there too (``gpu+decode``: ``data.decode_on:
+trainer``, nvJPEG; the view workers only draw), and reports per run: the trial's images/s and data wait (``train/images_per_s``, ``train/data_wait`` of
 its last epoch), the step rate ``bench/gpu_check.py`` measures for the method on the same GPU (no data
 path; and with the views finished on the GPU), the feed ratio (trial images/s / step images/s) and the
 GPU's utilisation over the trial's last epoch (nvidia-smi, every 0.5 s). JSON and markdown go to
@@ -34,20 +35,25 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 CASES = ("mocov2", "ppssl")  # gpu_check's cases: MoCo v2 (batch 256) and PP-SSL (batch 128), ResNet-50 at 224
 
 
-def sweep_file(case: str, views_on: str, args) -> dict[str, Any]:
+def sweep_file(case: str, arm: str, args) -> dict[str, Any]:
     """A one-trial sweep of gpu_check's ``case`` (its method, backbone and batch; tiny sizes with
-    ``--tiny``) on the synthetic set, with every image trained and no evaluation beyond the training."""
+    ``--tiny``) on the synthetic set, with every image trained and no evaluation beyond the training.
+    ``arm``: ``data.views_on``, with ``+decode`` for ``data.decode_on: trainer``."""
     from gpu_check import case_experiment
+
+    views_on, _, decode = arm.partition("+")
 
     experiment = case_experiment(case, args.tiny)
     gpu = args.device != "cpu"
     cores = os.cpu_count() or 2
     return {
-        "name": f"gpu_sweep_{case}_{views_on}",
+        "name": f"gpu_sweep_{case}_{views_on}{'_decode' if decode else ''}",
         "method": experiment.method.model_dump(mode="json"),
         "backbone": experiment.backbone.model_dump(mode="json"),
         "data": {"name": "synthetic", "image_size": experiment.data.image_size, "val_fraction": 0,
-                 "views_on": views_on, "synthetic": {"num_classes": args.classes, "images_per_class": args.per_class}},
+                 "views_on": views_on, "decode_on": "trainer" if decode else "worker",
+                 "synthetic": {"num_classes": args.classes, "images_per_class": args.per_class,
+                               "image_format": "jpeg"}},
         "train": {**experiment.train.model_dump(mode="json", include={"batch_size", "optimizer", "lr"}),
                   "epochs": args.epochs, "amp": "auto", "warmup_epochs": 0,
                   **({"steps_per_epoch": args.steps_per_epoch} if args.steps_per_epoch else {})},
@@ -176,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for the plumbing (--tiny)")
     parser.add_argument("--tiny", action="store_true", help="gpu_check's tiny models and sizes (CPU tests)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
-    parser.add_argument("--views-on", nargs="*", default=None, help="default: cpu gpu (--device cpu: cpu trainer)")
+    parser.add_argument("--views-on", nargs="*", default=None,
+                        help="arms: data.views_on, +decode for decode_on trainer; default: cpu gpu gpu+decode "
+                             "(--device cpu: cpu trainer trainer+decode)")
     parser.add_argument("--classes", type=int, default=96, help="synthetic classes (half of them train)")
     parser.add_argument("--per-class", type=int, default=200, help="synthetic images per class")
     parser.add_argument("--epochs", type=int, default=6, help="the last one is the measured, steady epoch")
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sweep-timeout", type=int, default=900)
     parser.add_argument("--storage", default=None, help="default: a temporary folder")
     args = parser.parse_args(argv)
-    arms = args.views_on or (["cpu", "gpu"] if args.device != "cpu" else ["cpu", "trainer"])
+    arms = args.views_on or (["cpu", "gpu", "gpu+decode"] if args.device != "cpu" else ["cpu", "trainer", "trainer+decode"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FGRAY_CACHE", str(Path(tempfile.gettempdir()) / "fgray_gpu_sweep_cache"))

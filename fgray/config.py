@@ -40,6 +40,9 @@ class SyntheticOptions(Strict):
     num_classes: int = Field(48, ge=4)  # half train (open split), half test
     images_per_class: int = Field(40, ge=2)
     seed: int = 0  # the generator's seed: the same seed always renders the same images
+    # png: lossless; jpeg: quality 90, as photo datasets store theirs (what data.decode_on: trainer decodes
+    # with nvJPEG on a GPU; PNGs decode on the trainer's CPU)
+    image_format: Literal["png", "jpeg"] = "png"
 
 
 # Prepared shards: a URI or a folder every node mounts on a cluster; the synthetic set is rendered on each node.

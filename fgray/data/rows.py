@@ -46,7 +46,8 @@ def resolve_dataset(data: DataConfig) -> PreparedDataset:
         from fgray.data.synthetic_shards import default_cache_dir, write_shards
 
         spec = SyntheticSpec(num_classes=data.synthetic.num_classes, images_per_class=data.synthetic.images_per_class,
-                             image_size=data.image_size, seed=data.synthetic.seed)
+                             image_size=data.image_size, seed=data.synthetic.seed,
+                             image_format=data.synthetic.image_format)
         root = data.root or default_cache_dir(spec)
         return PreparedDataset(root, write_shards(spec, root))
     return PreparedDataset(data.root, read_manifest(data.root, expected=data.name))

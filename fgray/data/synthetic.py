@@ -36,6 +36,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "breast": ("plain", "band", "spotted"),  # dark chest band / belly spots
 }
 MAX_CLASSES = int(np.prod([len(v) for v in PARTS.values()]))  # 192
+IMAGE_FORMATS = ("png", "jpeg")  # SyntheticSpec.image_format
+JPEG_QUALITY = 90  # libjpeg's quality of the jpeg sets (CUB's files are of about this quality)
 _CLASS_ORDER_SEED = 20240611  # fixed: class -> parts is the same for every spec.seed
 
 BBox = tuple[float, float, float, float]
@@ -76,6 +78,9 @@ class SyntheticSpec:
     distractors: int = 2  # marking-like fragments (stripes, bars, spots) in the background
     noise_std: float = 4.0  # Gaussian pixel noise (0-255 scale)
     supersample: int = 2  # render at this multiple of image_size, then box-filter down
+    # How the images are stored: png (lossless) or jpeg (quality 90, as photo datasets store theirs: what a
+    # view worker or the trainer, data.decode_on, decodes on a real dataset; bench/gpu_sweep.py).
+    image_format: str = "png"
 
     def __post_init__(self) -> None:
         if self.train_classes is None:  # resolved here so that "half" and its value hash alike
@@ -89,6 +94,7 @@ class SyntheticSpec:
             (self.image_size >= 32, "image_size must be >= 32 (parts vanish below)"),
             (0.1 <= self.scale_range[0] <= self.scale_range[1] <= 1.0, "scale_range must be 0.1 <= lo <= hi <= 1"),
             (self.supersample >= 1, "supersample must be >= 1"),
+            (self.image_format in IMAGE_FORMATS, f"image_format must be one of {IMAGE_FORMATS}"),
             (min(self.clutter, self.distractors, self.noise_std, self.shape_jitter, self.color_jitter,
                  self.lighting) >= 0,
              "knobs must be >= 0"),

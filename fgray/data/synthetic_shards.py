@@ -23,12 +23,15 @@ from PIL import Image
 
 import fgray
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from fgray.data.synthetic import GENERATOR_VERSION, SyntheticSpec, class_name, render, split_of
+from fgray.data.synthetic import GENERATOR_VERSION, JPEG_QUALITY, SyntheticSpec, class_name, render, split_of
 
 
 def content_hash(spec: SyntheticSpec) -> str:
     """sha256 of the spec and GENERATOR_VERSION: equal hash => identical images."""
-    payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": spec.to_dict()}, sort_keys=True)
+    described = spec.to_dict()
+    if described["image_format"] == "png":  # the field came later: PNG sets keep their hash (and caches)
+        del described["image_format"]
+    payload = json.dumps({"generator_version": GENERATOR_VERSION, "spec": described}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -45,9 +48,12 @@ def _read_manifest(folder: Path) -> Manifest | None:
         return None
 
 
-def _encode_png(image: np.ndarray) -> bytes:
+def _encode(image: np.ndarray, image_format: str = "png") -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=6)
+    if image_format == "jpeg":
+        Image.fromarray(image).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        Image.fromarray(image).save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -73,11 +79,11 @@ def photo_jpegs(count: int, width: int = 500, height: int = 375, quality: int = 
 
 
 def _render_class(spec: SyntheticSpec, c: int) -> list[tuple[bytes, tuple, tuple[int, ...]]]:
-    """Every image of class ``c``: (PNG bytes, bird box, image shape)."""
+    """Every image of class ``c``: (its encoded bytes, bird box, image shape)."""
     out = []
     for i in range(spec.images_per_class):
         image, box = render(spec, c, i)
-        out.append((_encode_png(image), tuple(box), image.shape))
+        out.append((_encode(image, spec.image_format), tuple(box), image.shape))
     return out
 
 
@@ -148,8 +154,8 @@ def _write_all(spec: SyntheticSpec, folder: Path, digest: str, rows_per_shard: i
 
     for c, images in enumerate(_render_classes(spec)):
         name, split = class_name(c), split_of(spec, c)
-        for i, (png, box, shape) in enumerate(images):
-            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": png, "label": c,
+        for i, (encoded, box, shape) in enumerate(images):
+            row = {"image_id": f"synthetic/{c:03d}/{i:04d}", "image": encoded, "label": c,
                    "class_name": name, "bbox": list(box), "split": split, "width": shape[1], "height": shape[0]}
             for col in columns:
                 rows[col].append(row[col])
