@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fgray.data.inputs import DatasetFacts
-from fgray.data.synthetic import SyntheticSpec, render
+from fgray.data.sources.synthetic import SyntheticSpec, render
 from fgray.data.views import build_recipe
 from fgray.engine import normalize_images
 from fgray.methods.configs import PPSSLConfig, TeacherConfig

@@ -71,7 +71,9 @@ def plain(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from fgray.data import pipeline, transforms
+    from fgray.data import pipeline
+    from fgray.data.views import transforms
+    from fgray.data.views.transforms import EvalViews
     from fgray.data.views import build_recipe
     from fgray.engine import (build_method, build_optimizer, build_scheduler, extract_embeddings,
                               train_one_epoch)
@@ -114,7 +116,7 @@ def plain(args: argparse.Namespace) -> dict:
         train_one_epoch(method, stream, optimizer, scheduler, torch.device("cpu"), epoch=epoch,
                         epochs=train.epochs, steps_per_epoch=steps, amp="off")
         epochs.append(time.perf_counter() - started)
-    views = pipeline.EvalViews(data.image_size, data.eval_crop)
+    views = EvalViews(data.image_size, data.eval_crop)
     rows = pipeline.read_rows(prepared, splits.test, ["image", "label", "image_id"]).to_pydict()
     test_batches = [views({k: np.asarray(v[i:i + 256], dtype=object if k == "image" else None)
                            for k, v in rows.items()}) for i in range(0, len(rows["image_id"]), 256)]

@@ -20,7 +20,7 @@ evaluation) of each next to the same seed's *untrained* backbone, with the paire
         # the demo before the fix: MoCo v2's published views, batch 64, generator lighting 0.5
     python bench/synthetic_learnability.py --view-stats --methods none     # what two views share
 
-The SSL views are ``fgray.data.transforms.moco_v2_augmentation``. ``--views demo`` (default): crop
+The SSL views are ``fgray.data.views.transforms.moco_v2_augmentation``. ``--views demo`` (default): crop
 0.6-1, jitter strength 0.1 (sweeps/demo.yaml's ``method.views``); ``--views published``:
 MoCo v2's recipe (crop 0.2-1, jitter 0.4); the flags override single parameters.
 """
@@ -46,8 +46,8 @@ from torchvision.transforms import v2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 from fgray.data.protocols import assign_splits  # noqa: E402
-from fgray.data.synthetic import PARTS, SyntheticSpec, class_parts, render_arrays  # noqa: E402
-from fgray.data.transforms import moco_v2_augmentation  # noqa: E402
+from fgray.data.sources.synthetic import PARTS, SyntheticSpec, class_parts, render_arrays  # noqa: E402
+from fgray.data.views.transforms import moco_v2_augmentation  # noqa: E402
 from fgray.losses import info_nce, negative_cosine  # noqa: E402
 from fgray.models.heads import ProjectionHead  # noqa: E402
 

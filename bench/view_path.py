@@ -47,9 +47,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from gpu_check import CASES, case_experiment  # noqa: E402
 
 from fgray import feed  # noqa: E402
-from fgray.data import transforms  # noqa: E402
+from fgray.data.views import transforms  # noqa: E402
 from fgray.data.inputs import ViewRecipe  # noqa: E402
-from fgray.data.synthetic_shards import photo_jpegs  # noqa: E402
+from fgray.data.sources.synthetic_shards import photo_jpegs  # noqa: E402
 from fgray.data.views import Source, build_recipe, moco, recipes, source  # noqa: E402
 from fgray.data.views.deferred import finish  # noqa: E402
 from fgray.data.views.trainer_decode import decode_views  # noqa: E402

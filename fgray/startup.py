@@ -33,7 +33,7 @@ def render_ahead(data: DataConfig) -> Rendering | None:
     """``Rendering`` of the built-in synthetic set. None (resolved when Ray is up): a prepared dataset
     (its manifest is read in milliseconds), or a process that cannot fork safely (one in Ray, or
     with other threads)."""
-    from fgray.data.synthetic_shards import fork_is_safe
+    from fgray.data.sources.synthetic_shards import fork_is_safe
 
     if data.name != "synthetic" or not fork_is_safe():
         return None

@@ -7,7 +7,7 @@ which reads its rows and draws its batches, in one of two ways:
 - one worker (``resources.in_trial``): in the trial's own Tune process, reporting and
   checkpointing to Tune, which retries a failed trial from its last checkpoint
   (``tune.FailureConfig``); its views are drawn by DataLoader workers it forks
-  (``fgray.data.forked_views``). No TorchTrainer, no view process to start: a laptop trial
+  (``fgray.data.views.forked_views``). No TorchTrainer, no view process to start: a laptop trial
   trains seconds sooner.
 - several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``, each with
   a Ray Data pipeline; Train restarts a worker group a node preemption stopped, and Tune retries
@@ -40,7 +40,8 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from fgray import ray_compat
 from fgray.cluster.cuda_check import refuse_if_failed
 from fgray.config import FORKED_VIEWS, ExperimentConfig, SweepConfig
-from fgray.data import detect, embedding_cache, pipeline
+from fgray.data import pipeline
+from fgray.data.frozen import detect, embedding_cache
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.protocols import SplitAssignment
 from fgray.results import (checkpoint_epoch, objective, overrides_from, settings_failure, train_run_dir,
@@ -245,7 +246,7 @@ class TrainSession:
 class TrialSession:
     """The same for a one-worker trial training in its Tune trial process: the checkpoint Tune
     restored (a retry or ``--resume``), reports and checkpoints to Tune; on Linux, views drawn by
-    processes it forks (``fgray.data.forked_views``: no process start, no imports)."""
+    processes it forks (``fgray.data.views.forked_views``: no process start, no imports)."""
 
     rank, world = 0, 1
 
@@ -328,6 +329,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
     import torch
 
     from fgray import checkpoint as ckpt
+    from fgray.data.views.transforms import EvalViews
     from fgray.engine import build_method, evaluate, place_method, use_deterministic_kernels
     from fgray.methods.parts import replicas_agree
     from fgray.stages import StageRunner
@@ -348,7 +350,7 @@ def worker_loop(config: dict[str, Any], session: TrainSession | TrialSession | N
             last_val = {k: v for k, v in ckpt.read_meta(directory)["metrics"].items() if k.startswith("val/")}
     # Validation images: read by the rank that validates, decoded once (ValBatches).
     val_batches = ValBatches(pipeline.TableBatches(config["val"].read()), experiment.eval.batch_size,
-                             pipeline.EvalViews(experiment.data.image_size, experiment.data.eval_crop)
+                             EvalViews(experiment.data.image_size, experiment.data.eval_crop)
                              ) if rank == 0 and config["val"] is not None else None
     started = time.perf_counter()
 

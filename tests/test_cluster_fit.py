@@ -13,7 +13,7 @@ import yaml
 from fgray.cluster_fit import (CLUSTER_CONFIG_VARIABLE, fit_problem, fits, node_types_from_config,
                                node_types_from_nodes, placed_bundles, read_node_types, trial_bundle)
 from fgray.config import ConfigError
-from fgray.data.embedding_cache import pool_size
+from fgray.data.frozen.embedding_cache import pool_size
 from fgray.preflight import planned_experiments
 from fgray.sweep import main
 from fgray.sweep_file import load_sweep

@@ -1,4 +1,4 @@
-"""DVA's zero-shot detector boxes (spec dva.md §2.3, ``fgray.data.detect``) on a tiny randomly
+"""DVA's zero-shot detector boxes (spec dva.md §2.3, ``fgray.data.frozen.detect``) on a tiny randomly
 initialised OWLv2 built from its config and saved here (nothing is downloaded): one box per image in
 the stored image's pixels with the whole-image fallback, class-name prompts, boxes detected once and
 reused, the training split's boxes replaced by image id, the config checks and the CLI."""
@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from fgray.config import ConfigError, ExperimentConfig
-from fgray.data import detect, pipeline
+from fgray.data import pipeline
+from fgray.data.frozen import detect
 from fgray.data.__main__ import main
 from fgray.data.inputs import DetectorSpec
 from fgray.data.pipeline import PreparedDataset
-from fgray.data.synthetic import SyntheticSpec
-from fgray.data.synthetic_shards import write_shards
-from fgray.data.embedding_cache import embed_in_process
+from fgray.data.sources.synthetic import SyntheticSpec
+from fgray.data.sources.synthetic_shards import write_shards
+from fgray.data.frozen.embedding_cache import embed_in_process
 from fgray.storage import read_folder, write_complete
 from fgray.methods.configs_supervised import DVAConfig
 from fgray.validation import validate

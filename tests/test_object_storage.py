@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from fgray.data.prepare import prepare
+from fgray.data.sources.prepare import prepare
 from fgray.storage import exists, read_bytes
 from fgray.sweep import main
 from layouts import make_cub200

@@ -179,7 +179,7 @@ def test_val_batches_streamed_every_time_when_too_big():
 def test_small_cpu_splits_embed_in_process_like_the_actor_pool(ray_local, tmp_path, monkeypatch):
     import functools
 
-    from fgray.data.embedding_cache import embed_rows, frozen_encoder
+    from fgray.data.frozen.embedding_cache import embed_rows, frozen_encoder
     from fgray.data.inputs import EncoderSpec
 
     data, prepared, splits = _synthetic(tmp_path, monkeypatch)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fgray.data.prepare import encode_image, prepare, read_manifest
+from fgray.data.sources.prepare import encode_image, prepare, read_manifest
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
 from layouts import BUILDERS, corrupt_image, make_cub200, write_image
 

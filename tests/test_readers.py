@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from fgray.data.protocols import DATASETS
-from fgray.data.readers import READERS, DatasetFormatError, class_names, read_layout
+from fgray.data.sources.readers import READERS, DatasetFormatError, class_names, read_layout
 from layouts import BUILDERS, make_aircraft, make_cars196, make_csv, make_cub200, make_dogs, make_flowers102
 from layouts import make_imagefolder, make_inshop, make_nabirds, make_sop
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from fgray.data.protocols import assign_splits
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from fgray.data.synthetic import MAX_CLASSES, SyntheticSpec, class_name, class_parts, render
-from fgray.data.synthetic_shards import content_hash, default_cache_dir, write_shards
+from fgray.data.sources.synthetic import MAX_CLASSES, SyntheticSpec, class_name, class_parts, render
+from fgray.data.sources.synthetic_shards import content_hash, default_cache_dir, write_shards
 
 SMALL = SyntheticSpec(num_classes=6, images_per_class=4, image_size=48)
 PNG_DEFAULT_HASH = "0c6a6246e96bf3a2"  # content_hash(SyntheticSpec()) before image_format: caches stay valid
@@ -175,7 +175,7 @@ def test_closed_protocol_validation_has_two_images_per_class():
 def test_a_pool_of_processes_renders_the_same_shards(tmp_path, monkeypatch, start):
     # Sets of 200+ images render in a process pool (forked from a one-thread process, spawned from one
     # with Ray's threads): the shards are byte for byte those of rendering in this process.
-    from fgray.data import synthetic_shards
+    from fgray.data.sources import synthetic_shards
 
     spec = SyntheticSpec(num_classes=4, images_per_class=50, image_size=32)
     monkeypatch.setattr(synthetic_shards, "fork_is_safe", lambda: start == "fork")

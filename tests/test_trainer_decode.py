@@ -15,9 +15,9 @@ from PIL import Image
 from fgray import feed
 from fgray.config import ExperimentConfig
 from fgray.data.inputs import CROP_SUFFIX, DEFERRED_SUFFIX, ENCODED_KEY, Inputs, ViewRecipe
-from fgray.data.synthetic_shards import photo_jpegs
-from fgray.data.transforms import decode, eval_transform
-from fgray.data.view_actor import ViewActor, stacked
+from fgray.data.sources.synthetic_shards import photo_jpegs
+from fgray.data.views.transforms import decode, eval_transform
+from fgray.data.views.view_actor import ViewActor, stacked
 from fgray.data.views import Source, build_recipe, moco
 from fgray.data.views.trainer_decode import CROP_WIDTH, crop_row, decode_views
 from fgray.engine import IMAGENET_STD, to_device

@@ -16,8 +16,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from fgray.data.inputs import ViewRecipe
-from fgray.data.synthetic_shards import photo_jpegs
-from fgray.data.transforms import decode, eval_transform, moco_blur, moco_v2_augmentation
+from fgray.data.sources.synthetic_shards import photo_jpegs
+from fgray.data.views.transforms import decode, eval_transform, moco_blur, moco_v2_augmentation
 from fgray.data.views import Source, build_recipe, colour, worker_colour
 from fgray.data.views.deferred import finish
 from fgray.data.views.moco import MocoView

@@ -184,7 +184,7 @@ def test_an_ass_selector_in_the_bucket_is_a_weights_file_or_a_checkpoint(s3_buck
 def test_a_saved_detector_folder_in_the_bucket_is_copied_whole_and_loads(s3_bucket, tmp_path):
     from test_detect import BATCH, save_tiny_owlv2  # the tiny OWLv2 test_detect runs
 
-    from fgray.data.detect import DetectActor
+    from fgray.data.frozen.detect import DetectActor
 
     save_tiny_owlv2(str(tmp_path / "owl"))
     uri = upload(tmp_path / "owl", f"{s3_bucket}/detector/owl")
@@ -198,7 +198,7 @@ def test_a_saved_detector_folder_in_the_bucket_is_copied_whole_and_loads(s3_buck
 
 
 def test_the_embedding_cache_digests_a_bucket_object_by_its_content(s3_bucket, tmp_path):
-    from fgray.data.embedding_cache import weights_digest
+    from fgray.data.frozen.embedding_cache import weights_digest
 
     resnet_weights(tmp_path / "w.pth", seed=2)
     uri = upload(tmp_path / "w.pth", f"{s3_bucket}/digest/w.pth")

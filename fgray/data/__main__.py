@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args) -> int:
-    from fgray.data.prepare import DEFAULT_ROWS_PER_SHARD, prepare
-    from fgray.data.readers import READERS, DatasetFormatError
+    from fgray.data.sources.prepare import DEFAULT_ROWS_PER_SHARD, prepare
+    from fgray.data.sources.readers import READERS, DatasetFormatError
 
     if args.dataset not in READERS:
         return _fail(f"--dataset: unknown dataset {args.dataset!r}; choose from {', '.join(sorted(READERS))}")
@@ -90,7 +90,7 @@ def _summary(m, where: str) -> str:
 
 
 def _info(args) -> int:
-    from fgray.data.prepare import read_manifest
+    from fgray.data.sources.prepare import read_manifest
 
     manifest = read_manifest(args.dir)
     if manifest is None:
@@ -111,9 +111,10 @@ def _as_flags(message: str) -> str:
 
 
 def _detect(args) -> int:
-    """The trials' detector pass (``fgray.data.detect``), here in this process (on its GPU if any)."""
+    """The trials' detector pass (``fgray.data.frozen.detect``), here in this process (on its GPU if any)."""
     from fgray.config import ConfigError
-    from fgray.data import detect, pipeline
+    from fgray.data import pipeline
+    from fgray.data.frozen import detect
     from fgray.data.inputs import DetectorSpec
     from fgray.data.protocols import assign_splits
     from fgray.storage import read_folder

@@ -7,13 +7,13 @@ A method's config has an ``inputs`` property returning :class:`Inputs`:
 - ``columns``: plain per-image columns of the shards: ``label`` (training classes re-indexed
   0..C-1 under the split protocol), ``bbox`` (x1, y1, x2, y2 in stored-image pixels), ``image_id``;
 - ``embeddings``: batch key -> frozen encoder whose embedding of each image is computed once
-  through the shared embedding cache (``fgray.data.embedding_cache``) and looked up by image id;
+  through the shared embedding cache (``fgray.data.frozen.embedding_cache``) and looked up by image id;
 - ``selection``: batches composed by a frozen selector (ASS, ``fgray.data.selection``): each
   step's first half are anchors, its second half the negatives chosen for them; the batch then
   also holds ``negative_index`` (int64 per row: for anchor i, the position in the second half of
   its own negative; -1 on the negatives' rows and in steps that are not composed);
 - ``detector``: the training images' ``bbox`` from a zero-shot detector run once
-  (``fgray.data.detect``) instead of the dataset's boxes.
+  (``fgray.data.frozen.detect``) instead of the dataset's boxes.
 
 The trial builds exactly what is declared, so ``trial.py``, ``engine.py`` and the pipelines
 never name a method, and a step that reads a key it did not declare fails with a one-line error.
@@ -45,7 +45,7 @@ class Recipe:
     deferred: tuple[str, ...] = ()
 
 
-# MoCo v2's view parameters (fgray.data.transforms.moco_v2_augmentation): crop area range, colour
+# MoCo v2's view parameters (fgray.data.views.transforms.moco_v2_augmentation): crop area range, colour
 # jitter strength and the probabilities of jitter, greyscale and blur.
 MOCO_VIEW_OPTIONS = ("scale", "jitter", "p_jitter", "p_gray", "p_blur")
 
@@ -128,7 +128,7 @@ class EncoderSpec(BaseModel):
 
 class DetectorSpec(BaseModel):
     """A zero-shot detector whose boxes replace the dataset's for the training images (DVA, spec
-    dva.md §2.3), detected once per (weights, prompt, threshold, dataset) by ``fgray.data.detect``.
+    dva.md §2.3), detected once per (weights, prompt, threshold, dataset) by ``fgray.data.frozen.detect``.
 
     ``path``: a folder holding a transformers zero-shot detector and its processor (``save_pretrained``
     of e.g. google/owlv2-base-patch16-ensemble): local, ``file:///mount/...``, or ``s3://`` / ``gs://``

@@ -5,16 +5,16 @@ Rows are read where they are used, with the image ids pushed into the Parquet sc
 driver reads only small index columns (ids, labels, boxes); each trainer reads its split's encoded
 rows once: a Train worker into its node's object store, for its view actors on the same node; a
 one-worker trial's process into its memory, for the view workers it forks (``forked_train_batches``,
-``fgray.data.forked_views``: the same batches). Training batches hold exactly the inputs a
+``fgray.data.views.forked_views``: the same batches). Training batches hold exactly the inputs a
 method declares (``fgray.data.inputs``): a tiny index dataset lists (row, epoch) in a seeded
-whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.view_actor``) turns each
+whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.views.view_actor``) turns each
 index row into that image's views (``fgray.data.views``), columns and cached embeddings, under a
 per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the
-process that embeds them (``EvalViews``): the rank-0 trainer for the small validation split; for
+process that embeds them (``views.transforms.EvalViews``): the rank-0 trainer for the small validation split; for
 large test splits and frozen-model caches, Ray Data's read tasks on the cluster stream them into
 the embedding actors (``Rows.dataset``).
 
-torchvision (``fgray.data.transforms``) is imported only where images are decoded: a DDP
+torchvision (``fgray.data.views.transforms``) is imported only where images are decoded: a DDP
 trial's Tune driver and Train controller import this module but never decode, and each ~2 s of
 imports saved there shortens every trial's start-up.
 """
@@ -31,11 +31,12 @@ import ray.data
 
 from fgray import ray_compat
 from fgray.config import ConfigError, DataConfig
+from fgray.data.frozen.detect import with_boxes
 from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.rows import (  # noqa: F401 (the dataset's rows; importers name them through pipeline)
     PreparedDataset, Rows, TableBatches, assign, dataset_name, on_this_node, read_manifest, read_rows,
     resolve_dataset, table_dataset)
-from fgray.data.view_actor import ViewActor
+from fgray.data.views.view_actor import ViewActor
 
 # Every node's default label in Ray: its node id (Ray's docs, "Use labels to control scheduling").
 NODE_ID_LABEL = "ray.io/node-id"
@@ -71,20 +72,6 @@ class BlockViews(ViewActor):
                 yield super().__call__({name: v[start: start + self.batch_rows] for name, v in block.items()})
 
 
-class EvalViews:
-    """Encoded rows -> deterministic eval views: ``image`` (B, 3, S, S) uint8 (resize + centre crop);
-    the other columns (``label``, ``image_id``, ...) pass through."""
-
-    def __init__(self, image_size: int, crop_fraction: float):
-        from fgray.data import transforms
-
-        self.eval_images = transforms.eval_images
-        self.transform = transforms.eval_transform(image_size, crop_fraction)
-
-    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        return {**batch, "image": self.eval_images(batch["image"], self.transform)}
-
-
 @dataclass(frozen=True)
 class TrainingSplit:
     """A trial's training split as its driver knows it: which images, in the row order the epochs'
@@ -94,7 +81,7 @@ class TrainingSplit:
     prepared: PreparedDataset
     ids: np.ndarray  # image ids (str), in row order
     columns: tuple[str, ...]  # the encoded columns the declared inputs need (image_id included)
-    # A detector's boxes (``fgray.data.detect``) in row order, replacing the dataset's ``bbox``:
+    # A detector's boxes (``fgray.data.frozen.detect``) in row order, replacing the dataset's ``bbox``:
     # carried here (16 bytes an image), as their folder may be on the driver's node only.
     boxes: pa.Array | None
     facts: DatasetFacts
@@ -126,11 +113,10 @@ def training_split(prepared: PreparedDataset, image_ids: np.ndarray, data: DataC
                    method: str, caches: dict[str, str], boxes: str | None = None) -> TrainingSplit:
     """The training split a method's inputs need, its dataset facts and the re-indexed labels, from the
     index columns only (and the boxes, checked here before any worker starts, when the method needs
-    them). ``boxes``: a folder of detected boxes (``fgray.data.detect``) that replace the dataset's."""
+    them). ``boxes``: a folder of detected boxes (``fgray.data.frozen.detect``) that replace the dataset's."""
     columns = tuple(sorted({*inputs.shard_columns, "label", "image_id"}))
     index = read_rows(prepared, image_ids, [c for c in columns if c != "image"])
     if boxes is not None:
-        from fgray.data.detect import with_boxes  # it imports this module
 
         index = with_boxes(index, boxes)
     if inputs.needs_boxes:
@@ -227,8 +213,8 @@ def forked_train_batches(split: TrainingSplit, inputs: Inputs, data: DataConfig,
                          batch_size: int, workers: int = 1, rows_per_epoch: int | None = None,
                          selector: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """``train_dataset``'s batches (one rank of one), drawn by ``workers`` forked processes of this one
-    (``fgray.data.forked_views``) from the split's rows read here: a one-worker trial's pipeline."""
-    from fgray.data.forked_views import forked_batches, step_blocks
+    (``fgray.data.views.forked_views``) from the split's rows read here: a one-worker trial's pipeline."""
+    from fgray.data.views.forked_views import forked_batches, step_blocks
 
     order, _ = train_index(split, inputs, seed, epochs, 0, 1, rows_per_epoch, batch_size, selector)
     views = ViewActor(**view_actor_kwargs(split, split_rows(split), inputs, data, seed, 0, selector))

@@ -42,8 +42,8 @@ class PreparedDataset:
 def resolve_dataset(data: DataConfig) -> PreparedDataset:
     """Locate (and for ``synthetic``, generate once and cache) the shards a config names."""
     if data.name == "synthetic":
-        from fgray.data.synthetic import SyntheticSpec
-        from fgray.data.synthetic_shards import default_cache_dir, write_shards
+        from fgray.data.sources.synthetic import SyntheticSpec
+        from fgray.data.sources.synthetic_shards import default_cache_dir, write_shards
 
         spec = SyntheticSpec(num_classes=data.synthetic.num_classes, images_per_class=data.synthetic.images_per_class,
                              image_size=data.image_size, seed=data.synthetic.seed,
@@ -88,8 +88,8 @@ def on_this_node(prepared: PreparedDataset) -> None:
     cache once, instead of every node needing the disk of the node that generated it first. A
     no-op (one manifest read) when they are there."""
     if prepared.rendered_per_node:
-        from fgray.data.synthetic import SyntheticSpec
-        from fgray.data.synthetic_shards import write_shards
+        from fgray.data.sources.synthetic import SyntheticSpec
+        from fgray.data.sources.synthetic_shards import write_shards
 
         write_shards(SyntheticSpec.from_dict(prepared.manifest.extra), prepared.root)
 

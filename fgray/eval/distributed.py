@@ -25,7 +25,7 @@ from fgray import checkpoint as ckpt
 from fgray import storage
 from fgray.config import ExperimentConfig, TransferConfig
 from fgray.data import pipeline
-from fgray.data.embedding_cache import embed_rows
+from fgray.data.frozen.embedding_cache import embed_rows
 from fgray.data.inputs import DatasetFacts
 from fgray.devices import local_device
 from fgray.eval.linear_probe import linear_probe_fractions

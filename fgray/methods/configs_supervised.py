@@ -147,7 +147,7 @@ class DVAConfig(MethodConfig):
     # prompted with the class name; fgray's default is the dataset's boxes (CUB, Cars, Dogs, Aircraft
     # and the synthetic set ship them) because no detector weights can be downloaded where it runs.
     boxes: Literal["dataset", "detector"] = "dataset"
-    detector: DetectorSpec | None = None  # the saved detector (fgray.data.detect) when boxes: detector
+    detector: DetectorSpec | None = None  # the saved detector (fgray.data.frozen.detect) when boxes: detector
 
     @model_validator(mode="after")
     def _dpt_needs_opa(self) -> "DVAConfig":

@@ -18,7 +18,7 @@ backbone (fgray's untrained baseline), +ICA = ``opa: false, dpt: false`` (L_pl o
 ``dpt: false``, DVA = the defaults. Boxes come from the dataset (``boxes: dataset``, fgray's default)
 or, as in the paper, from a zero-shot detector prompted with the class name (``boxes: detector``,
 ``detector.path``: a saved transformers detector), run once over the training split by
-``fgray.data.detect`` and stored with the shards; the folder is checked when the sweep is validated.
+``fgray.data.frozen.detect`` and stored with the shards; the folder is checked when the sweep is validated.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen image encoders for the embedding cache (``fgray.data.embedding_cache``) from an
+"""Frozen image encoders for the embedding cache (``fgray.data.frozen.embedding_cache``) from an
 ``EncoderSpec``: an open_clip image tower or any timm model (hub, local file or seeded random)."""
 from __future__ import annotations
 

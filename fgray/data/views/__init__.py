@@ -16,8 +16,14 @@ Modules: ``params`` (the draws), ``source`` (decoding, reduced where the crops a
 ``worker_colour`` (jitter, greyscale, blur of one view: a colour lookup table in PIL, scipy's blur),
 ``moco`` (MoCo v2's views), ``recipes`` (crop + flip, DVA's objects and backgrounds, VAPNet's grid
 crops), ``colour`` (the same ops per image of a batch, Kornia, on any device), ``deferred`` (the
-trainer's side) and ``trainer_decode`` (the trainer's decoding, ``data.decode_on``). The other view modules of the
-role (``transforms``, ``view_actor``, ``forked_views``, ``declared``) stay beside this package for now.
+trainer's side) and ``trainer_decode`` (the trainer's decoding, ``data.decode_on``); ``transforms``
+(torchvision's decode and the eval views, ``EvalViews``); and who draws them: ``view_actor`` (a Ray
+Data actor, a DDP trainer's) and ``forked_views`` (the processes a one-worker trial forks).
+
+fgray/data's other roles: ``sources`` (where images come from: the layout readers, ``prepare``,
+the synthetic set), ``frozen`` (passes of frozen models over a dataset, computed once: embedding
+caches, detector boxes), and at the top the contracts (``schema``, ``protocols``, ``inputs``) and
+the training pipeline (``rows``, ``pipeline``, ``selection``, ``declared``).
 """
 from fgray.data.views import moco, recipes  # noqa: F401  (register the recipes)
 from fgray.data.views.recipes import (GridCrops, ObjectBackground, crop_flip_with_box, crop_regions,  # noqa: F401

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-from fgray.data.transforms import moco_blur
+from fgray.data.views.transforms import moco_blur
 from fgray.data.views.colour import apply_rows
 from fgray.data.views.registry import DEFERRED_SUFFIX
 

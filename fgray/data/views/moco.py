@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from fgray.data.inputs import CROP_SUFFIX, ENCODED_KEY
-from fgray.data.transforms import moco_blur
+from fgray.data.views.transforms import moco_blur
 from fgray.data.views.worker_colour import apply_colour, blur
 from fgray.data.views.params import Crop, MocoDraw, draw_moco
 from fgray.data.views.registry import DEFERRED_SUFFIX, Views, register

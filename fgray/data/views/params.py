@@ -1,5 +1,5 @@
 """The random draws of a MoCo v2 view, made before any pixel is touched: the same torch calls, in the
-same order, as torchvision v2's ``Compose`` of ``fgray.data.transforms.moco_v2_augmentation``.
+same order, as torchvision v2's ``Compose`` of ``fgray.data.views.transforms.moco_v2_augmentation``.
 
 A view's draws from torch's global CPU generator, which the view actor seeds per image and epoch
 (``inputs.image_seed``), so an image's parameters are the reference's parameters for that seed:

@@ -9,7 +9,7 @@ and returns records with
   ``gallery``); where a dataset ships a separate validation list (Aircraft, Flowers-102) it
   belongs to ``train`` (the official trainval);
 - ``bbox``: ``(x1, y1, x2, y2)`` in pixel-edge coordinates of the original image
-  (see :mod:`fgray.data.readers.common`), ``None`` where the dataset has none.
+  (see :mod:`fgray.data.sources.readers.common`), ``None`` where the dataset has none.
 
 ``root`` may be a local folder or a ``s3://``/``gs://`` URI (pyarrow filesystems). A missing
 or malformed file raises :class:`DatasetFormatError` whose message is one line.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fgray.data.readers.common import DatasetFormatError, exists, normalize_root
+from fgray.data.sources.readers.common import DatasetFormatError, exists, normalize_root
 from fgray.data.schema import Record
 
 Reader = Callable[[str], "list[Record]"]
@@ -66,6 +66,6 @@ def class_names(records: list[Record]) -> list[str]:
 
 
 # Importing the family modules registers their readers.
-from fgray.data.readers import aircraft, cars, cub, dogs, flowers, generic, products  # noqa: E402,F401
+from fgray.data.sources.readers import aircraft, cars, cub, dogs, flowers, generic, products  # noqa: E402,F401
 
 __all__ = ["READERS", "DatasetFormatError", "Reader", "class_names", "read_layout", "register_reader"]

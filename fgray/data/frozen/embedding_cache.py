@@ -30,8 +30,8 @@ import ray
 from fgray import ray_compat
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
-from fgray.data.pipeline import EvalViews
 from fgray.data.rows import PreparedDataset, Rows, TableBatches, dataset_name
+from fgray.data.views.transforms import EvalViews
 from fgray.devices import local_device
 from fgray.storage import complete_folders, write_complete
 from fgray.weights_uri import local_weights

@@ -1,4 +1,4 @@
-"""The synthetic birds' body plan (``fgray.data.synthetic``): the polygons of one bird's parts in
+"""The synthetic birds' body plan (``fgray.data.sources.synthetic``): the polygons of one bird's parts in
 its own frame, for the part combination of its class. Pure numpy; posing, colouring and drawing
 stay in ``synthetic``."""
 from __future__ import annotations

@@ -23,7 +23,7 @@ from PIL import Image
 
 import fgray
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest
-from fgray.data.synthetic import GENERATOR_VERSION, JPEG_QUALITY, SyntheticSpec, class_name, render, split_of
+from fgray.data.sources.synthetic import GENERATOR_VERSION, JPEG_QUALITY, SyntheticSpec, class_name, render, split_of
 
 
 def content_hash(spec: SyntheticSpec) -> str:

@@ -7,8 +7,8 @@ The dataset ships no class names: classes are named ``flower_001`` .. ``flower_1
 """
 from __future__ import annotations
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     DatasetFormatError,
     as_int,
     find_root,

@@ -14,8 +14,8 @@ or to ``Img/`` in the official release layout (``Img/img/WOMEN/...``).
 """
 from __future__ import annotations
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     DatasetFormatError,
     dense_labels,
     exists,

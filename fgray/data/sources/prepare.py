@@ -43,8 +43,8 @@ from collections import Counter
 import pyarrow as pa
 
 from fgray import __version__
-from fgray.data.readers import class_names, read_layout
-from fgray.data.readers.common import filesystem, is_uri, list_files, normalize_root, read_bytes
+from fgray.data.sources.readers import class_names, read_layout
+from fgray.data.sources.readers.common import filesystem, is_uri, list_files, normalize_root, read_bytes
 from fgray.data.schema import MANIFEST_NAME, SHARD_SCHEMA, Manifest, Record
 
 log = logging.getLogger("fgray.data")

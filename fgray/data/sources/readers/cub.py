@@ -14,8 +14,8 @@ classes, ordered by id.
 """
 from __future__ import annotations
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     DatasetFormatError,
     box_from_xywh,
     find_root,

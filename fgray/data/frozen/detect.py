@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import ray
 
 from fgray import ray_compat
-from fgray.data.embedding_cache import cluster_gpus, embed_in_process, pool_size, weights_digest
+from fgray.data.frozen.embedding_cache import cluster_gpus, embed_in_process, pool_size, weights_digest
 from fgray.data.inputs import DetectorSpec
 from fgray.data.rows import PreparedDataset, Rows, dataset_name, read_rows
 from fgray.data.schema import SHARD_SCHEMA
@@ -61,7 +61,7 @@ class DetectActor:
         import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        from fgray.data.transforms import decode
+        from fgray.data.views.transforms import decode
 
         self.torch, self.decode, self.spec = torch, decode, spec
         self.device = local_device()

@@ -7,8 +7,8 @@ Files (below ``data/``): ``variants.txt`` (one variant per line, the official or
 """
 from __future__ import annotations
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     DatasetFormatError,
     box_from_1based,
     find_root,

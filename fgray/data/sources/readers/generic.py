@@ -19,8 +19,8 @@ import io
 import os
 import posixpath
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     IMAGE_EXTENSIONS,
     DatasetFormatError,
     is_dir,

@@ -14,8 +14,8 @@ Classes are 1-based (label = class - 1); boxes are MATLAB 1-based inclusive pixe
 """
 from __future__ import annotations
 
-from fgray.data.readers import register_reader
-from fgray.data.readers.common import (
+from fgray.data.sources.readers import register_reader
+from fgray.data.sources.readers.common import (
     DatasetFormatError,
     as_int,
     as_str,

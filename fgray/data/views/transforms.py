@@ -67,3 +67,15 @@ def two_views(encoded_images, augment: v2.Compose) -> dict[str, np.ndarray]:
 
 def eval_images(encoded_images, transform: v2.Compose) -> np.ndarray:
     return torch.stack([transform(decode(encoded)) for encoded in encoded_images]).numpy()
+
+
+class EvalViews:
+    """Encoded rows -> deterministic eval views: ``image`` (B, 3, S, S) uint8 (resize + centre crop);
+    the other columns (``label``, ``image_id``, ...) pass through. A Ray Data batch function (the
+    embedding caches' actors) and the validating trainer's."""
+
+    def __init__(self, image_size: int, crop_fraction: float):
+        self.transform = eval_transform(image_size, crop_fraction)
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        return {**batch, "image": eval_images(batch["image"], self.transform)}

@@ -9,7 +9,7 @@ marking-like fragments in the same palette as the bird, so that global colour or
 statistics do not reveal the class. Each image comes with the bird's bounding box.
 
 ``render`` is a pure function of ``(spec, class, instance)``: numpy + PIL, no torch, about
-a millisecond per 64 px image. :mod:`fgray.data.synthetic_shards` stores a spec as Parquet
+a millisecond per 64 px image. :mod:`fgray.data.sources.synthetic_shards` stores a spec as Parquet
 shards, cached by its ``content_hash`` (of the spec and ``GENERATOR_VERSION``).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fgray.data.synthetic_shapes import bird_polygons
+from fgray.data.sources.synthetic_shapes import bird_polygons
 
 # Bump whenever a change makes ``render`` produce different pixels: it is part of the hash.
 GENERATOR_VERSION = "2"
