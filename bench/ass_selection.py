@@ -32,7 +32,7 @@ from gpu_check import case_facts, measure_step  # noqa: E402
 from fgray.data import pipeline  # noqa: E402
 from fgray.data.declared import declared_batch  # noqa: E402
 from fgray.data.selection import candidate_rows, select_negatives, selection_rng  # noqa: E402
-from fgray.data.views.view_actor import ViewActor  # noqa: E402
+from fgray.data.view_actor import ViewActor  # noqa: E402
 from fgray.sweep_file import load_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

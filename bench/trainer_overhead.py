@@ -44,7 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
 from fgray.config import ExperimentConfig  # noqa: E402
 from fgray.sweep_file import load_sweep  # noqa: E402
-from fgray.data import pipeline, transforms  # noqa: E402
+from fgray.data import pipeline  # noqa: E402
+from fgray.data.views import transforms  # noqa: E402
 from fgray.data.inputs import DatasetFacts  # noqa: E402
 from fgray.engine import build_method, build_optimizer, build_scheduler, train_one_epoch  # noqa: E402
 

@@ -124,14 +124,24 @@ class BackboneConfig(Strict):
 
     @field_validator("pretrained")
     @classmethod
-    def _weights_file_exists(cls, value: bool | str) -> bool | str:
+    def _weights_file_exists(cls, value: bool | str, info: ValidationInfo) -> bool | str:
         if isinstance(value, str) and is_object_store(value):
-            return _stored_weights(value)
+            from fgray.weights_uri import StoreUnreachable
+
+            try:
+                return _stored_weights(value)
+            except OSError as err:  # the store: one line where the sweep starts, retried in a trial
+                if not _deep(info):
+                    raise err if isinstance(err, StoreUnreachable) else StoreUnreachable(f"{value}: {err}")
+                raise ValueError(str(err).splitlines()[0]) from None
         mounted = isinstance(value, str) and value.startswith("file://")  # a mount every node has: stays a URI
         if isinstance(value, str) and (mounted or not is_uri(value)) and not Path(local_path(value)).is_file():
             from fgray.results import resolve_checkpoint  # torch-free: meta / summary files only
 
-            folder = resolve_checkpoint(local_path(value))  # recorded resolved: the trials name the checkpoint
+            try:  # recorded resolved: the trials name the checkpoint
+                folder = resolve_checkpoint(local_path(value))
+            except OSError as err:  # unreadable (permissions): one line, as a missing file
+                raise ValueError(f"{value} cannot be read ({str(err).splitlines()[0]})") from None
             if folder is None:
                 raise ValueError(f"weights file not found: {value} (nor an fgray checkpoint folder holding "
                                  f"meta.json, nor a sweep's output folder holding summary.json)")

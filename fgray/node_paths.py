@@ -32,6 +32,13 @@ WEIGHTS_HOW = ("upload it with `aws s3 cp` (--recursive for a folder); each node
                "$FGRAY_CACHE/weights")
 
 
+class StoreUnreachable(OSError):
+    """The store could not be asked (no credentials, no network, an outage): one line naming the URI and
+    the cause. An OSError, not a ValueError, on purpose: raised in a trial's config validation it passes
+    through pydantic as itself, so Tune retries the trial (a ConfigError would end it as a settings
+    failure); where the sweep starts (``validation.validate``'s deep pass, the methods' preflights) it is one line."""
+
+
 @dataclass(frozen=True)
 class ReadPath:
     """``Annotated`` marker of a config field whose value may name a file or folder that is read where

@@ -7,7 +7,7 @@ which reads its rows and draws its batches, in one of two ways:
 - one worker (``resources.in_trial``): in the trial's own Tune process, reporting and
   checkpointing to Tune, which retries a failed trial from its last checkpoint
   (``tune.FailureConfig``); its views are drawn by DataLoader workers it forks
-  (``fgray.data.views.forked_views``). No TorchTrainer, no view process to start: a laptop trial
+  (``fgray.data.forked_views``). No TorchTrainer, no view process to start: a laptop trial
   trains seconds sooner.
 - several workers (DDP): a Ray Train ``TorchTrainer`` whose workers run ``worker_loop``, each with
   a Ray Data pipeline; Train restarts a worker group a node preemption stopped, and Tune retries
@@ -140,15 +140,20 @@ def fit(trainer) -> None:
 
 
 def settings_cause(err: "ray.train.WorkerGroupError") -> ConfigError | None:
-    """The first ``ConfigError`` a failed worker group's ranks raised (``worker_failures``: rank ->
-    exception, a ``RayTaskError`` wrapping it or the exception itself), else None."""
+    """The first ``ConfigError`` a failed worker group's ranks raised (``worker_failures``: rank -> the
+    exception, or a ``RayTaskError`` whose ``cause`` it is: taken first, its text is a whole traceback),
+    else None."""
     for _, failure in sorted(err.worker_failures.items()):
         seen = set()
-        while failure is not None and id(failure) not in seen:
-            if isinstance(failure, ConfigError):
-                return failure
+        while isinstance(failure, BaseException) and id(failure) not in seen:
             seen.add(id(failure))
-            failure = getattr(failure, "cause", None) or failure.__cause__
+            wrapped = getattr(failure, "cause", None)
+            if isinstance(wrapped, BaseException):
+                failure = wrapped
+            elif isinstance(failure, ConfigError):
+                return failure
+            else:
+                failure = failure.__cause__
     return None
 
 
@@ -246,7 +251,7 @@ class TrainSession:
 class TrialSession:
     """The same for a one-worker trial training in its Tune trial process: the checkpoint Tune
     restored (a retry or ``--resume``), reports and checkpoints to Tune; on Linux, views drawn by
-    processes it forks (``fgray.data.views.forked_views``: no process start, no imports)."""
+    processes it forks (``fgray.data.forked_views``: no process start, no imports)."""
 
     rank, world = 0, 1
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fgray.methods.registry import method_configs
+from fgray.node_paths import StoreUnreachable
 
 
 class Strict(BaseModel):
@@ -92,7 +93,11 @@ def validate(model: type[BaseModel], data: Any, deep: bool = True):
     a fraction of a second); ``deep`` then runs them too (timm model names and arguments).
     """
     try:
-        validated = model.model_validate(data, context={"schema_only": True})
+        try:
+            validated = model.model_validate(data, context={"schema_only": True})
+        except StoreUnreachable:  # a trial retries it; the deep pass names the key in one line
+            if not deep:
+                raise
         return model.model_validate(data) if deep else validated
     except ValidationError as err:
         tags = set(method_configs())

@@ -7,22 +7,26 @@ an object-store URI (``s3://``, ``gs://``) of a file or a folder, read through `
 filesystems (so an S3 endpoint reaches it). An object-store value is copied once per node into
 ``$FGRAY_CACHE/weights/<hash of the URI>/<its basename>`` (``FGRAY_CACHE``: ``~/.cache/fgray``) and
 reused while every file's size and modification time are the store's: weights re-uploaded to the same
-URI are of the same size (the same architecture), so size alone would keep a stale copy. A copy is
-written under a temporary name and renamed into place: processes of one node (a trial's workers, the
-embedding cache's actors) never open half a file. Imports no Ray or torch.
+URI are of the same size (the same architecture), so size alone would keep a stale copy. The processes
+of one node (a trial's workers, the embedding cache's actors) take turns on a lock file: the first
+copies, the others then find the copy fresh. A copy is written under a temporary name and renamed into
+place, so a reader never opens half a file. Imports no Ray or torch.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
+from typing import Iterator
 
 import pyarrow.fs as pafs
 
 from fgray import storage
-from fgray.node_paths import is_object_store, local_path
+from fgray.node_paths import StoreUnreachable, is_object_store, local_path
 
 CHUNK = 1 << 22  # bytes per read of a stream: weights are hundreds of MB
 
@@ -34,14 +38,14 @@ def cache_root() -> str:
 
 
 def stored_type(value: str) -> str | None:
-    """``"file"``, ``"folder"`` or None (nothing there) for an object-store URI; ValueError, one line
-    naming the URI and the cause, when the store cannot be asked (no credentials, no network)."""
+    """``"file"``, ``"folder"`` or None (nothing there) for an object-store URI; ``StoreUnreachable``
+    when the store cannot be asked."""
     try:
         fs, inner = storage.filesystem(value)
         kind = fs.get_file_info(inner).type
     except OSError as err:
         cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{value} cannot be read ({cause})") from None
+        raise StoreUnreachable(f"{value} cannot be read ({cause})") from None
     return {pafs.FileType.File: "file", pafs.FileType.Directory: "folder"}.get(kind)
 
 
@@ -63,17 +67,30 @@ def local_weights(value: str) -> str:
     key = hashlib.sha1(value.rstrip("/").encode()).hexdigest()[:16]
     target = os.path.join(cache_root(), key, posixpath.basename(inner.rstrip("/")) or "weights")
     os.makedirs(os.path.dirname(target), exist_ok=True)
-    if info.type == pafs.FileType.File:
-        if not _fresh(target, info):
-            if os.path.isdir(target):  # the URI named a folder before
-                _discard(target)
-            _download(fs, info, target)
+    with _node_lock(os.path.dirname(target)):  # one copy per node: the others wait for it, then reuse it
+        if info.type == pafs.FileType.File:
+            if not _fresh(target, info):
+                if os.path.isdir(target):  # the URI named a folder before
+                    _discard(target)
+                _download(fs, info, target)
+            return target
+        files = {posixpath.relpath(i.path, inner): i
+                 for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File}
+        if not _fresh_folder(target, files):
+            _download_folder(fs, files, target)
         return target
-    files = {posixpath.relpath(i.path, inner): i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True))
-             if i.type == pafs.FileType.File}
-    if not _fresh_folder(target, files):
-        _download_folder(fs, files, target)
-    return target
+
+
+@contextlib.contextmanager
+def _node_lock(folder: str) -> Iterator[None]:
+    """An exclusive lock on ``folder/.lock`` among this node's processes (a trial's workers, the embedding
+    cache's actors start together): released when the holder exits, however it exits (flock)."""
+    with open(os.path.join(folder, ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fresh(path: str, info: pafs.FileInfo) -> bool:
@@ -116,20 +133,17 @@ def _download(fs: pafs.FileSystem, info: pafs.FileInfo, target: str) -> None:
 
 
 def _download_folder(fs: pafs.FileSystem, files: dict[str, pafs.FileInfo], target: str) -> None:
+    """The stored folder into ``target`` (under ``_node_lock``): built aside, then renamed into place
+    whole; a stale copy there is discarded first (a process still reading a file of it keeps reading it)."""
     temp = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".part-")
     try:
         for name, info in files.items():
             dest = os.path.join(temp, *name.split("/"))
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             _copy(fs, info, dest)
-        try:
-            os.rename(temp, target)  # atomic; fails when a folder (or file) is there already
-        except OSError:
-            # Another process of this node may have just put a whole copy there, which its loader may
-            # be reading: keep it. Only a stale copy (the store's files changed) is swapped out.
-            if not _fresh_folder(target, files):
-                _discard(target)
-                os.rename(temp, target)
+        if os.path.lexists(target):
+            _discard(target)
+        os.rename(temp, target)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 

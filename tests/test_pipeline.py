@@ -3,6 +3,8 @@ the same in every run, whole-split shuffling, and validation batches kept in mem
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -237,3 +239,13 @@ def test_datasets_built_here_keep_their_types_and_blocks(ray_local, tmp_path, mo
     assert index.num_blocks() == len(blocks) == index.count()
     assert [list(r["row"]) for r in index.take_all()] == [b.column("row").to_pylist() for b in blocks]
     assert pipeline.index_dataset([]).count() == 0  # no epochs left (a finished trial resumed)
+
+
+def test_a_trials_driver_imports_neither_torch_nor_the_view_code():
+    # A DDP trial's Tune driver and its Train controller import the trial and the pipeline but never draw
+    # a view: torch and torchvision (seconds) load in the processes that draw or train, not on every
+    # trial's start-up path.
+    probe = ("import sys, fgray.trial, fgray.data.pipeline, fgray.data.frozen.detect\n"
+             "print(sorted(m for m in ('torch', 'torchvision', 'timm', 'fgray.data.views') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

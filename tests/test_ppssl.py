@@ -420,7 +420,7 @@ def test_cached_teacher_embeddings_roundtrip(tmp_path, method):
 
     from fgray.config import DataConfig
     from fgray.data.frozen.embedding_cache import EmbedActor, frozen_encoder
-    from fgray.data.views.view_actor import lookup_embeddings, read_embeddings
+    from fgray.data.view_actor import lookup_embeddings, read_embeddings
     from fgray.engine import normalize_images
 
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from fgray.data import pipeline
-from fgray.data.views.view_actor import ViewActor, runs
+from fgray.data.view_actor import ViewActor, runs
 from fgray.data import selection as sel
 from fgray.data.inputs import EncoderSpec, Inputs, Selection, ViewRecipe
 from fgray.data.selection import (candidate_rows, gamma_at, select_negatives, selection_probabilities,
@@ -461,7 +461,7 @@ def test_block_views_draw_each_index_block_in_whole_composed_steps(monkeypatch):
 def test_step_blocks_hold_one_training_step_each():
     # A one-worker trial's forked view workers draw one step per block: a plain epoch's blocks are one
     # batch each, a composed epoch's one step's anchors and candidates, which compose into one batch.
-    from fgray.data.views.forked_views import step_blocks
+    from fgray.data.forked_views import step_blocks
 
     selection = placed_selection(stages=(Stage("warmup", 1), Stage("pretrain", 2)))
     order = [pipeline.composed_index(np.arange(3 * BATCH), 0, BATCH, selection, NUM_ROWS, SEED, RANK),
@@ -480,7 +480,7 @@ def test_a_step_that_cannot_be_whole_is_refused():
     # smaller than one batch would give the forked view workers no step at all, not an error.
     from types import SimpleNamespace
 
-    from fgray.data.views.forked_views import step_blocks
+    from fgray.data.forked_views import step_blocks
 
     inputs = Inputs(views=(ViewRecipe("crop_flip"),), selection=placed_selection())
     with pytest.raises(ValueError, match="even"):

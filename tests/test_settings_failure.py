@@ -101,7 +101,7 @@ def test_the_dashboard_gauge_says_failed(monkeypatch):
 
 
 def test_a_batch_larger_than_the_split_is_a_settings_error():
-    from fgray.data.views.forked_views import step_blocks
+    from fgray.data.forked_views import step_blocks
 
     with pytest.raises(ConfigError, match="not one step an epoch"):
         step_blocks([pa.table({"row": np.arange(10), "epoch": np.zeros(10, int)})], batch_size=16)

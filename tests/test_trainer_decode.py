@@ -17,7 +17,7 @@ from fgray.config import ExperimentConfig
 from fgray.data.inputs import CROP_SUFFIX, DEFERRED_SUFFIX, ENCODED_KEY, Inputs, ViewRecipe
 from fgray.data.sources.synthetic_shards import photo_jpegs
 from fgray.data.views.transforms import decode, eval_transform
-from fgray.data.views.view_actor import ViewActor, stacked
+from fgray.data.view_actor import ViewActor, stacked
 from fgray.data.views import Source, build_recipe, moco
 from fgray.data.views.trainer_decode import CROP_WIDTH, crop_row, decode_views
 from fgray.engine import IMAGENET_STD, to_device
@@ -116,6 +116,21 @@ def test_png_images_decode_on_the_trainers_cpu_beside_jpegs():
     cut = decode_views(_batch([_draw(trainer, encoded, seed) for seed, encoded in enumerate(stored)]), CPU)
     for key in ("view1", "view2"):
         assert (cut[key].float() - torch.from_numpy(ours[key]).float()).abs().mean(dim=(1, 2, 3)).max() < 0.1
+
+
+def test_a_batch_the_device_decoder_rejects_decodes_on_the_cpu_instead(monkeypatch):
+    # nvJPEG rejects some encodings libjpeg reads: that batch would fail the same way on every retry.
+    import torchvision.io
+
+    def rejects(*args, **kwargs):
+        raise RuntimeError("nvjpegDecode failed: NVJPEG_STATUS_JPEG_NOT_SUPPORTED")
+
+    worker, trainer = _recipes("moco_pair", 224)
+    drawn = _batch([_draw(trainer, encoded, seed) for seed, encoded in enumerate(PHOTOS[:3])])
+    expected = decode_views(dict(drawn), CPU)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", rejects)
+    fallback = decode_views(dict(drawn), CPU)
+    assert all(torch.equal(fallback[key], expected[key]) for key in ("view1", "view2"))
 
 
 def test_a_decoded_tensor_is_still_cropped_on_the_worker():

@@ -13,7 +13,7 @@ import torch
 from fgray.config import ExperimentConfig, SweepConfig
 from fgray.data.inputs import DatasetFacts, Inputs, ViewRecipe
 from fgray.data.sources.synthetic_shards import photo_jpegs
-from fgray.data.views.view_actor import ViewActor
+from fgray.data.view_actor import ViewActor
 from fgray.data.views.params import OPS_WIDTH
 from fgray.engine import IMAGENET_STD, DeclaredBatch, build_method, to_device
 from fgray.validation import ConfigError, validate

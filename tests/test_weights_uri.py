@@ -95,17 +95,20 @@ def test_the_nodes_copy_is_reused_then_refreshed_when_the_object_changes(s3_buck
     upload(tmp_path / "v2.pth", uri)  # re-uploaded: its size and time differ
     assert local_weights(uri) == local and len(copies) == 1
     assert Path(local).read_bytes() == (tmp_path / "v2.pth").read_bytes()
-    assert [n for n in os.listdir(os.path.dirname(local)) if n.startswith(".")] == []  # no temporaries left
+    assert [n for n in os.listdir(os.path.dirname(local)) if n.startswith(".")] == [".lock"]  # no temporaries
     assert local_weights(f"file://{tmp_path}/w.pth") == f"{tmp_path}/w.pth"  # a mount: read where it is
     assert local_weights("~/w.pth") == os.path.expanduser("~/w.pth")
 
 
-def test_processes_of_one_node_copying_at_once_share_one_whole_folder(s3_bucket, tmp_path):
+def test_processes_of_one_node_copying_at_once_share_one_whole_folder(s3_bucket, tmp_path, monkeypatch):
     folder = tmp_path / "model"
     (folder / "sub").mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     (folder / "sub" / "weights.bin").write_bytes(os.urandom(1 << 16))
     uri = upload(folder, f"{s3_bucket}/race/model")
+    copies = []
+    real_copy = weights_uri._copy
+    monkeypatch.setattr(weights_uri, "_copy", lambda *args: copies.append(args) or real_copy(*args))
     found: list[str] = []
     threads = [threading.Thread(target=lambda: found.append(local_weights(uri))) for _ in range(4)]
     for thread in threads:
@@ -115,7 +118,24 @@ def test_processes_of_one_node_copying_at_once_share_one_whole_folder(s3_bucket,
     assert len(set(found)) == 1 and len(found) == 4
     local = found[0]
     assert (Path(local) / "sub" / "weights.bin").read_bytes() == (folder / "sub" / "weights.bin").read_bytes()
-    assert sorted(os.listdir(os.path.dirname(local))) == ["model"]
+    assert sorted(os.listdir(os.path.dirname(local))) == [".lock", "model"]
+    assert len(copies) == 2  # its two files, copied once: the other callers waited on the lock and reused them
+
+
+def test_a_store_that_cannot_be_asked_is_one_line_at_the_start_and_retried_in_a_trial(monkeypatch):
+    # At the sweep's start (the deep pass) an outage is the key's one line; in a trial's schema-only pass
+    # it stays an OSError, which Tune retries, not a ConfigError, which would end the trial as its settings'.
+    def unreachable(uri):
+        raise OSError("When getting information for key 'w.pth': AWS Error NETWORK_CONNECTION")
+
+    monkeypatch.setattr(weights_uri.storage, "filesystem", unreachable)
+    config = {"method": {"name": "mocov2"}, "backbone": {"name": "test_resnet", "pretrained": "s3://b/w.pth"}}
+    with pytest.raises(ConfigError) as err:
+        validate(ExperimentConfig, config)
+    assert str(err.value) == ("backbone.pretrained: s3://b/w.pth cannot be read (When getting information for "
+                              "key 'w.pth': AWS Error NETWORK_CONNECTION)")
+    with pytest.raises(weights_uri.StoreUnreachable):
+        validate(ExperimentConfig, config, deep=False)
 
 
 def test_a_checkpoint_or_sweep_folder_in_the_bucket_warm_starts_the_backbone(s3_bucket, tmp_path):

@@ -150,9 +150,12 @@ class DetectorSpec(BaseModel):
         if (info.context or {}).get("schema_only"):  # checked where the sweep starts, not in every trial
             return path
         if is_object_store(path):
-            from fgray.weights_uri import stored_type  # pyarrow: imported where a URI is given
+            from fgray.weights_uri import StoreUnreachable, stored_type  # pyarrow: imported where a URI is given
 
-            found = stored_type(f"{path.rstrip('/')}/config.json") == "file"
+            try:
+                found = stored_type(f"{path.rstrip('/')}/config.json") == "file"
+            except StoreUnreachable as err:  # where the sweep starts: its one line
+                raise ValueError(str(err)) from None
         else:
             found = os.path.isfile(os.path.join(local_path(path), "config.json"))
         if not found:

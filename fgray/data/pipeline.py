@@ -5,9 +5,9 @@ Rows are read where they are used, with the image ids pushed into the Parquet sc
 driver reads only small index columns (ids, labels, boxes); each trainer reads its split's encoded
 rows once: a Train worker into its node's object store, for its view actors on the same node; a
 one-worker trial's process into its memory, for the view workers it forks (``forked_train_batches``,
-``fgray.data.views.forked_views``: the same batches). Training batches hold exactly the inputs a
+``fgray.data.forked_views``: the same batches). Training batches hold exactly the inputs a
 method declares (``fgray.data.inputs``): a tiny index dataset lists (row, epoch) in a seeded
-whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.views.view_actor``) turns each
+whole-split permutation per epoch, and a Ray Data actor pool (``fgray.data.view_actor``) turns each
 index row into that image's views (``fgray.data.views``), columns and cached embeddings, under a
 per-image seed, so a trial's batches are reproducible. Evaluation rows stay encoded until the
 process that embeds them (``views.transforms.EvalViews``): the rank-0 trainer for the small validation split; for
@@ -36,7 +36,7 @@ from fgray.data.inputs import DatasetFacts, Inputs
 from fgray.data.rows import (  # noqa: F401 (the dataset's rows; importers name them through pipeline)
     PreparedDataset, Rows, TableBatches, assign, dataset_name, on_this_node, read_manifest, read_rows,
     resolve_dataset, table_dataset)
-from fgray.data.views.view_actor import ViewActor
+from fgray.data.view_actor import ViewActor
 
 # Every node's default label in Ray: its node id (Ray's docs, "Use labels to control scheduling").
 NODE_ID_LABEL = "ray.io/node-id"
@@ -213,8 +213,8 @@ def forked_train_batches(split: TrainingSplit, inputs: Inputs, data: DataConfig,
                          batch_size: int, workers: int = 1, rows_per_epoch: int | None = None,
                          selector: str | None = None) -> Iterator[dict[str, np.ndarray]]:
     """``train_dataset``'s batches (one rank of one), drawn by ``workers`` forked processes of this one
-    (``fgray.data.views.forked_views``) from the split's rows read here: a one-worker trial's pipeline."""
-    from fgray.data.views.forked_views import forked_batches, step_blocks
+    (``fgray.data.forked_views``) from the split's rows read here: a one-worker trial's pipeline."""
+    from fgray.data.forked_views import forked_batches, step_blocks
 
     order, _ = train_index(split, inputs, seed, epochs, 0, 1, rows_per_epoch, batch_size, selector)
     views = ViewActor(**view_actor_kwargs(split, split_rows(split), inputs, data, seed, 0, selector))

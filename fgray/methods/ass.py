@@ -44,7 +44,7 @@ from fgray.models.heads import ProjectionHead
 from fgray.models.mae import MAEDecoder, encode_visible, patchify, unpatchify
 from fgray.node_paths import is_object_store, local_path
 from fgray.validation import ConfigError
-from fgray.weights_uri import stored_type
+from fgray.weights_uri import StoreUnreachable, stored_type
 
 
 @register_method("ass")
@@ -77,7 +77,7 @@ class ASS(Method):
             path = weights if is_object_store(weights) else os.path.abspath(local_path(weights))
             try:  # an object-store URI: pyarrow asks the store
                 found = stored_type(path) is not None if is_object_store(path) else os.path.exists(path)
-            except ValueError as err:  # the store cannot be asked: no credentials, no network
+            except StoreUnreachable as err:  # the store cannot be asked: no credentials, no network
                 raise ConfigError(f"method.selector.weights: {err}") from None
             if not found:
                 raise ConfigError(f"method.selector.weights: no file or checkpoint folder at {path}; pass a timm "

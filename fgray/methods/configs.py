@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fgray.data.inputs import EncoderSpec, Inputs, ViewRecipe
 from fgray.node_paths import WEIGHTS_HOW, ReadPath, is_object_store, local_path
@@ -228,8 +228,15 @@ class PPSSLConfig(MocoV2Config):
 
     @field_validator("corpus")
     @classmethod
-    def _corpus_readable(cls, corpus: list[str] | str) -> list[str] | str:
-        prompts = read_corpus(corpus)
+    def _corpus_readable(cls, corpus: list[str] | str, info: ValidationInfo) -> list[str] | str:
+        from fgray.weights_uri import StoreUnreachable
+
+        try:
+            prompts = read_corpus(corpus)
+        except StoreUnreachable as err:  # one line where the sweep starts; in a trial it raises, retried
+            if (info.context or {}).get("schema_only"):
+                raise
+            raise ValueError(str(err)) from None
         if len(prompts) < 2:
             raise ValueError(f"needs at least 2 prompts (a softmax over 1 prompt is constant), got {len(prompts)}")
         return corpus

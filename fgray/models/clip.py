@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fgray.methods.configs import TeacherConfig
 from fgray.node_paths import is_object_store
-from fgray.weights_uri import local_weights, stored_file
+from fgray.weights_uri import StoreUnreachable, local_weights, stored_file
 
 # fgray's batches are normalised with ImageNet statistics (fgray.engine.normalize_images).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,7 +81,7 @@ def check_weights(cfg: TeacherConfig, key: str = "method.teacher") -> None:
         path = cfg.pretrained if is_object_store(cfg.pretrained) else os.path.abspath(local_weights(cfg.pretrained))
         try:
             found = stored_file(path)
-        except ValueError as err:  # the store cannot be asked: no credentials, no network
+        except StoreUnreachable as err:  # the store cannot be asked: no credentials, no network
             raise ConfigError(f"{key}.pretrained: {err}") from None
         if not found:
             raise ConfigError(f"{key}.pretrained: CLIP weights file not found: fgray looked for {path}; {how}")

@@ -31,7 +31,6 @@ from fgray import ray_compat
 from fgray.config import DataConfig
 from fgray.data.inputs import EncoderSpec
 from fgray.data.rows import PreparedDataset, Rows, TableBatches, dataset_name
-from fgray.data.views.transforms import EvalViews
 from fgray.devices import local_device
 from fgray.storage import complete_folders, write_complete
 from fgray.weights_uri import local_weights
@@ -47,6 +46,8 @@ class EmbedActor:
 
     def __init__(self, factories: list[ModelFactory], image_size: int, eval_crop: float):
         import torch
+
+        from fgray.data.views.transforms import EvalViews  # torchvision: in the actors, not in a trial's driver
 
         self.torch = torch
         self.device = local_device()

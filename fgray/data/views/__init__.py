@@ -17,13 +17,15 @@ Modules: ``params`` (the draws), ``source`` (decoding, reduced where the crops a
 ``moco`` (MoCo v2's views), ``recipes`` (crop + flip, DVA's objects and backgrounds, VAPNet's grid
 crops), ``colour`` (the same ops per image of a batch, Kornia, on any device), ``deferred`` (the
 trainer's side) and ``trainer_decode`` (the trainer's decoding, ``data.decode_on``); ``transforms``
-(torchvision's decode and the eval views, ``EvalViews``); and who draws them: ``view_actor`` (a Ray
-Data actor, a DDP trainer's) and ``forked_views`` (the processes a one-worker trial forks).
+(torchvision's decode and the eval views, ``EvalViews``). Importing this package loads torch and
+torchvision: who draws the views (``fgray.data.view_actor``, a Ray Data actor; ``fgray.data.forked_views``,
+a one-worker trial's forked workers) imports it where it draws, so a trial's driver never does.
 
 fgray/data's other roles: ``sources`` (where images come from: the layout readers, ``prepare``,
 the synthetic set), ``frozen`` (passes of frozen models over a dataset, computed once: embedding
 caches, detector boxes), and at the top the contracts (``schema``, ``protocols``, ``inputs``) and
-the training pipeline (``rows``, ``pipeline``, ``selection``, ``declared``).
+the training pipeline (``rows``, ``pipeline``, ``view_actor``, ``forked_views``, ``selection``,
+``declared``).
 """
 from fgray.data.views import moco, recipes  # noqa: F401  (register the recipes)
 from fgray.data.views.recipes import (GridCrops, ObjectBackground, crop_flip_with_box, crop_regions,  # noqa: F401

@@ -82,7 +82,11 @@ def decode(encoded, device: torch.device) -> list[Tensor]:
     jpeg = [i for i, item in enumerate(encoded) if bytes(item[:3]) == JPEG_MAGIC]
     images: list[Tensor | None] = [None] * len(data)
     if jpeg:
-        for i, image in zip(jpeg, _decode_jpegs([data[i] for i in jpeg], torch.device(device))):
+        try:
+            decoded = _decode_jpegs([data[i] for i in jpeg], torch.device(device))
+        except RuntimeError:  # a JPEG nvJPEG rejects (a rare encoding) would fail this batch on every retry
+            decoded = [decode_image(data[i], mode=ImageReadMode.RGB).to(device, non_blocking=True) for i in jpeg]
+        for i, image in zip(jpeg, decoded):
             images[i] = image
     for i in sorted(set(range(len(data))) - set(jpeg)):
         images[i] = decode_image(data[i], mode=ImageReadMode.RGB).to(device, non_blocking=True)

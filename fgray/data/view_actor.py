@@ -9,7 +9,7 @@ import ray
 
 from fgray import storage
 from fgray.data.inputs import NEGATIVE_INDEX, Inputs, image_seed
-# At import, not in compose: a forked view worker must not import (fgray.data.views.forked_views).
+# At import, not in compose: a forked view worker must not import (fgray.data.forked_views).
 from fgray.data import selection
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fgray.data.views.view_actor import ViewActor, runs
+from fgray.data.view_actor import ViewActor, runs
 from fgray.validation import ConfigError
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: Linux only, as this path is (``fgray.config.FORKED_VIEWS``)
