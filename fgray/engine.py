@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -98,7 +99,7 @@ def to_device(batch: dict, device: torch.device) -> dict:
         if key.endswith(DEFERRED_SUFFIX):
             continue
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-            value = torch.from_numpy(value)
+            value = _host_tensor(value, device)
         if not isinstance(value, Tensor):
             out[key] = value
             continue
@@ -107,6 +108,20 @@ def to_device(batch: dict, device: torch.device) -> dict:
             value = normalize_images(value, rows.get(key))
         out[key] = value
     return out
+
+
+def _host_tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    """A tensor of ``array`` on the host. Ray Data hands its batches over as read-only views of Arrow
+    buffers (the object store's memory), which a tensor must not alias where it reaches the method as
+    it is (a CPU trainer): copied there. On an accelerator the tensor is only the source of the copy
+    to the device, so it aliases the buffer (torch warns about any read-only array: not here)."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(array.copy())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def _decoded(batch: dict, device: torch.device) -> dict:

@@ -108,3 +108,16 @@ def test_dry_run_warns_when_a_gpu_trials_views_cannot_keep_up():
                       [{}, {"data.views_on": "auto", "resources.data_actors": 16}])
     assert [line.split(" feed: ")[0] for line in rows] == ["  trial 1", "  trial 2"]
     assert "WARNING" in rows[0] and "WARNING" not in rows[1]
+
+
+def test_read_only_batches_from_ray_data_are_not_aliased_on_a_cpu_trainer():
+    # Ray Data hands batches over as read-only views of Arrow buffers: a CPU trainer gets its own copy
+    # (torch may not alias read-only memory, and warns when asked to); the labels keep their values.
+    import warnings
+
+    labels = np.arange(4, dtype=np.int64)
+    labels.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = to_device({"label": labels}, torch.device("cpu"))
+    assert out["label"].tolist() == [0, 1, 2, 3] and out["label"].data_ptr() != labels.ctypes.data
