@@ -245,7 +245,7 @@ def run_sweep(sweep: SweepConfig, storage: str, resume: bool = False, record: bo
     start_ray(verbose)
     from fgray import provenance
     from fgray.sweep_checks import before_trials
-    from fgray.trial import prepare_frozen
+    from fgray.trial_inputs import prepare_frozen
 
     # Shared storage and paths, resources that fit a node, settings the data can train: before any trial.
     before_trials(sweep, storage, data_ready, cluster_config)

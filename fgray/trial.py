@@ -29,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures
 import tempfile
 import time
-from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -41,12 +40,11 @@ from fgray import ray_compat
 from fgray.cluster.cuda_check import refuse_if_failed
 from fgray.config import FORKED_VIEWS, ExperimentConfig, SweepConfig
 from fgray.data import pipeline
-from fgray.data.frozen import detect, embedding_cache
-from fgray.data.inputs import DatasetFacts, Inputs
-from fgray.data.protocols import SplitAssignment
+from fgray.data.inputs import DatasetFacts
 from fgray.results import (checkpoint_epoch, objective, overrides_from, settings_failure, train_run_dir,
                            train_run_name)
 from fgray.storage import ray_storage
+from fgray.trial_inputs import frozen_inputs
 from fgray.validation import ConfigError, validate
 
 # torch (ray.train.torch, fgray.checkpoint, the engine) is imported where it is used: a DDP worker
@@ -57,8 +55,8 @@ def trial_driver(params: dict[str, Any], sweep: dict[str, Any], storage: str) ->
     """Tune trainable: train the experiment these params select, here (one worker) or through a
     TorchTrainer (DDP).
 
-    It resolves exactly the inputs the method declares: its frozen encoders' embeddings (once per
-    storage, ``embedding_cache``), the training split (which images, their labels) and the validation
+    It resolves exactly the inputs the method declares (``fgray.trial_inputs``): its frozen encoders'
+    embeddings (once per storage, ``embedding_cache``), the training split (which images, their labels) and the validation
     images. It reads no image: each trainer reads the rows it uses (``worker_loop``).
 
     Settings that cannot train (a ConfigError: a split too small for a batch, one without a class to
@@ -155,73 +153,6 @@ def settings_cause(err: "ray.train.WorkerGroupError") -> ConfigError | None:
             else:
                 failure = failure.__cause__
     return None
-
-
-@dataclass(frozen=True)
-class FrozenInputs:
-    """What a trial reads besides its images: the dataset, its splits, the method's inputs (a
-    selection placed on its stage's epochs) and the outputs of its frozen models, each computed once
-    per storage (embedding caches, the selector's cache) or per dataset (a detector's boxes)."""
-
-    prepared: pipeline.PreparedDataset
-    splits: SplitAssignment
-    inputs: Inputs
-    caches: dict[str, str]
-    selector: str | None
-    boxes: str | None
-
-
-def frozen_inputs(experiment: ExperimentConfig, storage: str) -> FrozenInputs:
-    """Resolve the data and compute (or find) the frozen models' outputs an experiment declares. The
-    sweep calls it for every planned row before its trials start (``prepare_frozen``), so a trial
-    finds them complete: one computed inside a trial holding the cluster's GPUs would wait for a GPU
-    that trial itself holds."""
-    res, data, inputs = experiment.resources, experiment.data, experiment.method.inputs
-    # Views finished on the trainer's device (data.views_on): its view workers only decode, crop and flip,
-    # or only draw when the trainer decodes too (data.decode_on).
-    inputs = replace(inputs, defer_views=experiment.defer_views, decode_views=experiment.decode_views)
-    if inputs.selection is not None:  # composed batches in the epochs of their stage
-        stages = experiment.method.stages(experiment.train.epochs)
-        inputs = replace(inputs, selection=inputs.selection.placed(stages))
-    prepared = pipeline.resolve_dataset(data)
-    splits = pipeline.assign(prepared, data)
-    use_gpu = res.gpus_per_worker > 0  # GPU actors because the sweep asks for GPUs, not because some are up
-
-    def cache(spec) -> str:
-        return embedding_cache.ensure_cache(spec, prepared, data, storage, res.data_cpus, use_gpu)
-
-    caches = {key: cache(spec) for key, spec in inputs.embeddings}
-    selector = cache(inputs.selection.encoder) if inputs.selection is not None else None
-    # A detector's boxes for the training images (DVA), detected once and stored with the shards.
-    boxes = (detect.ensure_boxes(inputs.detector, prepared, splits.train, use_gpu=use_gpu,
-                                 cpus_per_actor=res.data_cpus) if inputs.detector is not None else None)
-    return FrozenInputs(prepared, splits, inputs, caches, selector, boxes)
-
-
-def prepare_frozen(sweep: SweepConfig, storage: str) -> None:
-    """``frozen_inputs`` of every planned row of a grid sweep (and the base experiment of a sampled
-    one), before Tune starts trials: nothing is held then, so GPU actors get their GPUs, and
-    concurrent trials do not each compute the same cache."""
-    from fgray.config import grid_points
-
-    seen, pending = set(), []
-    for overrides in grid_points(sweep.search) if sweep.search.is_grid else [{}]:
-        experiment = sweep.experiment(overrides, deep=False)
-        inputs = experiment.method.inputs
-        if not (inputs.embeddings or inputs.selection or inputs.detector):
-            continue
-        key = experiment.data.model_dump_json() + experiment.method.model_dump_json()  # what inputs follow
-        if key not in seen:
-            seen.add(key)
-            pending.append(experiment)
-    # In a task, one after the other: the actor pools it starts log to Ray's files, not this console.
-    for experiment in pending:
-        ray.get(_frozen_task.remote(experiment, storage))
-
-
-@ray.remote(num_cpus=0)
-def _frozen_task(experiment: ExperimentConfig, storage: str) -> None:
-    frozen_inputs(experiment, storage)
 
 
 class TrainSession:
